@@ -1,0 +1,18 @@
+// Internal to src/http: libcurl set-up shared by Fetch and RangeEngine.
+#pragma once
+
+#include <curl/curl.h>
+
+#include <string>
+#include <vector>
+
+namespace mx::http::internal {
+
+void GlobalInitOnce();
+// Options every easy handle gets: user agent, timeouts, stall detection, HTTP/2 via
+// ALPN, TCP keepalive, no signals. Proxies come from the usual environment variables.
+void ApplyCommonOptions(CURL* easy);
+// Builds a header list; caller frees with curl_slist_free_all.
+curl_slist* MakeHeaderList(const std::vector<std::string>& headers);
+
+}  // namespace mx::http::internal

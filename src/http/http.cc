@@ -1,0 +1,214 @@
+#include "http/http.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "common/log.h"
+#include "http/curl_util.h"
+
+namespace mx::http {
+namespace internal {
+
+void GlobalInitOnce() {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+void ApplyCommonOptions(CURL* easy) {
+  curl_easy_setopt(easy, CURLOPT_USERAGENT, UserAgent());
+  curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT, 20L);
+  // A peer that sends nothing for 30 s is dead: fail the transfer so it is retried.
+  curl_easy_setopt(easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+  curl_easy_setopt(easy, CURLOPT_LOW_SPEED_TIME, 30L);
+  curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2TLS);
+  curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(easy, CURLOPT_MAXREDIRS, 10L);
+  curl_easy_setopt(easy, CURLOPT_UNRESTRICTED_AUTH, 0L);
+  curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, nullptr);  // byte ranges must be raw
+}
+
+curl_slist* MakeHeaderList(const std::vector<std::string>& headers) {
+  curl_slist* list = nullptr;
+  for (const auto& h : headers) list = curl_slist_append(list, h.c_str());
+  return list;
+}
+
+}  // namespace internal
+
+const char* UserAgent() { return "mx/0.1 (huggingface_hub-compatible; C++)"; }
+
+bool IsRetryableStatus(long status) {
+  return status == 408 || status == 429 || status == 500 || status == 502 || status == 503 ||
+         status == 504;
+}
+
+std::optional<double> ParseRetryAfter(std::string_view value) {
+  std::string v(value);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\r' || v.back() == '\n')) v.pop_back();
+  while (!v.empty() && v.front() == ' ') v.erase(0, 1);
+  if (v.empty()) return std::nullopt;
+  if (v.find_first_not_of("0123456789.") == std::string::npos) {
+    try {
+      return std::stod(v);
+    } catch (...) {
+      return std::nullopt;
+    }
+  }
+  time_t when = curl_getdate(v.c_str(), nullptr);
+  if (when < 0) return std::nullopt;
+  double delta = std::difftime(when, std::time(nullptr));
+  return std::max(0.0, delta);
+}
+
+double BackoffSeconds(int attempt, const RetryPolicy& policy, std::optional<double> retry_after) {
+  if (retry_after) return std::min(*retry_after, std::max(policy.max_delay_s, 60.0));
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  double ceiling = std::min(policy.max_delay_s, policy.base_delay_s * std::pow(2.0, attempt - 1));
+  // Half fixed, half jitter: spreads retries of many clients without ever retrying at once.
+  std::uniform_real_distribution<double> jitter(0.5, 1.0);
+  return ceiling * jitter(rng);
+}
+
+std::optional<std::string> Response::Header(std::string_view lowercase_name) const {
+  for (const auto& [k, v] : headers) {
+    if (k == lowercase_name) return v;
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+size_t CollectBody(char* data, size_t size, size_t n, void* user) {
+  static_cast<std::string*>(user)->append(data, size * n);
+  return size * n;
+}
+
+size_t CollectHeader(char* data, size_t size, size_t n, void* user) {
+  auto* headers = static_cast<std::vector<std::pair<std::string, std::string>>*>(user);
+  std::string_view line(data, size * n);
+  if (line.substr(0, 5) == "HTTP/") {
+    headers->clear();  // a new response in a redirect chain: keep only the last one
+    return size * n;
+  }
+  size_t colon = line.find(':');
+  if (colon == std::string_view::npos) return size * n;
+  std::string name(line.substr(0, colon));
+  std::transform(name.begin(), name.end(), name.begin(), ::tolower);
+  std::string_view value = line.substr(colon + 1);
+  while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
+  while (!value.empty() && (value.back() == '\r' || value.back() == '\n' || value.back() == ' ')) {
+    value.remove_suffix(1);
+  }
+  headers->emplace_back(std::move(name), std::string(value));
+  return size * n;
+}
+
+}  // namespace
+
+static Result<Response> FetchOnce(const Request& request) {
+  internal::GlobalInitOnce();
+  CURL* easy = curl_easy_init();
+  if (easy == nullptr) return Status::Internal("curl_easy_init failed");
+  internal::ApplyCommonOptions(easy);
+  Response response;
+  curl_slist* headers = internal::MakeHeaderList(request.headers);
+  curl_easy_setopt(easy, CURLOPT_URL, request.url.c_str());
+  curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, request.follow_redirects ? 1L : 0L);
+  curl_easy_setopt(easy, CURLOPT_TIMEOUT, request.timeout_seconds);
+  if (request.method == "HEAD") curl_easy_setopt(easy, CURLOPT_NOBODY, 1L);
+  curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, CollectBody);
+  curl_easy_setopt(easy, CURLOPT_WRITEDATA, &response.body);
+  curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, CollectHeader);
+  curl_easy_setopt(easy, CURLOPT_HEADERDATA, &response.headers);
+  char errbuf[CURL_ERROR_SIZE] = {0};
+  curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, errbuf);
+  CURLcode rc = curl_easy_perform(easy);
+  curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &response.status);
+  char* effective = nullptr;
+  curl_easy_getinfo(easy, CURLINFO_EFFECTIVE_URL, &effective);
+  if (effective) response.effective_url = effective;
+  curl_slist_free_all(headers);
+  curl_easy_cleanup(easy);
+  if (rc != CURLE_OK) {
+    std::string why = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+    return Status::Unavailable(request.method + " " + RedactUrl(request.url) + ": " + why);
+  }
+  return response;
+}
+
+Result<Response> Fetch(const Request& request, const RetryPolicy& policy) {
+  for (int attempt = 1;; ++attempt) {
+    Result<Response> result = FetchOnce(request);
+    std::optional<double> retry_after;
+    if (result.ok()) {
+      if (!IsRetryableStatus(result->status)) return result;
+      if (auto ra = result->Header("retry-after")) retry_after = ParseRetryAfter(*ra);
+    }
+    if (attempt >= policy.max_attempts) {
+      if (result.ok()) return result;  // the caller reports the final status
+      return result.status().WithContext("giving up after " + std::to_string(attempt) +
+                                         " attempts");
+    }
+    double wait = BackoffSeconds(attempt, policy, retry_after);
+    spdlog::debug("retrying {} in {:.2f}s ({})", RedactUrl(request.url), wait,
+                  result.ok() ? "HTTP " + std::to_string(result->status)
+                              : result.status().message());
+    std::this_thread::sleep_for(std::chrono::duration<double>(wait));
+  }
+}
+
+std::string OriginOf(std::string_view url) {
+  CURLU* u = curl_url();
+  std::string out;
+  if (curl_url_set(u, CURLUPART_URL, std::string(url).c_str(), 0) == CURLUE_OK) {
+    char *scheme = nullptr, *host = nullptr, *port = nullptr;
+    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+    curl_url_get(u, CURLUPART_HOST, &host, 0);
+    curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT);
+    if (scheme && host && port) out = std::string(scheme) + "://" + host + ":" + port;
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+  }
+  curl_url_cleanup(u);
+  std::transform(out.begin(), out.end(), out.begin(), ::tolower);
+  return out;
+}
+
+std::string ResolveUrl(std::string_view base, std::string_view location) {
+  CURLU* u = curl_url();
+  std::string out(location);
+  if (curl_url_set(u, CURLUPART_URL, std::string(base).c_str(), 0) == CURLUE_OK &&
+      curl_url_set(u, CURLUPART_URL, std::string(location).c_str(), 0) == CURLUE_OK) {
+    char* full = nullptr;
+    if (curl_url_get(u, CURLUPART_URL, &full, 0) == CURLUE_OK) out = full;
+    curl_free(full);
+  }
+  curl_url_cleanup(u);
+  return out;
+}
+
+std::string UrlQuote(std::string_view text, std::string_view safe) {
+  static const char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : text) {
+    bool unreserved = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      c == '-' || c == '_' || c == '.' || c == '~';
+    if (unreserved || safe.find(static_cast<char>(c)) != std::string_view::npos) {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
+    }
+  }
+  return out;
+}
+
+}  // namespace mx::http

@@ -1,0 +1,45 @@
+#include <gtest/gtest.h>
+
+#include "http/http.h"
+#include "http/range_engine.h"
+
+namespace mx::http {
+namespace {
+
+TEST(HttpTest, SplitIntoChunksAlignsToChunkSize) {
+  auto r = SplitIntoChunks(5, 25, 10);
+  ASSERT_EQ(r.size(), 3u);
+  EXPECT_EQ(r[0].begin, 5u);
+  EXPECT_EQ(r[0].end, 10u);
+  EXPECT_EQ(r[1].begin, 10u);
+  EXPECT_EQ(r[1].end, 20u);
+  EXPECT_EQ(r[2].end, 25u);
+  EXPECT_TRUE(SplitIntoChunks(7, 7, 10).empty());
+}
+
+TEST(HttpTest, RetryAfterAndBackoff) {
+  EXPECT_EQ(*ParseRetryAfter("3"), 3.0);
+  EXPECT_FALSE(ParseRetryAfter("soon").has_value());
+  RetryPolicy p{5, 1.0, 8.0};
+  for (int attempt = 1; attempt < 8; ++attempt) {
+    double s = BackoffSeconds(attempt, p, std::nullopt);
+    EXPECT_LE(s, 8.0);
+    EXPECT_GE(s, 0.5 * std::min(8.0, 1.0 * (1 << (attempt - 1))));
+  }
+  EXPECT_EQ(BackoffSeconds(1, p, 2.5), 2.5);
+  EXPECT_TRUE(IsRetryableStatus(429));
+  EXPECT_TRUE(IsRetryableStatus(503));
+  EXPECT_FALSE(IsRetryableStatus(404));
+}
+
+TEST(HttpTest, UrlHelpers) {
+  EXPECT_EQ(UrlQuote("refs/pr/1"), "refs%2Fpr%2F1");
+  EXPECT_EQ(UrlQuote("a b/c.txt", "/"), "a%20b/c.txt");
+  EXPECT_EQ(OriginOf("HTTP://Example.com/x"), "http://example.com:80");
+  EXPECT_EQ(OriginOf("https://h:8443/x?y"), "https://h:8443");
+  EXPECT_EQ(ResolveUrl("http://a:1/x/y?q", "/api/z"), "http://a:1/api/z");
+  EXPECT_EQ(ResolveUrl("http://a:1/x/y", "http://b:2/c"), "http://b:2/c");
+}
+
+}  // namespace
+}  // namespace mx::http

@@ -1,0 +1,365 @@
+#include "http/range_engine.h"
+
+#include <curl/curl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <optional>
+
+#include "common/log.h"
+#include "http/curl_util.h"
+
+namespace mx::http {
+
+std::vector<ByteRange> SplitIntoChunks(uint64_t begin, uint64_t end, uint64_t chunk) {
+  std::vector<ByteRange> out;
+  if (chunk == 0) chunk = 1;
+  while (begin < end) {
+    uint64_t next = std::min(end, (begin / chunk + 1) * chunk);
+    out.push_back({begin, next});
+    begin = next;
+  }
+  return out;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct JobState {
+  FetchJob job;
+  std::string origin;
+  std::string data_url;  // where the bytes really are, learned from the first redirect
+  size_t ranges_left = 0;
+  bool finished = false;
+};
+
+// One range in flight or waiting for a retry.
+struct Work {
+  JobState* job = nullptr;
+  size_t index = 0;
+  uint64_t cursor = 0;  // next byte to write
+  uint64_t end = 0;
+  int failures = 0;  // consecutive attempts that made no progress
+  Clock::time_point not_before{};
+};
+
+struct Transfer {
+  void* engine = nullptr;  // RangeEngine::Impl
+  Work work;
+  CURL* easy = nullptr;
+  curl_slist* headers = nullptr;
+  char range[64];
+  char errbuf[CURL_ERROR_SIZE];
+  long status = 0;
+  std::string content_range;
+  std::optional<double> retry_after;
+  bool validated = false;
+  bool used_data_url = false;
+  uint64_t progress_this_attempt = 0;
+  std::string failure;   // why we aborted the transfer ourselves
+  Status fatal;          // non-retryable: fail the whole job
+};
+
+}  // namespace
+
+struct RangeEngine::Impl {
+  EngineOptions options;
+  std::deque<std::unique_ptr<JobState>> jobs;
+  std::deque<Work> pending;
+  std::vector<CURL*> idle_handles;
+  CURLM* multi = nullptr;
+  uint64_t bytes_received = 0;
+  int active = 0;
+
+  ~Impl() {
+    for (CURL* e : idle_handles) curl_easy_cleanup(e);
+    if (multi) curl_multi_cleanup(multi);
+  }
+
+  void FinishJob(JobState* js, const Status& st) {
+    if (js->finished) return;
+    js->finished = true;
+    if (js->job.on_done) js->job.on_done(st);
+  }
+
+  static size_t OnHeader(char* data, size_t size, size_t n, void* user);
+  static size_t OnBody(char* data, size_t size, size_t n, void* user);
+  bool Validate(Transfer* t);
+  void Start(Work work);
+  void Complete(Transfer* t, CURLcode rc);
+  void Retry(Transfer* t, const std::string& why);
+};
+
+size_t RangeEngine::Impl::OnHeader(char* data, size_t size, size_t n, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  std::string_view line(data, size * n);
+  if (line.substr(0, 5) == "HTTP/") {
+    // Each response of a redirect chain starts here; keep only the last one's facts.
+    size_t sp = line.find(' ');
+    t->status = sp == std::string_view::npos ? 0 : std::atol(std::string(line.substr(sp + 1, 3)).c_str());
+    t->content_range.clear();
+    t->retry_after.reset();
+    return size * n;
+  }
+  size_t colon = line.find(':');
+  if (colon == std::string_view::npos) return size * n;
+  std::string name(line.substr(0, colon));
+  std::transform(name.begin(), name.end(), name.begin(), ::tolower);
+  std::string_view value = line.substr(colon + 1);
+  while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+  while (!value.empty() && (value.back() == '\r' || value.back() == '\n' || value.back() == ' ')) {
+    value.remove_suffix(1);
+  }
+  if (name == "content-range") t->content_range = std::string(value);
+  if (name == "retry-after") t->retry_after = ParseRetryAfter(value);
+  return size * n;
+}
+
+// Checks the response before the first body byte is written.
+bool RangeEngine::Impl::Validate(Transfer* t) {
+  if (t->status != 206) {
+    t->failure = t->status == 200 ? "server ignored the Range request (200 instead of 206)"
+                                  : "HTTP " + std::to_string(t->status);
+    return false;
+  }
+  std::string want = "bytes " + std::to_string(t->work.cursor) + "-" +
+                     std::to_string(t->work.end - 1) + "/" + std::to_string(t->work.job->job.size);
+  if (t->content_range != want) {
+    t->failure = "wrong Content-Range '" + t->content_range + "', expected '" + want + "'";
+    return false;
+  }
+  t->validated = true;
+  return true;
+}
+
+size_t RangeEngine::Impl::OnBody(char* data, size_t size, size_t n, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  auto* self = static_cast<Impl*>(t->engine);
+  size_t len = size * n;
+  if (!t->validated) {
+    if (t->status >= 300 && t->status < 400) return len;  // redirect body, not ours
+    if (!self->Validate(t)) return 0;  // abort: CURLE_WRITE_ERROR
+  }
+  if (t->work.cursor + len > t->work.end) {
+    t->failure = "server sent more bytes than the range asked for";
+    return 0;
+  }
+  const char* p = data;
+  size_t left = len;
+  while (left > 0) {
+    ssize_t w = ::pwrite(t->work.job->job.fd, p, left, static_cast<off_t>(t->work.cursor));
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) {
+      t->fatal = Status::FromErrno(errno, "write " + t->work.job->job.display_name);
+      return 0;
+    }
+    p += w;
+    left -= static_cast<size_t>(w);
+    t->work.cursor += static_cast<uint64_t>(w);
+  }
+  t->progress_this_attempt += len;
+  self->bytes_received += len;
+  if (self->options.on_bytes) self->options.on_bytes(len);
+  if (t->work.job->job.on_progress) t->work.job->job.on_progress(t->work.index, t->work.cursor);
+  return len;
+}
+
+void RangeEngine::Impl::Start(Work work) {
+  CURL* easy;
+  if (!idle_handles.empty()) {
+    easy = idle_handles.back();
+    idle_handles.pop_back();
+    curl_easy_reset(easy);
+  } else {
+    easy = curl_easy_init();
+  }
+  internal::ApplyCommonOptions(easy);
+  auto* t = new Transfer();
+  t->engine = this;
+  t->work = work;
+  t->easy = easy;
+  JobState* js = work.job;
+  const std::string& url = js->data_url.empty() ? js->job.url : js->data_url;
+  t->used_data_url = !js->data_url.empty();
+  // Credentials go only to the origin they were meant for.
+  if (OriginOf(url) == js->origin) t->headers = internal::MakeHeaderList(js->job.headers);
+  std::snprintf(t->range, sizeof t->range, "%llu-%llu",
+                static_cast<unsigned long long>(work.cursor),
+                static_cast<unsigned long long>(work.end - 1));
+  curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
+  curl_easy_setopt(easy, CURLOPT_RANGE, t->range);
+  curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, options.buffer_bytes);
+  curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, &Impl::OnHeader);
+  curl_easy_setopt(easy, CURLOPT_HEADERDATA, t);
+  curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &Impl::OnBody);
+  curl_easy_setopt(easy, CURLOPT_WRITEDATA, t);
+  curl_easy_setopt(easy, CURLOPT_PRIVATE, t);
+  t->errbuf[0] = 0;
+  curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, t->errbuf);
+  curl_multi_add_handle(multi, easy);
+  ++active;
+}
+
+void RangeEngine::Impl::Retry(Transfer* t, const std::string& why) {
+  Work w = t->work;
+  w.failures = t->progress_this_attempt > 0 ? 0 : w.failures + 1;
+  if (t->used_data_url && (t->status == 401 || t->status == 403 || t->status == 404 ||
+                           t->status == 410)) {
+    // A signed CDN URL expired or was refused: go back through the hub for a fresh one.
+    w.job->data_url.clear();
+  }
+  if (w.failures >= options.retry.max_attempts) {
+    FinishJob(w.job, Status::Unavailable(w.job->job.display_name + ": " + why + " (gave up after " +
+                                         std::to_string(w.failures) + " attempts)"));
+    return;
+  }
+  double wait = BackoffSeconds(std::max(1, w.failures), options.retry, t->retry_after);
+  spdlog::debug("{}: range {}-{} failed ({}), retrying in {:.2f}s", w.job->job.display_name,
+                w.cursor, w.end, why, wait);
+  w.not_before = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                    std::chrono::duration<double>(wait));
+  pending.push_front(w);
+}
+
+void RangeEngine::Impl::Complete(Transfer* t, CURLcode rc) {
+  JobState* js = t->work.job;
+  if (js->finished) return;  // another range already failed the job
+  if (!t->fatal.ok()) {
+    FinishJob(js, t->fatal);
+    return;
+  }
+  if (rc == CURLE_OK && !t->validated) Validate(t);  // empty bodies skip OnBody
+  if (rc == CURLE_OK && t->validated && t->work.cursor == t->work.end) {
+    if (js->data_url.empty()) {
+      char* eff = nullptr;
+      curl_easy_getinfo(t->easy, CURLINFO_EFFECTIVE_URL, &eff);
+      if (eff) js->data_url = eff;
+    }
+    if (--js->ranges_left == 0) FinishJob(js, Status::OK());
+    return;
+  }
+  std::string why = t->failure;
+  if (why.empty()) {
+    if (rc != CURLE_OK) {
+      why = t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc);
+    } else {
+      why = "connection closed after " + std::to_string(t->work.cursor) + " of " +
+            std::to_string(t->work.end) + " bytes (short body)";
+    }
+  }
+  long s = t->status;
+  bool retryable = !(s == 401 || s == 403 || s == 404 || s == 410 || s == 416) || t->used_data_url;
+  if (!t->validated && s >= 400 && !IsRetryableStatus(s) && !retryable) {
+    std::string hint = (s == 401 || s == 403) ? " (access refused: set HF_TOKEN or --token)" : "";
+    FinishJob(js, Status(s == 404 ? StatusCode::kNotFound : StatusCode::kPermissionDenied,
+                         js->job.display_name + ": HTTP " + std::to_string(s) + hint));
+    return;
+  }
+  Retry(t, why);
+}
+
+RangeEngine::RangeEngine(EngineOptions options) : impl_(std::make_unique<Impl>()) {
+  internal::GlobalInitOnce();
+  impl_->options = std::move(options);
+  if (impl_->options.max_connections < 1) impl_->options.max_connections = 1;
+  impl_->multi = curl_multi_init();
+  long conns = impl_->options.max_connections;
+  curl_multi_setopt(impl_->multi, CURLMOPT_MAX_HOST_CONNECTIONS, conns);
+  curl_multi_setopt(impl_->multi, CURLMOPT_MAXCONNECTS, conns * 2);
+  // One transfer per connection, even over HTTP/2: CDNs cap bandwidth per connection, so
+  // multiplexing ranges onto one connection would throttle them together.
+  curl_multi_setopt(impl_->multi, CURLMOPT_PIPELINING, static_cast<long>(CURLPIPE_NOTHING));
+}
+
+RangeEngine::~RangeEngine() = default;
+
+void RangeEngine::Add(FetchJob job) {
+  auto js = std::make_unique<JobState>();
+  js->job = std::move(job);
+  js->origin = OriginOf(js->job.url);
+  js->ranges_left = js->job.ranges.size();
+  for (size_t i = 0; i < js->job.ranges.size(); ++i) {
+    Work w;
+    w.job = js.get();
+    w.index = i;
+    w.cursor = js->job.ranges[i].begin;
+    w.end = js->job.ranges[i].end;
+    if (w.cursor >= w.end) {
+      --js->ranges_left;
+      continue;
+    }
+    impl_->pending.push_back(w);
+  }
+  impl_->jobs.push_back(std::move(js));
+}
+
+uint64_t RangeEngine::bytes_received() const { return impl_->bytes_received; }
+
+Status RangeEngine::Run() {
+  Impl& m = *impl_;
+  for (auto& js : m.jobs) {
+    if (js->ranges_left == 0) m.FinishJob(js.get(), Status::OK());
+  }
+  for (;;) {
+    auto now = Clock::now();
+    auto next_ready = Clock::time_point::max();
+    for (auto it = m.pending.begin();
+         it != m.pending.end() && m.active < m.options.max_connections;) {
+      if (it->job->finished) {
+        it = m.pending.erase(it);
+      } else if (it->not_before <= now) {
+        Work w = *it;
+        it = m.pending.erase(it);
+        m.Start(w);
+      } else {
+        next_ready = std::min(next_ready, it->not_before);
+        ++it;
+      }
+    }
+    if (m.active == 0 && m.pending.empty()) break;
+
+    int running = 0;
+    if (curl_multi_perform(m.multi, &running) != CURLM_OK) {
+      return Status::Internal("curl_multi_perform failed");
+    }
+    int queued = 0;
+    while (CURLMsg* msg = curl_multi_info_read(m.multi, &queued)) {
+      if (msg->msg != CURLMSG_DONE) continue;
+      CURL* easy = msg->easy_handle;
+      CURLcode rc = msg->data.result;
+      Transfer* t = nullptr;
+      curl_easy_getinfo(easy, CURLINFO_PRIVATE, &t);
+      curl_multi_remove_handle(m.multi, easy);
+      m.Complete(t, rc);
+      curl_slist_free_all(t->headers);
+      m.idle_handles.push_back(easy);
+      delete t;
+      --m.active;
+    }
+
+    int timeout_ms = 100;
+    if (next_ready != Clock::time_point::max()) {
+      auto until = std::chrono::duration_cast<std::chrono::milliseconds>(next_ready - Clock::now());
+      timeout_ms = static_cast<int>(std::clamp<int64_t>(until.count(), 0, 100));
+    }
+    if (m.active > 0) {
+      curl_multi_poll(m.multi, nullptr, 0, timeout_ms, nullptr);
+    } else if (timeout_ms > 0) {
+      ::usleep(static_cast<useconds_t>(timeout_ms) * 1000);
+    }
+  }
+  for (auto& js : m.jobs) {
+    if (!js->finished) m.FinishJob(js.get(), Status::Internal(js->job.display_name + ": not finished"));
+  }
+  m.jobs.clear();
+  return Status::OK();
+}
+
+}  // namespace mx::http

@@ -1,0 +1,76 @@
+// RangeEngine: the one bulk-download engine of mx. One libcurl multi handle drives up to
+// `max_connections` transfers at once across all files; every transfer fetches one byte
+// range and writes it with pwrite as it arrives, so memory stays at about
+// max_connections x buffer_bytes however large the files are.
+//
+// Every range is checked: the answer must be 206 with exactly
+// "Content-Range: bytes <begin>-<end-1>/<size>" and exactly the asked length. Anything
+// else (200 for a range, a wrong Content-Range, a short or long body, a dropped
+// connection, 408/429/5xx) fails only that range, which is retried alone from the last
+// byte written, after an exponential backoff with jitter (or the server's Retry-After).
+// Content is not verified here: callers hash whole files (see hub/downloader).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "http/http.h"
+
+namespace mx::http {
+
+struct ByteRange {
+  uint64_t begin = 0;
+  uint64_t end = 0;  // exclusive
+};
+
+// [begin, end) cut into pieces of at most `chunk` bytes, aligned to multiples of `chunk`.
+std::vector<ByteRange> SplitIntoChunks(uint64_t begin, uint64_t end, uint64_t chunk);
+
+struct FetchJob {
+  std::string url;
+  // Sent with requests to `url`'s origin only; a redirect target on another host (a CDN)
+  // never sees them.
+  std::vector<std::string> headers;
+  uint64_t size = 0;  // the resource's exact length
+  int fd = -1;        // destination; bytes land at their own offsets
+  std::vector<ByteRange> ranges;
+  std::string display_name;  // used in errors
+  // Engine thread, after bytes up to `cursor` (absolute offset) of ranges[index] are written.
+  std::function<void(size_t index, uint64_t cursor)> on_progress;
+  // Engine thread, exactly once: OK when every range is written, else the first fatal error.
+  std::function<void(const Status&)> on_done;
+};
+
+struct EngineOptions {
+  int max_connections = 16;
+  RetryPolicy retry{8, 0.25, 20.0};
+  long buffer_bytes = 512 * 1024;  // libcurl receive buffer per transfer
+  std::function<void(uint64_t new_bytes)> on_bytes;  // engine thread, for progress display
+};
+
+class RangeEngine {
+ public:
+  explicit RangeEngine(EngineOptions options);
+  ~RangeEngine();
+  RangeEngine(const RangeEngine&) = delete;
+  RangeEngine& operator=(const RangeEngine&) = delete;
+
+  // REQUIRES: not running. Jobs are started in the order added.
+  void Add(FetchJob job);
+
+  // Runs until every job has finished (successfully or not); results go to on_done.
+  Status Run();
+
+  // Body bytes received over the network, across all Run() calls.
+  uint64_t bytes_received() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mx::http
