@@ -1,0 +1,198 @@
+#include <cstdio>
+#include <ctime>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "common/env.h"
+#include "common/log.h"
+#include "hub/cache.h"
+#include "hub/cache_admin.h"
+
+namespace mx::cli {
+namespace {
+
+struct CacheArgs {
+  std::string cache_dir;
+  std::string repo_type = "model";
+  std::string repo;  // REPO or REPO@REV
+  std::string revision;
+  bool revisions = false;
+};
+
+std::string CacheRoot(const CacheArgs& a) {
+  return a.cache_dir.empty() ? hub::HubConfig::FromEnvironment().cache_dir : a.cache_dir;
+}
+
+std::string Age(std::time_t t) {
+  if (t == 0) return "-";
+  long s = static_cast<long>(std::time(nullptr) - t);
+  if (s < 120) return std::to_string(s) + "s ago";
+  if (s < 7200) return std::to_string(s / 60) + "m ago";
+  if (s < 172800) return std::to_string(s / 3600) + "h ago";
+  return std::to_string(s / 86400) + "d ago";
+}
+
+int RunLs(const CacheArgs& a, const GlobalFlags& flags) {
+  auto repos = hub::ScanCache(CacheRoot(a));
+  if (!repos.ok()) return ReportError(repos.status());
+  if (flags.json) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& r : *repos) {
+      nlohmann::json j{{"repo_id", r.repo_id},
+                       {"repo_type", hub::RepoTypePlural(r.type)},
+                       {"path", r.dir},
+                       {"size_on_disk", r.size_on_disk},
+                       {"last_modified", r.last_modified}};
+      j["revisions"] = nlohmann::json::array();
+      for (const auto& rev : r.revisions) {
+        j["revisions"].push_back({{"commit", rev.commit},
+                                  {"refs", rev.refs},
+                                  {"files", rev.files},
+                                  {"size", rev.bytes},
+                                  {"path", r.dir + "/snapshots/" + rev.commit}});
+      }
+      out.push_back(std::move(j));
+    }
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  if (a.revisions) {
+    std::printf("%-40s %-8s %-40s %10s %6s %-12s %s\n", "REPO ID", "TYPE", "REVISION", "SIZE",
+                "FILES", "MODIFIED", "REFS");
+  } else {
+    std::printf("%-40s %-8s %10s %5s %-12s %s\n", "REPO ID", "TYPE", "SIZE", "REVS", "MODIFIED",
+                "REFS");
+  }
+  for (const auto& r : *repos) {
+    std::string type = hub::RepoTypePlural(r.type);
+    type.pop_back();
+    if (a.revisions) {
+      for (const auto& rev : r.revisions) {
+        std::string refs;
+        for (const auto& n : rev.refs) refs += (refs.empty() ? "" : ",") + n;
+        std::printf("%-40s %-8s %-40s %10s %6zu %-12s %s\n", r.repo_id.c_str(), type.c_str(),
+                    rev.commit.c_str(), FormatBytes(rev.bytes).c_str(), rev.files,
+                    Age(rev.last_modified).c_str(), refs.c_str());
+      }
+      continue;
+    }
+    std::string refs;
+    for (const auto& rev : r.revisions) {
+      for (const auto& n : rev.refs) refs += (refs.empty() ? "" : ",") + n;
+    }
+    std::printf("%-40s %-8s %10s %5zu %-12s %s\n", r.repo_id.c_str(), type.c_str(),
+                FormatBytes(r.size_on_disk).c_str(), r.revisions.size(),
+                Age(r.last_modified).c_str(), refs.c_str());
+  }
+  return 0;
+}
+
+// Splits "org/name@rev" into repo and revision.
+void SplitRepoRevision(const std::string& spec, std::string* repo, std::optional<std::string>* rev) {
+  size_t at = spec.find('@');
+  *repo = spec.substr(0, at);
+  if (at != std::string::npos) *rev = spec.substr(at + 1);
+}
+
+int RunPath(const CacheArgs& a) {
+  auto type = hub::ParseRepoType(a.repo_type);
+  if (!type.ok()) return ReportError(type.status());
+  if (Status st = hub::ValidateRepoId(a.repo); !st.ok()) return ReportError(st);
+  hub::RepoCache cache(CacheRoot(a), *type, a.repo);
+  auto commit = cache.ResolveLocal(a.revision.empty() ? "main" : a.revision);
+  if (!commit.ok()) return ReportError(commit.status());
+  std::string snap = cache.snapshot_dir(*commit);
+  if (::access(snap.c_str(), F_OK) != 0) {
+    return ReportError(Status::NotFound("snapshot " + snap + " is missing; run mx download " + a.repo));
+  }
+  std::printf("%s\n", snap.c_str());
+  return 0;
+}
+
+int RunVerify(const CacheArgs& a, const GlobalFlags& flags) {
+  auto type = hub::ParseRepoType(a.repo_type);
+  if (!type.ok()) return ReportError(type.status());
+  std::string repo;
+  std::optional<std::string> rev;
+  SplitRepoRevision(a.repo, &repo, &rev);
+  if (!a.revision.empty()) rev = a.revision;
+  auto report = hub::VerifyRepo(CacheRoot(a), *type, repo, rev);
+  if (!report.ok()) return ReportError(report.status());
+  for (const auto& p : report->problems) std::fprintf(stderr, "bad: %s\n", p.c_str());
+  if (flags.json) {
+    nlohmann::json j{{"files_checked", report->files_checked},
+                     {"bytes_checked", report->bytes_checked},
+                     {"problems", report->problems}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("%zu files checked (%s), %zu bad\n", report->files_checked,
+                FormatBytes(report->bytes_checked).c_str(), report->problems.size());
+  }
+  return report->problems.empty() ? 0 : 1;
+}
+
+void PrintRemoved(const hub::RemoveReport& r) {
+  std::printf("removed %zu revision(s), %zu blob(s), freed %s\n", r.revisions_removed,
+              r.blobs_removed, FormatBytes(r.bytes_freed).c_str());
+}
+
+int RunRm(const CacheArgs& a) {
+  auto type = hub::ParseRepoType(a.repo_type);
+  if (!type.ok()) return ReportError(type.status());
+  std::string repo;
+  std::optional<std::string> rev;
+  SplitRepoRevision(a.repo, &repo, &rev);
+  auto report = hub::RemoveFromCache(CacheRoot(a), *type, repo, rev);
+  if (!report.ok()) return ReportError(report.status());
+  PrintRemoved(*report);
+  return 0;
+}
+
+int RunPrune(const CacheArgs& a) {
+  auto report = hub::PruneCache(CacheRoot(a));
+  if (!report.ok()) return ReportError(report.status());
+  PrintRemoved(*report);
+  return 0;
+}
+
+}  // namespace
+
+void RegisterCache(CLI::App& app, GlobalFlags& flags, int& exit_code) {
+  auto args = std::make_shared<CacheArgs>();
+  CLI::App* cache = app.add_subcommand("cache", "Inspect and manage the HF cache");
+  cache->require_subcommand(1);
+  auto common = [&](CLI::App* c) {
+    c->add_option("--cache-dir", args->cache_dir, "Cache root (default: $HF_HUB_CACHE)");
+    c->add_option("--repo-type", args->repo_type, "model, dataset or space")
+        ->check(CLI::IsMember({"model", "dataset", "space"}));
+  };
+  CLI::App* ls = cache->add_subcommand("ls", "List cached repos");
+  common(ls);
+  ls->add_flag("--revisions", args->revisions, "One line per revision");
+  ls->add_flag("--json", flags.json, "JSON output");
+  ls->callback([args, &flags, &exit_code] { exit_code = RunLs(*args, flags); });
+
+  CLI::App* path = cache->add_subcommand("path", "Print a repo's snapshot directory");
+  common(path);
+  path->add_option("repo", args->repo, "Repository id")->required();
+  path->add_option("--revision", args->revision, "Branch, tag or commit (default: main)");
+  path->callback([args, &exit_code] { exit_code = RunPath(*args); });
+
+  CLI::App* verify = cache->add_subcommand("verify", "Re-hash every cached file of a repo");
+  common(verify);
+  verify->add_option("repo", args->repo, "Repository id (REPO or REPO@REV)")->required();
+  verify->add_option("--revision", args->revision, "Only this revision");
+  verify->add_flag("--json", flags.json, "JSON output");
+  verify->callback([args, &flags, &exit_code] { exit_code = RunVerify(*args, flags); });
+
+  CLI::App* rm = cache->add_subcommand("rm", "Remove a repo, or one revision (REPO@REV)");
+  common(rm);
+  rm->add_option("repo", args->repo, "REPO or REPO@REV")->required();
+  rm->callback([args, &exit_code] { exit_code = RunRm(*args); });
+
+  CLI::App* prune = cache->add_subcommand("prune", "Remove unreferenced revisions, blobs and stale temp files");
+  common(prune);
+  prune->callback([args, &exit_code] { exit_code = RunPrune(*args); });
+}
+
+}  // namespace mx::cli

@@ -1,0 +1,115 @@
+#include <unistd.h>
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "common/env.h"
+#include "common/log.h"
+#include "hub/downloader.h"
+
+namespace mx::cli {
+
+int ReportError(const Status& status) {
+  std::fprintf(stderr, "error: %s\n", status.message().c_str());
+  return status.code() == StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+namespace {
+
+struct DownloadArgs {
+  std::string repo_id;
+  std::vector<std::string> files;
+  std::string revision = "main";
+  std::vector<std::string> include, exclude;
+  std::string repo_type = "model";
+  std::string cache_dir, local_dir;
+  int max_workers = 16;
+};
+
+// One line redrawn in place on stderr: bytes, rate, ETA, files.
+void DrawProgress(const hub::DownloadProgress& p) {
+  double rate = p.seconds > 0 ? p.bytes_done / p.seconds : 0;
+  double frac = p.bytes_total ? std::min(1.0, double(p.bytes_done) / p.bytes_total) : 1.0;
+  int filled = static_cast<int>(frac * 24);
+  std::string bar(filled, '#');
+  bar += std::string(24 - filled, '.');
+  std::string eta = "--";
+  if (rate > 0 && p.bytes_total > p.bytes_done) {
+    eta = std::to_string(static_cast<long>((p.bytes_total - p.bytes_done) / rate)) + "s";
+  }
+  std::fprintf(stderr, "\r[%s] %s / %s  %s/s  ETA %s  files %zu/%zu   ", bar.c_str(),
+               FormatBytes(p.bytes_done).c_str(), FormatBytes(p.bytes_total).c_str(),
+               FormatBytes(rate).c_str(), eta.c_str(), p.files_done, p.files_total);
+  std::fflush(stderr);
+}
+
+int RunDownload(const DownloadArgs& a, const GlobalFlags& flags) {
+  InitLogging(flags.quiet || flags.json ? "warn" : "info");
+  auto type = hub::ParseRepoType(a.repo_type);
+  if (!type.ok()) return ReportError(type.status());
+  hub::HubConfig config = hub::HubConfig::FromEnvironment();
+  if (!a.cache_dir.empty()) config.cache_dir = a.cache_dir;
+  if (flags.token) config.token = *flags.token;
+  hub::HubClient client(config, *type);
+
+  hub::DownloadOptions o;
+  o.repo_id = a.repo_id;
+  o.revision = a.revision;
+  o.files = a.files;
+  o.include = a.include;
+  o.exclude = a.exclude;
+  o.max_workers = a.max_workers;
+  if (!a.local_dir.empty()) o.local_dir = a.local_dir;
+  bool tty = ::isatty(STDERR_FILENO) && !flags.quiet && !flags.json;
+  if (tty) o.on_progress = DrawProgress;
+
+  auto report = hub::Download(client, o);
+  if (tty) std::fprintf(stderr, "\n");
+  if (!report.ok()) return ReportError(report.status());
+  if (flags.json) {
+    nlohmann::json j;
+    j["path"] = report->path;
+    j["commit"] = report->commit;
+    j["files"] = report->files;
+    j["bytes"] = report->bytes;
+    j["bytes_fetched"] = report->bytes_fetched;
+    j["seconds"] = report->seconds;
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    if (!flags.quiet) {
+      double rate = report->seconds > 0 ? report->bytes_fetched / report->seconds : 0;
+      std::fprintf(stderr, "%zu files, %s at commit %s (%s fetched in %.1fs, %s/s)\n",
+                   report->files, FormatBytes(report->bytes).c_str(), report->commit.c_str(),
+                   FormatBytes(report->bytes_fetched).c_str(), report->seconds,
+                   FormatBytes(rate).c_str());
+    }
+    std::printf("%s\n", report->path.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+void RegisterDownload(CLI::App& app, GlobalFlags& flags, int& exit_code) {
+  auto args = std::make_shared<DownloadArgs>();
+  CLI::App* cmd = app.add_subcommand("download", "Download a repo (or some files) into the HF cache");
+  cmd->add_option("repo_id", args->repo_id, "Repository id, e.g. org/name")->required();
+  cmd->add_option("files", args->files, "Only these files (paths in the repo)");
+  cmd->add_option("--revision", args->revision, "Branch, tag or commit (default: main)");
+  cmd->add_option("--include", args->include, "Only files matching this glob (repeatable)");
+  cmd->add_option("--exclude", args->exclude, "Skip files matching this glob (repeatable)");
+  cmd->add_option("--repo-type", args->repo_type, "model, dataset or space")
+      ->check(CLI::IsMember({"model", "dataset", "space"}));
+  cmd->add_option("--cache-dir", args->cache_dir, "Cache root (default: $HF_HUB_CACHE or $HF_HOME/hub)");
+  cmd->add_option("--local-dir", args->local_dir, "Write plain files into this directory instead");
+  // The value was scrubbed from argv before parsing; this option only keeps CLI11 happy.
+  cmd->add_option("--token", "Hub token (prefer HF_TOKEN: argv is visible to other users)");
+  cmd->add_option("--max-workers", args->max_workers, "Parallel connections (default 16)")
+      ->check(CLI::Range(1, 256));
+  cmd->add_flag("--quiet,-q", flags.quiet, "Print only the snapshot path");
+  cmd->add_flag("--json", flags.json, "Print one JSON object");
+  cmd->callback([args, &flags, &exit_code] { exit_code = RunDownload(*args, flags); });
+}
+
+}  // namespace mx::cli

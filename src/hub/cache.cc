@@ -1,0 +1,185 @@
+#include "hub/cache.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common/fs.h"
+#include "common/hash.h"
+
+namespace mx::hub {
+
+std::string RepoFolderName(RepoType type, const std::string& repo_id) {
+  std::string folder = RepoTypePlural(type);
+  folder += "--";
+  for (char c : repo_id) {
+    if (c == '/') {
+      folder += "--";
+    } else {
+      folder.push_back(c);
+    }
+  }
+  return folder;
+}
+
+Status ParseRepoFolderName(const std::string& folder, RepoType* type, std::string* repo_id) {
+  size_t sep = folder.find("--");
+  if (sep == std::string::npos) return Status::InvalidArgument("not a repo folder: " + folder);
+  auto t = ParseRepoType(folder.substr(0, sep));
+  if (!t.ok()) return Status::InvalidArgument("not a repo folder: " + folder);
+  *type = *t;
+  std::string rest = folder.substr(sep + 2);
+  std::string id;
+  for (size_t i = 0; i < rest.size(); ++i) {
+    if (rest.compare(i, 2, "--") == 0) {
+      id.push_back('/');
+      ++i;
+    } else {
+      id.push_back(rest[i]);
+    }
+  }
+  *repo_id = id;
+  return Status::OK();
+}
+
+Status ValidateRepoId(const std::string& repo_id) {
+  auto bad = [&](const std::string& why) {
+    return Status::InvalidArgument("invalid repo id '" + repo_id + "': " + why +
+                                   " (expected 'name' or 'org/name')");
+  };
+  if (repo_id.empty() || repo_id.size() > 96) return bad("empty or too long");
+  int slashes = 0;
+  for (char c : repo_id) {
+    slashes += (c == '/');
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.' || c == '/';
+    if (!ok) return bad("unexpected character");
+  }
+  if (slashes > 1 || !IsSafeRelativePath(repo_id)) return bad("path tricks");
+  if (repo_id.find("--") != std::string::npos) return bad("'--' is reserved");
+  return Status::OK();
+}
+
+RepoCache::RepoCache(std::string root, RepoType type, const std::string& repo_id)
+    : root_(std::move(root)), folder_(RepoFolderName(type, repo_id)) {
+  repo_dir_ = root_ + "/" + folder_;
+}
+
+std::string RepoCache::lock_path(const std::string& etag) const {
+  return root_ + "/.locks/" + folder_ + "/" + etag + ".lock";
+}
+
+std::string RepoCache::snapshot_dir(const std::string& commit) const {
+  return repo_dir_ + "/snapshots/" + commit;
+}
+
+std::string RepoCache::snapshot_path(const std::string& commit, const std::string& path) const {
+  return snapshot_dir(commit) + "/" + path;
+}
+
+Result<std::string> RepoCache::ResolveLocal(const std::string& revision) const {
+  auto ref = ReadFile(repo_dir_ + "/refs/" + revision);
+  if (ref.ok()) {
+    std::string commit = *ref;
+    while (!commit.empty() && (commit.back() == '\n' || commit.back() == ' ')) commit.pop_back();
+    if (IsLowerHex(commit, 40)) return commit;
+    return Status::DataLoss("corrupt ref " + repo_dir_ + "/refs/" + revision);
+  }
+  if (IsLowerHex(revision, 40)) return revision;
+  return Status::NotFound("revision '" + revision + "' is not in the cache at " + repo_dir_);
+}
+
+Status RepoCache::WriteRef(const std::string& revision, const std::string& commit) const {
+  if (revision == commit) return Status::OK();
+  std::string path = repo_dir_ + "/refs/" + revision;
+  auto existing = ReadFile(path);
+  if (existing.ok() && *existing == commit) return Status::OK();
+  MX_RETURN_IF_ERROR(MakeDirs(DirName(path)));
+  return WriteFileAtomic(path, commit);
+}
+
+Status RepoCache::Prepare(const std::string& commit) const {
+  MX_RETURN_IF_ERROR(MakeDirs(blobs_dir()));
+  MX_RETURN_IF_ERROR(MakeDirs(snapshot_dir(commit)));
+  MX_RETURN_IF_ERROR(MakeDirs(root_ + "/.locks/" + folder_));
+  std::string tag = root_ + "/CACHEDIR.TAG";
+  if (::access(tag.c_str(), F_OK) != 0) {
+    // Tells backup tools this is a cache (https://bford.info/cachedir/).
+    (void)WriteFileAtomic(tag,
+                          "Signature: 8a477f597d28d172789f06886806bc55\n"
+                          "# This file is a cache directory tag created by mx.\n");
+  }
+  return Status::OK();
+}
+
+Status RepoCache::LinkSnapshot(const std::string& commit, const std::string& path,
+                               const std::string& etag) const {
+  std::string link = snapshot_path(commit, path);
+  MX_RETURN_IF_ERROR(MakeDirs(DirName(link)));
+  std::string target;
+  for (int i = 0; i < PathDepth(path) + 2; ++i) target += "../";
+  target += "blobs/" + etag;
+  char existing[512];
+  ssize_t n = ::readlink(link.c_str(), existing, sizeof existing - 1);
+  if (n > 0 && std::string(existing, static_cast<size_t>(n)) == target) return Status::OK();
+  return ReplaceSymlink(target, link);
+}
+
+bool RepoCache::SnapshotFileOk(const std::string& commit, const std::string& path,
+                               uint64_t size) const {
+  struct stat st;
+  if (::stat(snapshot_path(commit, path).c_str(), &st) != 0) return false;
+  return S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == size;
+}
+
+Status RepoCache::MarkNoExist(const std::string& commit, const std::string& path) const {
+  std::string marker = repo_dir_ + "/.no_exist/" + commit + "/" + path;
+  MX_RETURN_IF_ERROR(MakeDirs(DirName(marker)));
+  return WriteFileAtomic(marker, "");
+}
+
+Status RepoCache::WriteTree(const std::string& commit, const std::vector<TreeEntry>& files) const {
+  nlohmann::json doc;
+  doc["format_version"] = 1;
+  nlohmann::json& out = doc["files"] = nlohmann::json::object();
+  for (const auto& e : files) {
+    nlohmann::json f;
+    f["size"] = e.size;
+    f["blob_id"] = e.git_oid;
+    if (e.is_lfs()) {
+      f["lfs_sha256"] = *e.lfs_sha256;
+      f["lfs_size"] = e.size;
+    }
+    out[e.path] = std::move(f);
+  }
+  std::string path = repo_dir_ + "/trees/" + commit + ".json";
+  MX_RETURN_IF_ERROR(MakeDirs(DirName(path)));
+  return WriteFileAtomic(path, doc.dump());
+}
+
+Result<std::vector<TreeEntry>> RepoCache::ReadTree(const std::string& commit) const {
+  MX_ASSIGN_OR_RETURN(std::string text, ReadFile(repo_dir_ + "/trees/" + commit + ".json"));
+  nlohmann::json doc = nlohmann::json::parse(text, nullptr, false);
+  if (!doc.is_object() || !doc.contains("files") || !doc["files"].is_object()) {
+    return Status::DataLoss("corrupt trees/" + commit + ".json");
+  }
+  std::vector<TreeEntry> out;
+  for (auto& [path, f] : doc["files"].items()) {
+    if (!IsSafeRelativePath(path) || !f.is_object() || !f.contains("size") ||
+        !f["size"].is_number_unsigned() || !f.contains("blob_id") || !f["blob_id"].is_string()) {
+      return Status::DataLoss("corrupt entry in trees/" + commit + ".json");
+    }
+    TreeEntry e;
+    e.path = path;
+    e.size = f["size"].get<uint64_t>();
+    e.git_oid = f["blob_id"].get<std::string>();
+    if (f.contains("lfs_sha256") && f["lfs_sha256"].is_string()) {
+      e.lfs_sha256 = f["lfs_sha256"].get<std::string>();
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+}  // namespace mx::hub

@@ -1,0 +1,60 @@
+// Cache management behind `mx cache ...`: list, locate, verify, remove, prune. Works on
+// any huggingface_hub-layout cache, not only ones mx wrote.
+#pragma once
+
+#include <cstdint>
+#include <ctime>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "hub/hub_client.h"
+
+namespace mx::hub {
+
+struct CachedRevision {
+  std::string commit;
+  std::vector<std::string> refs;  // revisions (branches, tags, PR refs) pointing here
+  size_t files = 0;
+  uint64_t bytes = 0;  // sum of file sizes in the snapshot
+  std::time_t last_modified = 0;
+};
+
+struct CachedRepo {
+  RepoType type = RepoType::kModel;
+  std::string repo_id;
+  std::string dir;
+  uint64_t size_on_disk = 0;  // blobs (each counted once)
+  std::time_t last_modified = 0;
+  std::vector<CachedRevision> revisions;
+};
+
+// Every repo folder under `root`, sorted by type then id.
+Result<std::vector<CachedRepo>> ScanCache(const std::string& root);
+
+struct VerifyReport {
+  size_t files_checked = 0;
+  uint64_t bytes_checked = 0;
+  std::vector<std::string> problems;  // one line per bad file; empty = all good
+};
+// Re-hashes every file of every snapshot (or only `revision`'s): sha256 for LFS blobs,
+// git sha1 for the rest, as named by the blob (or by trees/<commit>.json without symlinks).
+Result<VerifyReport> VerifyRepo(const std::string& root, RepoType type, const std::string& repo_id,
+                                const std::optional<std::string>& revision);
+
+struct RemoveReport {
+  size_t revisions_removed = 0;
+  size_t blobs_removed = 0;
+  uint64_t bytes_freed = 0;
+};
+// Removes the whole repo, or one revision (its snapshot and the refs to it) and then the
+// blobs nothing references any more.
+Result<RemoveReport> RemoveFromCache(const std::string& root, RepoType type,
+                                     const std::string& repo_id,
+                                     const std::optional<std::string>& revision);
+// Removes revisions no ref points to, blobs nothing references, and temp files whose
+// owner is gone, in every repo.
+Result<RemoveReport> PruneCache(const std::string& root);
+
+}  // namespace mx::hub

@@ -1,0 +1,556 @@
+#include "hub/downloader.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "common/fs.h"
+#include "common/hash.h"
+#include "common/log.h"
+#include "http/range_engine.h"
+#include "hub/cache.h"
+#include "hub/progress_file.h"
+
+namespace mx::hub {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr int kMaxFileAttempts = 3;       // whole-file refetches after a hash mismatch
+constexpr uint64_t kMaxChunkBytes = 16ull << 20;
+constexpr uint64_t kMinChunkBytes = 1ull << 20;
+// A temp file untouched this long belongs to a dead process even on another host.
+constexpr int kStaleTempSeconds = 600;
+
+double SecondsSince(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// Big enough that per-request overhead vanishes, small enough that one file keeps every
+// connection busy and that the tail (the last chunks in flight) stays short.
+uint64_t ChooseChunkBytes(uint64_t size, int workers) {
+  uint64_t per = size / static_cast<uint64_t>(std::max(1, workers) * 2);
+  per = (per + kMinChunkBytes - 1) / kMinChunkBytes * kMinChunkBytes;
+  return std::clamp(per, kMinChunkBytes, kMaxChunkBytes);
+}
+
+bool FileHasSize(const std::string& path, uint64_t size) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+         static_cast<uint64_t>(st.st_size) == size;
+}
+
+// One file to produce: a blob (cache mode) or a final path (local dir / no symlinks).
+struct Target {
+  TreeEntry entry;
+  std::string final_path;
+  std::string temp_dir;
+  std::string lock_path;
+  std::string url;
+  int attempts = 0;
+
+  // While being produced:
+  FileLock lock;
+  int fd = -1;
+  std::string temp_path;
+  ProgressFile progress;
+  std::vector<size_t> chunk_of_range;
+  Status fetch_status;
+  Status verify_status;
+  bool done = false;
+  bool retry = false;
+};
+
+// Runs hash checks off the download thread, so verifying one file overlaps fetching others.
+class VerifyPool {
+ public:
+  explicit VerifyPool(int threads) {
+    for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { Loop(); });
+  }
+  ~VerifyPool() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& w : workers_) w.join();
+  }
+  void Submit(std::function<void()> fn) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      queue_.push_back(std::move(fn));
+      ++pending_;
+    }
+    cv_.notify_one();
+  }
+  void Wait() {
+    std::unique_lock<std::mutex> l(mu_);
+    idle_cv_.wait(l, [this] { return pending_ == 0; });
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      std::function<void()> fn;
+      {
+        std::unique_lock<std::mutex> l(mu_);
+        cv_.wait(l, [this] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        fn = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      fn();
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        --pending_;
+      }
+      idle_cv_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_, idle_cv_;
+  std::deque<std::function<void()>> queue_;
+  std::vector<std::thread> workers_;
+  int pending_ = 0;
+  bool stop_ = false;
+};
+
+class Downloader {
+ public:
+  Downloader(HubClient& client, const DownloadOptions& options)
+      : client_(client),
+        options_(options),
+        cache_(client.config().cache_dir, client.type(), options.repo_id) {}
+
+  Result<DownloadReport> Run();
+
+ private:
+  Result<DownloadReport> RunOffline();
+  Result<std::vector<TreeEntry>> Select(const std::string& commit,
+                                        const std::vector<TreeEntry>& listing);
+  void PlanTargets(const std::string& commit, const std::vector<TreeEntry>& selected);
+  Status FetchAll();
+  Status Stage(Target& t);
+  bool AdoptOrphan(Target& t);
+  void Verify(Target& t);
+  Status Publish(const std::string& commit, const std::vector<TreeEntry>& selected);
+  void ReportProgress(bool force);
+
+  bool use_symlinks() const { return !client_.config().disable_symlinks && !local_dir(); }
+  bool local_dir() const { return options_.local_dir.has_value(); }
+  std::string LocalMetaDir() const { return *options_.local_dir + "/.cache/huggingface/download"; }
+
+  HubClient& client_;
+  const DownloadOptions& options_;
+  RepoCache cache_;
+  std::string commit_;
+  std::vector<std::unique_ptr<Target>> targets_;
+  Clock::time_point start_ = Clock::now();
+  Clock::time_point last_progress_{};
+  DownloadProgress progress_;
+  uint64_t bytes_fetched_ = 0;
+};
+
+bool AllFilesPresent(const RepoCache& cache, const std::string& commit,
+                     const std::vector<TreeEntry>& files) {
+  return std::all_of(files.begin(), files.end(), [&](const TreeEntry& e) {
+    return cache.SnapshotFileOk(commit, e.path, e.size);
+  });
+}
+
+}  // namespace
+
+bool MatchesPatterns(const std::string& path, const std::vector<std::string>& include,
+                     const std::vector<std::string>& exclude) {
+  auto matches = [&](std::string pattern) {
+    if (!pattern.empty() && pattern.back() == '/') pattern += "*";
+    return ::fnmatch(pattern.c_str(), path.c_str(), 0) == 0;
+  };
+  bool included = include.empty() || std::any_of(include.begin(), include.end(), matches);
+  return included && std::none_of(exclude.begin(), exclude.end(), matches);
+}
+
+Result<std::vector<TreeEntry>> Downloader::Select(const std::string& commit,
+                                                  const std::vector<TreeEntry>& listing) {
+  std::vector<TreeEntry> selected;
+  if (!options_.files.empty()) {
+    std::map<std::string, const TreeEntry*> by_path;
+    for (const auto& e : listing) by_path[e.path] = &e;
+    for (const auto& f : options_.files) {
+      if (!IsSafeRelativePath(f)) return Status::InvalidArgument("invalid file path '" + f + "'");
+      auto it = by_path.find(f);
+      if (it == by_path.end()) {
+        if (!local_dir()) (void)cache_.MarkNoExist(commit, f);
+        return Status::NotFound("file '" + f + "' does not exist in " + options_.repo_id + " at " +
+                                options_.revision + " (" + commit + ")");
+      }
+      if (MatchesPatterns(f, options_.include, options_.exclude)) selected.push_back(*it->second);
+    }
+  } else {
+    for (const auto& e : listing) {
+      if (MatchesPatterns(e.path, options_.include, options_.exclude)) selected.push_back(e);
+    }
+  }
+  return selected;
+}
+
+void Downloader::PlanTargets(const std::string& commit, const std::vector<TreeEntry>& selected) {
+  std::map<std::string, Target*> by_final;
+  for (const auto& e : selected) {
+    auto t = std::make_unique<Target>();
+    t->entry = e;
+    t->url = client_.FileUrl(options_.repo_id, commit, e.path);
+    if (local_dir()) {
+      t->final_path = *options_.local_dir + "/" + e.path;
+      t->temp_dir = LocalMetaDir();
+      t->lock_path = LocalMetaDir() + "/" + e.path + ".lock";
+    } else {
+      t->final_path = use_symlinks() ? cache_.blob_path(e.etag()) : cache_.snapshot_path(commit, e.path);
+      t->temp_dir = cache_.blobs_dir();
+      t->lock_path = cache_.lock_path(e.etag());
+    }
+    if (by_final.count(t->final_path)) continue;  // two paths, one blob: fetch once
+    by_final[t->final_path] = t.get();
+    targets_.push_back(std::move(t));
+  }
+  // Big files first: their chunks keep every connection busy, small files fill the gaps.
+  std::stable_sort(targets_.begin(), targets_.end(), [](const auto& a, const auto& b) {
+    return a->entry.size > b->entry.size;
+  });
+}
+
+bool Downloader::AdoptOrphan(Target& t) {
+  DIR* dir = ::opendir(t.temp_dir.c_str());
+  if (dir == nullptr) return false;
+  const std::string prefix = t.entry.etag() + ".";
+  const std::string suffix = ".incomplete";
+  std::vector<std::string> candidates;
+  while (dirent* d = ::readdir(dir)) {
+    std::string name = d->d_name;
+    if (name.size() > prefix.size() + suffix.size() && name.rfind(prefix, 0) == 0 &&
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      candidates.push_back(name);
+    }
+  }
+  ::closedir(dir);
+  for (const auto& name : candidates) {
+    std::string owner_text =
+        name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+    std::string path = t.temp_dir + "/" + name;
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) continue;
+    auto owner = ParseTempOwner(owner_text);
+    bool dead = owner && TempOwnerIsDead(*owner);
+    bool stale = std::time(nullptr) - st.st_mtime > kStaleTempSeconds;
+    if (!dead && !stale) continue;  // a live writer (possibly on another host) owns it
+    // rename() is atomic: of several adopters exactly one wins, the others get ENOENT.
+    if (::rename(path.c_str(), t.temp_path.c_str()) != 0) continue;
+    std::string new_progress = t.temp_path + ".progress";
+    if (::rename((path + ".progress").c_str(), new_progress.c_str()) != 0) {
+      ::unlink(new_progress.c_str());  // no usable progress: all bytes count as missing
+    }
+    spdlog::debug("{}: resuming the partial download left by {}", t.entry.path, owner_text);
+    return true;
+  }
+  return false;
+}
+
+Status Downloader::Stage(Target& t) {
+  MX_RETURN_IF_ERROR(MakeDirs(t.temp_dir));
+  t.temp_path = t.temp_dir + "/" + t.entry.etag() + "." + UniqueTempSuffix() + ".incomplete";
+  bool adopted = AdoptOrphan(t);
+  t.fd = ::open(t.temp_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (t.fd < 0) return Status::FromErrno(errno, "create " + t.temp_path);
+  uint64_t size = t.entry.size;
+  if (size > 0 && ::fallocate(t.fd, 0, 0, static_cast<off_t>(size)) != 0 &&
+      errno != EOPNOTSUPP && errno != ENOSYS) {
+    return Status::FromErrno(errno, "reserve " + std::to_string(size) + " bytes for " + t.entry.path);
+  }
+  if (::ftruncate(t.fd, static_cast<off_t>(size)) != 0) {
+    return Status::FromErrno(errno, "size " + t.temp_path);
+  }
+  std::string progress_path = t.temp_path + ".progress";
+  bool resumed = false;
+  if (adopted) {
+    auto p = ProgressFile::Open(progress_path, size);
+    if (p.ok()) {
+      t.progress = std::move(*p);
+      resumed = true;
+    }
+  }
+  if (!resumed) {
+    MX_ASSIGN_OR_RETURN(t.progress, ProgressFile::Create(progress_path, size,
+                                                         ChooseChunkBytes(size, options_.max_workers)));
+  }
+  return Status::OK();
+}
+
+void Downloader::Verify(Target& t) {
+  const TreeEntry& e = t.entry;
+  auto fail = [&](Status st) {
+    ::close(t.fd);
+    t.fd = -1;
+    ::unlink(t.temp_path.c_str());
+    t.progress.Remove();
+    t.verify_status = std::move(st);
+  };
+  auto digest = HashFile(t.temp_path, e.is_lfs() ? HashKind::kSha256 : HashKind::kGitSha1);
+  if (!digest.ok()) return fail(digest.status());
+  if (*digest != e.etag()) {
+    return fail(Status::DataLoss(e.path + ": hash mismatch (expected " + e.etag() + ", got " +
+                                 *digest + ")"));
+  }
+  ::fchmod(t.fd, DefaultFileMode());
+  // Durable before visible: after a power loss a blob is either absent or whole.
+  if (::fdatasync(t.fd) != 0) return fail(Status::FromErrno(errno, "fsync " + t.temp_path));
+  ::close(t.fd);
+  t.fd = -1;
+  Status st = MakeDirs(DirName(t.final_path));
+  if (st.ok() && ::rename(t.temp_path.c_str(), t.final_path.c_str()) != 0) {
+    st = Status::FromErrno(errno, "rename into " + t.final_path);
+  }
+  t.progress.Remove();
+  if (!st.ok()) {
+    ::unlink(t.temp_path.c_str());
+    t.verify_status = st;
+    return;
+  }
+  t.done = true;
+}
+
+void Downloader::ReportProgress(bool force) {
+  if (!options_.on_progress) return;
+  auto now = Clock::now();
+  if (!force && now - last_progress_ < std::chrono::milliseconds(200)) return;
+  last_progress_ = now;
+  progress_.seconds = SecondsSince(start_);
+  options_.on_progress(progress_);
+}
+
+Status Downloader::FetchAll() {
+  std::vector<Target*> pending;
+  for (auto& t : targets_) {
+    if (FileHasSize(t->final_path, t->entry.size) && !local_dir()) {
+      t->done = true;  // a published blob is immutable and was verified when published
+      ++progress_.files_done;
+    } else {
+      pending.push_back(t.get());
+      progress_.bytes_total += t->entry.size;
+    }
+  }
+  progress_.files_total = targets_.size();
+  VerifyPool verifier(2);
+  std::vector<Status> failures;
+  bool announced_wait = false;
+  while (!pending.empty()) {
+    std::vector<Target*> round, waiting;
+    for (Target* t : pending) {
+      Status dirs = MakeDirs(DirName(t->lock_path));
+      auto lock = dirs.ok() ? FileLock::TryAcquire(t->lock_path) : Result<FileLock>(dirs);
+      if (!lock.ok()) {
+        failures.push_back(lock.status());
+        continue;
+      }
+      if (!lock->held()) {
+        waiting.push_back(t);
+        continue;
+      }
+      if (FileHasSize(t->final_path, t->entry.size) && !local_dir()) {
+        t->done = true;  // another process finished it while we were busy
+        ++progress_.files_done;
+        continue;
+      }
+      t->lock = std::move(*lock);
+      t->retry = false;
+      t->fetch_status = Status::OK();
+      t->verify_status = Status::OK();
+      Status st = Stage(*t);
+      if (!st.ok()) {
+        failures.push_back(st);
+        if (t->fd >= 0) ::close(t->fd);
+        continue;
+      }
+      progress_.bytes_total -= std::min(progress_.bytes_total, t->progress.BytesDone());
+      round.push_back(t);
+    }
+
+    if (!round.empty()) {
+      http::EngineOptions eo;
+      eo.max_connections = options_.max_workers;
+      eo.on_bytes = [this](uint64_t n) {
+        progress_.bytes_done += n;
+        ReportProgress(false);
+      };
+      http::RangeEngine engine(eo);
+      for (Target* t : round) {
+        http::FetchJob job;
+        job.url = t->url;
+        job.headers = client_.AuthHeaders();
+        job.size = t->entry.size;
+        job.fd = t->fd;
+        job.display_name = t->entry.path;
+        t->chunk_of_range.clear();
+        for (size_t k = 0; k < t->progress.chunk_count(); ++k) {
+          http::ByteRange r = t->progress.MissingInChunk(k);
+          if (r.begin < r.end) {
+            job.ranges.push_back(r);
+            t->chunk_of_range.push_back(k);
+          }
+        }
+        job.on_progress = [t](size_t index, uint64_t cursor) {
+          t->progress.Record(t->chunk_of_range[index], cursor);
+        };
+        job.on_done = [this, t, &verifier](const Status& st) {
+          t->fetch_status = st;
+          if (st.ok()) verifier.Submit([this, t] { Verify(*t); });
+        };
+        engine.Add(std::move(job));
+      }
+      Status st = engine.Run();
+      verifier.Wait();
+      bytes_fetched_ += engine.bytes_received();
+      if (!st.ok()) return st;
+    }
+
+    std::vector<Target*> next;
+    for (Target* t : round) {
+      if (t->done) {
+        ++progress_.files_done;
+      } else if (!t->fetch_status.ok()) {
+        if (t->fd >= 0) ::close(t->fd);  // keep the partial file: a rerun resumes it
+        t->fd = -1;
+        t->progress.Close();
+        failures.push_back(t->fetch_status);
+      } else if (t->verify_status.code() == StatusCode::kDataLoss &&
+                 ++t->attempts < kMaxFileAttempts) {
+        spdlog::warn("{}; fetching it again", t->verify_status.message());
+        progress_.bytes_total += t->entry.size;
+        next.push_back(t);
+      } else {
+        failures.push_back(t->verify_status.code() == StatusCode::kDataLoss
+                               ? t->verify_status.WithContext("after " +
+                                                              std::to_string(kMaxFileAttempts) +
+                                                              " attempts")
+                               : t->verify_status);
+      }
+      t->lock.Release();
+    }
+    if (round.empty() && !waiting.empty()) {
+      if (!announced_wait) {
+        spdlog::info("waiting for another process that is downloading {} file(s) of {}",
+                     waiting.size(), options_.repo_id);
+        announced_wait = true;
+      }
+      ReportProgress(false);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    next.insert(next.end(), waiting.begin(), waiting.end());
+    pending = std::move(next);
+  }
+  ReportProgress(true);
+  if (failures.empty()) return Status::OK();
+  if (failures.size() == 1) return failures[0];
+  return failures[0].WithContext(std::to_string(failures.size()) + " files failed; first");
+}
+
+Status Downloader::Publish(const std::string& commit, const std::vector<TreeEntry>& selected) {
+  if (local_dir()) {
+    // huggingface_hub's local-dir metadata: lets it (and us) skip up-to-date files later.
+    for (const auto& e : selected) {
+      std::string meta = LocalMetaDir() + "/" + e.path + ".metadata";
+      MX_RETURN_IF_ERROR(MakeDirs(DirName(meta)));
+      MX_RETURN_IF_ERROR(WriteFileAtomic(
+          meta, commit + "\n" + e.etag() + "\n" + std::to_string(std::time(nullptr)) + "\n"));
+    }
+    return Status::OK();
+  }
+  if (use_symlinks()) {
+    for (const auto& e : selected) MX_RETURN_IF_ERROR(cache_.LinkSnapshot(commit, e.path, e.etag()));
+  }
+  // Without symlinks every path was its own target, produced in place.
+  return cache_.WriteRef(options_.revision, commit);
+}
+
+Result<DownloadReport> Downloader::RunOffline() {
+  auto commit = cache_.ResolveLocal(options_.revision);
+  if (!commit.ok()) {
+    return Status::FailedPrecondition(
+        "offline mode (HF_HUB_OFFLINE) and " + options_.repo_id + "@" + options_.revision +
+        " is not in the cache at " + cache_.root() + "; download it first with network access");
+  }
+  std::string snap = cache_.snapshot_dir(*commit);
+  struct stat st;
+  if (::stat(snap.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return Status::FailedPrecondition("offline mode and the snapshot " + snap + " is missing");
+  }
+  DownloadReport report;
+  report.commit = *commit;
+  report.path = snap;
+  auto tree = cache_.ReadTree(*commit);
+  if (tree.ok()) {
+    auto selected = Select(*commit, *tree);
+    if (!selected.ok()) return selected.status();
+    if (!AllFilesPresent(cache_, *commit, *selected)) {
+      return Status::FailedPrecondition("offline mode and the cached snapshot " + snap +
+                                        " lacks some of the requested files");
+    }
+    report.files = selected->size();
+    for (const auto& e : *selected) report.bytes += e.size;
+  }
+  for (const auto& f : options_.files) {
+    if (::access(cache_.snapshot_path(*commit, f).c_str(), R_OK) != 0) {
+      return Status::FailedPrecondition("offline mode and '" + f + "' is not in " + snap);
+    }
+  }
+  report.seconds = SecondsSince(start_);
+  return report;
+}
+
+Result<DownloadReport> Downloader::Run() {
+  MX_RETURN_IF_ERROR(ValidateRepoId(options_.repo_id));
+  if (options_.max_workers < 1) return Status::InvalidArgument("--max-workers must be at least 1");
+  if (client_.config().offline) {
+    if (local_dir()) return Status::FailedPrecondition("offline mode cannot fill a --local-dir");
+    return RunOffline();
+  }
+  MX_ASSIGN_OR_RETURN(commit_, client_.ResolveRevision(options_.repo_id, options_.revision));
+  MX_ASSIGN_OR_RETURN(std::vector<TreeEntry> listing, client_.ListFiles(options_.repo_id, commit_));
+  MX_ASSIGN_OR_RETURN(std::vector<TreeEntry> selected, Select(commit_, listing));
+  if (local_dir()) {
+    MX_RETURN_IF_ERROR(MakeDirs(LocalMetaDir()));
+  } else {
+    MX_RETURN_IF_ERROR(cache_.Prepare(commit_));
+    MX_RETURN_IF_ERROR(cache_.WriteTree(commit_, listing));
+  }
+  PlanTargets(commit_, selected);
+  MX_RETURN_IF_ERROR(FetchAll());
+  MX_RETURN_IF_ERROR(Publish(commit_, selected));
+  DownloadReport report;
+  report.commit = commit_;
+  report.path = local_dir() ? *options_.local_dir : cache_.snapshot_dir(commit_);
+  report.files = selected.size();
+  for (const auto& e : selected) report.bytes += e.size;
+  report.bytes_fetched = bytes_fetched_;
+  report.seconds = SecondsSince(start_);
+  return report;
+}
+
+Result<DownloadReport> Download(HubClient& client, const DownloadOptions& options) {
+  Downloader d(client, options);
+  return d.Run();
+}
+
+}  // namespace mx::hub
