@@ -37,7 +37,7 @@ std::map<std::string, std::string> ReadRefs(const std::string& repo_dir) {
   for (auto it = fs::recursive_directory_iterator(refs_dir, ec);
        !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
     if (!it->is_regular_file()) continue;
-    std::string name = fs::relative(it->path(), refs_dir).string();
+    std::string name = it->path().lexically_relative(refs_dir).string();
     if (name.find(".tmp") != std::string::npos) continue;
     auto content = ReadFile(it->path());
     if (content.ok() && IsLowerHex(*content, 40)) refs[name] = *content;
@@ -52,7 +52,7 @@ std::vector<std::pair<std::string, std::string>> SnapshotFiles(const std::string
   for (auto it = fs::recursive_directory_iterator(snap_dir, ec);
        !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
     if (it->is_directory() && !it->is_symlink()) continue;
-    out.emplace_back(fs::relative(it->path(), snap_dir).string(), it->path().string());
+    out.emplace_back(it->path().lexically_relative(snap_dir).string(), it->path().string());
   }
   std::sort(out.begin(), out.end());
   return out;
