@@ -7,6 +7,7 @@
 #include <random>
 #include <thread>
 
+#include "common/env.h"
 #include "common/log.h"
 #include "http/curl_util.h"
 
@@ -22,9 +23,14 @@ void ApplyCommonOptions(CURL* easy) {
   curl_easy_setopt(easy, CURLOPT_USERAGENT, UserAgent());
   curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT, 20L);
-  // A peer that sends nothing for 30 s is dead: fail the transfer so it is retried.
+  // A peer that sends nothing for a while is dead: fail the transfer so it is retried.
+  static const long stall_seconds = [] {
+    auto v = GetEnv("MX_STALL_TIMEOUT_SECONDS");
+    long s = v ? std::atol(v->c_str()) : 0;
+    return s > 0 ? s : 30L;
+  }();
   curl_easy_setopt(easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
-  curl_easy_setopt(easy, CURLOPT_LOW_SPEED_TIME, 30L);
+  curl_easy_setopt(easy, CURLOPT_LOW_SPEED_TIME, stall_seconds);
   curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2TLS);
   curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(easy, CURLOPT_MAXREDIRS, 10L);
