@@ -270,6 +270,8 @@ def run_scenario(ctx: Ctx, name: str, limit: str | None, content: Path, store: P
                 with open(nginx.access_log, "rb") as f:
                     f.seek(log_off)
                     lines = f.read().decode(errors="replace").splitlines()
+                if r["problem"]:
+                    verified = "FAILED"
                 r.update(scenario=name, tool=tool, run=run_no, verified=verified,
                          nginx=log_summary(lines))
                 r["mbps"] = ctx.total / r["seconds"] / 1e6 if r["seconds"] > 0 else 0.0
@@ -322,7 +324,10 @@ def report(ctx: Ctx, rows: list[dict], scenarios: list[str], gen_s: float) -> st
     out.append("| scenario | tool | run | seconds | MB/s | peak RSS MiB | CPU s/GB | verified | "
                "nginx reqs / conns | status |")
     out.append("|---|---|---:|---:|---:|---:|---:|---|---|---|")
-    for r in rows:
+    order = {t: i for i, (t, _, _) in enumerate(TOOLS)}
+    table_rows = sorted(rows, key=lambda r: (scenarios.index(r["scenario"]),
+                                             order[r["tool"]], r["run"]))
+    for r in table_rows:
         b = best(rows, r["scenario"], r["tool"])
         mark = " (best)" if b is r else ""
         status = "ok" if not r["problem"] else f"**FAILED**: {r['problem']}"
@@ -360,7 +365,7 @@ def report(ctx: Ctx, rows: list[dict], scenarios: list[str], gen_s: float) -> st
     out.append("nginx access log per run (LFS traffic only; requests / distinct connections / "
                "ranged requests / median body bytes / max requests on one connection):")
     out.append("")
-    for r in rows:
+    for r in table_rows:
         n = r["nginx"]
         extra = ""
         if r.get("mx_json"):
