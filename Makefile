@@ -3,7 +3,7 @@ BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: deps configure build test run bench clean format
+.PHONY: deps configure build test run bench fuzz clean format
 
 deps:
 	@bash scripts/install-deps.sh
@@ -19,8 +19,24 @@ build: configure
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 900 -j 2
 
+# The main job. mx-server is not built yet; until it is, show what mx can do here.
+MX_CACHE ?= $(if $(HF_HUB_CACHE),$(HF_HUB_CACHE),$(CURDIR)/.mx-cache)
+run: build
+	@$(BUILD_DIR)/src/cli/mx --help
+	@echo
+	@echo "cache: $(MX_CACHE)"
+	@$(BUILD_DIR)/src/cli/mx cache ls --cache-dir "$(MX_CACHE)"
+
 bench: build
 	bash bench/download.sh
+
+# Fuzzers need clang; they get their own build dir so the main build stays gcc.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DMX_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=OFF
+	cmake --build build-fuzz -j $(JOBS) --target hub_tree_fuzzer
+	mkdir -p build-fuzz/corpus/hub_tree && cp -n fuzz/corpus/hub_tree/* build-fuzz/corpus/hub_tree/
+	build-fuzz/fuzz/hub_tree_fuzzer -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus/hub_tree
 
 clean:
 	rm -rf $(BUILD_DIR)
