@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import unittest
@@ -71,6 +72,8 @@ class DownloadTest(unittest.TestCase):
         cls.hub = HubStub(cls.tmp, {
             "org/model": {"revisions": {"main": cls.content, "refs/pr/1": cls.pr}},
             "org/gated": {"revisions": {"main": cls.gated}, "token": TOKEN},
+            "dataset/org/data": {"revisions": {"main": cls.pr}},
+            "org/renamed": {"revisions": {"main": cls.pr}, "renamed_from": ["org/old-name"]},
         }, page_size=3, lfs_redirect_base=cls.ng.base_url, lfs_store=store).start()
 
     @classmethod
@@ -210,6 +213,33 @@ class DownloadTest(unittest.TestCase):
             self.assertEqual((snapshot / rel).read_bytes(), (self.content / rel).read_bytes())
         r = self.mx("cache", "verify", "org/model")
         self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_dataset_and_renamed_repo(self):
+        r = self.download("org/data", "--repo-type", "dataset", "--quiet")
+        commit = self.hub.commit("dataset/org/data")
+        self.assertEqual(r.stdout.strip(), str(self.cache / "datasets--org--data/snapshots" / commit))
+        assert_snapshot_matches(self, r.stdout.strip(), self.pr, {"config.json": 0, "w.safetensors": 0})
+        # A renamed repo answers with a relative redirect that the client follows.
+        r = self.download("org/old-name", "--quiet")
+        assert_snapshot_matches(self, r.stdout.strip(), self.pr, {"config.json": 0, "w.safetensors": 0})
+
+    def test_disk_full_is_a_clear_error(self):
+        mount = self.tmp / "small"
+        mount.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                          capture_output=True).returncode != 0:
+            self.skipTest("cannot mount a small tmpfs here (needs root)")
+        try:
+            r = self.mx("download", "org/model", "--cache-dir", str(mount / "cache"))
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("disk full", r.stderr)
+            self.assertIn("model-0000", r.stderr)
+            # Nothing half-written is visible.
+            for p in (mount / "cache").rglob("*"):
+                if p.is_symlink() or (p.is_file() and "snapshots" in p.parts):
+                    self.assertTrue(p.exists(), f"broken link {p}")
+        finally:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
     def test_cache_commands(self):
         self.download("org/model")
