@@ -50,7 +50,7 @@ class BenchNginx(Nginx):
         old = "auth=$mx_auth_present';"
         assert old in conf, "harness nginx log_format changed"
         return conf.replace(old, "auth=$mx_auth_present conn=$connection "
-                                 "creq=$connection_requests rt=$request_time';")
+                                 "creq=$connection_requests rt=$request_time t=$msec';")
 
 
 # --------------------------------------------------------------------------
@@ -91,6 +91,7 @@ def timed(cmd: list[str], env: dict, log: Path, timeout: float) -> dict:
     tfile = log.with_suffix(".time")
     full = [TIME_BIN, "-f", "%e %M %U %S", "-o", str(tfile), *cmd]
     t0 = time.monotonic()
+    t0_epoch = time.time()
     with open(log, "wb") as err:
         try:
             p = subprocess.run(full, env=env, stdout=subprocess.PIPE, stderr=err,
@@ -99,7 +100,8 @@ def timed(cmd: list[str], env: dict, log: Path, timeout: float) -> dict:
         except subprocess.TimeoutExpired:
             rc, out = 124, ""
     wall = time.monotonic() - t0
-    res = {"rc": rc, "stdout": out, "seconds": wall, "rss_kib": 0, "cpu_s": 0.0}
+    res = {"rc": rc, "stdout": out, "seconds": wall, "rss_kib": 0, "cpu_s": 0.0,
+           "t_start": t0_epoch, "t_end": time.time()}
     try:
         # /usr/bin/time writes "Command exited with non-zero status N" first
         # when the command fails; the numbers are on the last line.
@@ -121,7 +123,7 @@ def drop(path: Path) -> None:
 # --------------------------------------------------------------------------
 
 LOG_RE = re.compile(r'"(?P<req>[^"]*)" (?P<status>\d+) (?P<bytes>\d+) range="(?P<range>[^"]*)"'
-                    r'.* conn=(?P<conn>\d+) creq=(?P<creq>\d+) rt=(?P<rt>[\d.]+)')
+                    r'.* conn=(?P<conn>\d+) creq=(?P<creq>\d+) rt=(?P<rt>[\d.]+) t=(?P<t>[\d.]+)')
 
 
 def log_summary(lines: list[str]) -> dict:
@@ -129,6 +131,7 @@ def log_summary(lines: list[str]) -> dict:
     statuses: dict[str, int] = collections.Counter()
     ranged = nbytes = 0
     sizes = []
+    first = last = None
     for ln in lines:
         m = LOG_RE.search(ln)
         if not m:
@@ -139,11 +142,16 @@ def log_summary(lines: list[str]) -> dict:
         if m["range"] != "-":
             ranged += 1
         sizes.append(int(m["bytes"]))
+        end = float(m["t"])
+        start = end - float(m["rt"])
+        first = start if first is None else min(first, start)
+        last = end if last is None else max(last, end)
     sizes.sort()
     return {"requests": sum(conns.values()), "connections": len(conns), "ranged": ranged,
             "bytes": nbytes, "statuses": dict(statuses),
             "median_body": sizes[len(sizes) // 2] if sizes else 0,
-            "max_reqs_per_conn": max(conns.values()) if conns else 0}
+            "max_reqs_per_conn": max(conns.values()) if conns else 0,
+            "first_start": first, "last_end": last}
 
 
 # --------------------------------------------------------------------------
@@ -368,8 +376,11 @@ def report(ctx: Ctx, rows: list[dict], scenarios: list[str], gen_s: float) -> st
     for r in table_rows:
         n = r["nginx"]
         extra = ""
+        if n["first_start"] is not None:
+            extra += (f"; nginx busy from +{n['first_start'] - r['t_start']:.2f} s to "
+                      f"+{n['last_end'] - r['t_start']:.2f} s of {r['t_end'] - r['t_start']:.2f} s")
         if r.get("mx_json"):
-            extra = f"; mx self-reported {r['mx_json'].get('seconds', 0):.2f} s"
+            extra += f"; mx self-reported {r['mx_json'].get('seconds', 0):.2f} s"
         out.append(f"- {r['scenario']} {r['tool']} run {r['run']}: {n['requests']} reqs, "
                    f"{n['connections']} conns, {n['ranged']} ranged, median body "
                    f"{n['median_body']} B, max {n['max_reqs_per_conn']} reqs/conn, "

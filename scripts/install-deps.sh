@@ -10,8 +10,10 @@ APT_PACKAGES=(
   # libraries
   libcurl4-openssl-dev libssl-dev libspdlog-dev libfmt-dev libcli11-dev
   nlohmann-json3-dev libgtest-dev libgmock-dev
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  libsqlite3-dev libhiredis-dev libyaml-cpp-dev
   # test and benchmark peers
-  python3 nginx-light aria2 curl time procps
+  python3 python3-grpcio python3-protobuf nginx-light aria2 curl time procps redis-server iperf3
 )
 
 missing=()

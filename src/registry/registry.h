@@ -1,0 +1,121 @@
+// MetadataStore: what several mx-server replicas agree on. Two backends behind one
+// interface: "embedded" (SQLite in the cache dir; several processes on one host) and
+// "redis" (replicas on many hosts). Records are plain data; protobuf payloads of P2P
+// sources are stored as opaque bytes so this module stays below the wire layer.
+//
+// Model claims implement single-flight downloads across replicas: TryClaim is atomic;
+// the winner holds a lease it renews; a DOWNLOADING record whose lease expired (its owner
+// died) can be claimed again; an ERROR record can be claimed once per retry.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace mx::registry {
+
+int64_t NowMs();
+
+struct ModelKey {
+  int provider = 0;           // model_express.model.ModelProvider
+  std::string name;
+  std::string revision;       // as requested; "" = the default branch
+  bool ignore_weights = false;
+
+  // Stable text form used as the primary key in every backend.
+  std::string Id() const;
+};
+
+enum class ModelState { kDownloading = 0, kDownloaded = 1, kError = 2 };
+
+struct ModelRecord {
+  ModelKey key;
+  ModelState state = ModelState::kDownloading;
+  std::string claim_id;       // who is (or was last) downloading
+  int64_t lease_expiry_ms = 0;
+  int64_t created_ms = 0;
+  int64_t last_used_ms = 0;
+  std::string message;        // error text, or a note
+  std::string resolved_revision;
+  uint64_t bytes = 0;         // size of the downloaded files
+};
+
+struct ClaimResult {
+  bool won = false;
+  std::optional<ModelState> previous;  // state before our claim (nullopt: no record)
+  ModelRecord record;                  // the record after the call
+};
+
+struct SourceRecord {
+  std::string mx_source_id;
+  std::string worker_id;
+  std::string model_name;
+  uint32_t worker_rank = 0;
+  int status = 0;              // model_express.p2p.SourceStatus
+  int64_t updated_at_ms = 0;
+  std::string accelerator;
+  std::string identity;        // serialized SourceIdentity
+  std::string worker;          // serialized WorkerMetadata
+};
+
+struct SourceFilter {
+  std::optional<std::string> mx_source_id;
+  std::optional<int> status;
+  std::optional<std::string> model_name;
+  std::optional<uint32_t> worker_rank;
+  std::optional<int64_t> min_updated_at_ms;
+  std::optional<uint32_t> limit;
+};
+
+class MetadataStore {
+ public:
+  virtual ~MetadataStore() = default;
+
+  // Atomically claims the download of `key` for `claim_id` when there is no record, the
+  // record is DOWNLOADING with an expired lease, or it is ERROR and `retry_error` is set.
+  virtual Result<ClaimResult> TryClaim(const ModelKey& key, const std::string& claim_id,
+                                       int64_t lease_ms, bool retry_error) = 0;
+  // Extends our lease. FailedPrecondition when the claim was lost (taken over).
+  virtual Status RenewLease(const ModelKey& key, const std::string& claim_id, int64_t lease_ms) = 0;
+  // Records the outcome of our claim. FailedPrecondition when the claim was lost.
+  virtual Status Finish(const ModelKey& key, const std::string& claim_id, ModelState state,
+                        const std::string& message, const std::string& resolved_revision,
+                        uint64_t bytes) = 0;
+  virtual Result<std::optional<ModelRecord>> GetModel(const ModelKey& key) = 0;
+  virtual Status TouchModel(const ModelKey& key) = 0;  // last used = now
+  virtual Result<std::vector<ModelRecord>> ListModels() = 0;
+  virtual Status DeleteModel(const ModelKey& key) = 0;
+
+  // Inserts or replaces the source (mx_source_id, worker_id).
+  virtual Status PutSource(const SourceRecord& source) = 0;
+  virtual Result<std::optional<SourceRecord>> GetSource(const std::string& mx_source_id,
+                                                        const std::string& worker_id) = 0;
+  virtual Result<std::vector<SourceRecord>> ListSources(const SourceFilter& filter) = 0;
+  // Sets status and updated_at = now. NotFound when there is no such source.
+  virtual Status UpdateSourceStatus(const std::string& mx_source_id, const std::string& worker_id,
+                                    int status) = 0;
+  // Marks sources not updated for stale_ms as `stale_status`, deletes those not updated for
+  // gc_ms. Returns how many were marked and deleted.
+  virtual Result<std::pair<int, int>> ReapSources(int64_t stale_ms, int64_t gc_ms,
+                                                  int stale_status) = 0;
+};
+
+struct StoreConfig {
+  std::string backend = "embedded";  // MX_METADATA_BACKEND
+  std::string sqlite_path;           // embedded: <cache>/.mx/registry.db
+  std::string redis_host = "127.0.0.1";
+  int redis_port = 6379;
+  std::string redis_password;        // from REDIS_URL; never logged
+  int redis_db = 0;
+};
+
+// Parses redis://[:password@]host[:port][/db] into the config.
+Status ParseRedisUrl(const std::string& url, StoreConfig* config);
+
+Result<std::unique_ptr<MetadataStore>> OpenStore(const StoreConfig& config);
+
+}  // namespace mx::registry
