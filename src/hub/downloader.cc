@@ -28,7 +28,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr int kMaxFileAttempts = 3;       // whole-file refetches after a hash mismatch
+constexpr int kMaxFileAttempts = 3;
+// Hash the written prefix in steps of this much, so verifying overlaps the download.
+constexpr uint64_t kHashStepBytes = 4ull << 20;       // whole-file refetches after a hash mismatch
 constexpr uint64_t kMaxChunkBytes = 16ull << 20;
 constexpr uint64_t kMinChunkBytes = 1ull << 20;
 // A temp file untouched this long belongs to a dead process even on another host.
@@ -67,13 +69,18 @@ struct Target {
   std::string temp_path;
   ProgressFile progress;
   std::vector<size_t> chunk_of_range;
+  // Hashing follows the written prefix (engine thread submits, the hash thread consumes).
+  std::unique_ptr<Hasher> hasher;
+  uint64_t hash_submitted = 0;
+  size_t first_open_chunk = 0;
   Status fetch_status;
   Status verify_status;
   bool done = false;
   bool retry = false;
 };
 
-// Runs hash checks off the download thread, so verifying one file overlaps fetching others.
+// Runs hashing and publishing off the download thread, in submission order (one thread),
+// so a file's prefix is hashed while its later ranges are still arriving.
 class VerifyPool {
  public:
   explicit VerifyPool(int threads) {
@@ -145,6 +152,8 @@ class Downloader {
   Status FetchAll();
   Status Stage(Target& t);
   bool AdoptOrphan(Target& t);
+  void AdvanceHash(Target& t, VerifyPool& pool);
+  void HashRange(Target& t, uint64_t from, uint64_t to);
   void Verify(Target& t);
   Status Publish(const std::string& commit, const std::vector<TreeEntry>& selected);
   void ReportProgress(bool force);
@@ -295,7 +304,38 @@ Status Downloader::Stage(Target& t) {
     MX_ASSIGN_OR_RETURN(t.progress, ProgressFile::Create(progress_path, size,
                                                          ChooseChunkBytes(size, options_.max_workers)));
   }
+  t.hasher = std::make_unique<Hasher>(t.entry.is_lfs() ? HashKind::kSha256 : HashKind::kGitSha1, size);
+  t.hash_submitted = 0;
+  t.first_open_chunk = 0;
   return Status::OK();
+}
+
+void Downloader::AdvanceHash(Target& t, VerifyPool& pool) {
+  uint64_t prefix = t.progress.PrefixEnd(&t.first_open_chunk);
+  if (prefix < t.hash_submitted + kHashStepBytes && prefix < t.entry.size) return;
+  if (prefix <= t.hash_submitted) return;
+  uint64_t from = t.hash_submitted;
+  t.hash_submitted = prefix;
+  pool.Submit([this, &t, from, prefix] { HashRange(t, from, prefix); });
+}
+
+void Downloader::HashRange(Target& t, uint64_t from, uint64_t to) {
+  if (!t.verify_status.ok()) return;
+  thread_local std::vector<char> buf(1 << 20);
+  for (uint64_t off = from; off < to;) {
+    size_t want = static_cast<size_t>(std::min<uint64_t>(buf.size(), to - off));
+    ssize_t n = ::pread(t.fd, buf.data(), want, static_cast<off_t>(off));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      t.verify_status = Status::FromErrno(n < 0 ? errno : EIO, "read back " + t.temp_path);
+      return;
+    }
+    t.hasher->Update(buf.data(), static_cast<size_t>(n));
+    off += static_cast<uint64_t>(n);
+  }
+  // Start writeback of what is verified now, so the fdatasync before publishing is short.
+  ::sync_file_range(t.fd, static_cast<off_t>(from), static_cast<off_t>(to - from),
+                    SYNC_FILE_RANGE_WRITE);
 }
 
 void Downloader::Verify(Target& t) {
@@ -307,11 +347,12 @@ void Downloader::Verify(Target& t) {
     t.progress.Remove();
     t.verify_status = std::move(st);
   };
-  auto digest = HashFile(t.temp_path, e.is_lfs() ? HashKind::kSha256 : HashKind::kGitSha1);
-  if (!digest.ok()) return fail(digest.status());
-  if (*digest != e.etag()) {
+  if (!t.verify_status.ok()) return fail(t.verify_status);
+  if (t.hash_submitted != e.size) return fail(Status::Internal(e.path + ": hashed only part of the file"));
+  std::string digest = t.hasher->FinalHex();
+  if (digest != e.etag()) {
     return fail(Status::DataLoss(e.path + ": hash mismatch (expected " + e.etag() + ", got " +
-                                 *digest + ")"));
+                                 digest + ")"));
   }
   ::fchmod(t.fd, DefaultFileMode());
   // Durable before visible: after a power loss a blob is either absent or whole.
@@ -352,7 +393,7 @@ Status Downloader::FetchAll() {
     }
   }
   progress_.files_total = targets_.size();
-  VerifyPool verifier(2);
+  VerifyPool verifier(1);
   std::vector<Status> failures;
   bool announced_wait = false;
   while (!pending.empty()) {
@@ -410,12 +451,15 @@ Status Downloader::FetchAll() {
             t->chunk_of_range.push_back(k);
           }
         }
-        job.on_progress = [t](size_t index, uint64_t cursor) {
+        job.on_progress = [this, t, &verifier](size_t index, uint64_t cursor) {
           t->progress.Record(t->chunk_of_range[index], cursor);
+          AdvanceHash(*t, verifier);
         };
         job.on_done = [this, t, &verifier](const Status& st) {
           t->fetch_status = st;
-          if (st.ok()) verifier.Submit([this, t] { Verify(*t); });
+          if (!st.ok()) return;
+          AdvanceHash(*t, verifier);
+          verifier.Submit([this, t] { Verify(*t); });
         };
         engine.Add(std::move(job));
       }

@@ -87,6 +87,13 @@ uint64_t ProgressFile::BytesDone() const {
   return total;
 }
 
+uint64_t ProgressFile::PrefixEnd(size_t* first_open) const {
+  size_t& k = *first_open;
+  while (k < done_.size() && done_[k] == std::min(chunk_bytes_, size_ - k * chunk_bytes_)) ++k;
+  if (k == done_.size()) return size_;
+  return k * chunk_bytes_ + done_[k];
+}
+
 void ProgressFile::Record(size_t k, uint64_t cursor) {
   uint64_t done = cursor - k * chunk_bytes_;
   if (done <= done_[k]) return;

@@ -35,6 +35,9 @@ class ProgressFile {
   http::ByteRange MissingInChunk(size_t k) const;
   // Bytes of the file already accounted for.
   uint64_t BytesDone() const;
+  // End of the written prefix [0, end) of the file. `first_open` is a cursor the caller
+  // keeps between calls (start at 0) so repeated calls cost O(1) amortized.
+  uint64_t PrefixEnd(size_t* first_open) const;
   // Chunk k is written up to absolute offset `cursor`.
   void Record(size_t k, uint64_t cursor);
 
