@@ -1,0 +1,301 @@
+#include "server/model_manager.h"
+
+#include <fnmatch.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <thread>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "hub/cache.h"
+#include "hub/cache_admin.h"
+#include "hub/downloader.h"
+
+namespace mx::server {
+
+namespace fs = std::filesystem;
+using registry::ModelKey;
+using registry::ModelRecord;
+using registry::ModelState;
+
+namespace {
+
+const std::vector<std::string> kWeightPatterns = {"*.safetensors", "*.bin", "*.pt", "*.pth",
+                                                  "*.h5", "*.msgpack", "*.ckpt*", "*.gguf"};
+
+std::string NewClaimId() { return UniqueTempSuffix(); }
+
+template <typename F>
+auto Timed(Metrics* m, F&& f) {
+  auto start = std::chrono::steady_clock::now();
+  auto result = f();
+  m->ObserveRegistryOp(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                                 std::chrono::steady_clock::now() - start)
+                                                 .count()));
+  return result;
+}
+
+}  // namespace
+
+bool IsWeightFile(const std::string& path) {
+  for (const auto& p : kWeightPatterns) {
+    if (::fnmatch(p.c_str(), path.c_str(), 0) == 0) return true;
+  }
+  return false;
+}
+
+ModelManager::ModelManager(const ServerConfig& config, registry::MetadataStore* store,
+                           Metrics* metrics)
+    : config_(config), store_(store), metrics_(metrics) {}
+
+Result<std::string> ModelManager::Download(const ModelKey& key, uint64_t* bytes) {
+  hub::HubClient client(config_.hub, hub::RepoType::kModel);
+  hub::DownloadOptions o;
+  o.repo_id = key.name;
+  o.revision = key.revision.empty() ? "main" : key.revision;
+  o.max_workers = config_.download_workers;
+  if (key.ignore_weights) o.exclude = kWeightPatterns;
+  MX_ASSIGN_OR_RETURN(hub::DownloadReport report, hub::Download(client, o));
+  metrics_->bytes_from_upstream += report.bytes_fetched;
+  *bytes = report.bytes;
+  spdlog::info("downloaded {}@{} ({} files, {} bytes, {} fetched in {:.1f}s)", key.name,
+               report.commit, report.files, report.bytes, report.bytes_fetched, report.seconds);
+  return report.commit;
+}
+
+Status ModelManager::RunClaimed(const ModelKey& key, const std::string& claim_id,
+                                const std::function<void(const StatusUpdate&)>& send) {
+  // Renew the lease while we work, so other replicas know we are alive.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::thread renewer([&] {
+    std::unique_lock<std::mutex> l(mu);
+    while (!cv.wait_for(l, std::chrono::milliseconds(config_.lease_renew_ms), [&] { return done; })) {
+      Status st = Timed(metrics_, [&] { return store_->RenewLease(key, claim_id, config_.lease_ms); });
+      if (!st.ok()) spdlog::warn("lease renewal for {}: {}", key.name, st.message());
+    }
+  });
+  ++metrics_->downloads_in_flight;
+  uint64_t bytes = 0;
+  auto commit = Download(key, &bytes);
+  --metrics_->downloads_in_flight;
+  {
+    std::lock_guard<std::mutex> l(mu);
+    done = true;
+  }
+  cv.notify_all();
+  renewer.join();
+  StatusUpdate final;
+  if (commit.ok()) {
+    ++metrics_->downloads_done;
+    final.state = ModelState::kDownloaded;
+    final.resolved_revision = *commit;
+    final.message = "model downloaded";
+  } else {
+    ++metrics_->downloads_failed;
+    final.state = ModelState::kError;
+    final.message = commit.status().message();
+    spdlog::error("download of {} failed: {}", key.name, final.message);
+  }
+  Status st = Timed(metrics_, [&] {
+    return store_->Finish(key, claim_id, final.state, final.message, final.resolved_revision, bytes);
+  });
+  if (!st.ok()) spdlog::warn("recording the outcome for {}: {}", key.name, st.message());
+  send(final);
+  if (commit.ok()) {
+    EvictIfNeeded();
+    RefreshCacheGauges();
+  }
+  return Status::OK();
+}
+
+Status ModelManager::Ensure(const ModelKey& key, const std::function<void(const StatusUpdate&)>& send) {
+  if (key.provider == kNgc) {
+    return Status::Unimplemented("the NGC provider is not supported by this server");
+  }
+  if (key.provider == kGcs || key.provider == kS3) {
+    return Status::Unimplemented(
+        "S3/GCS model sources are not available in this build yet; use HUGGING_FACE");
+  }
+  if (key.provider != kHuggingFace) return Status::InvalidArgument("unknown provider");
+  MX_RETURN_IF_ERROR(hub::ValidateRepoId(key.name));
+  std::string claim_id = NewClaimId();
+  bool sent_initial = false;
+  auto initial = [&](const StatusUpdate& u) {
+    if (!sent_initial) send(u);
+    sent_initial = true;
+  };
+  for (;;) {
+    auto claim = Timed(metrics_, [&] { return store_->TryClaim(key, claim_id, config_.lease_ms, true); });
+    if (!claim.ok()) return claim.status();
+    if (claim->won) {
+      StatusUpdate u;
+      u.message = claim->previous == ModelState::kError ? "previous download failed, retrying"
+                  : claim->previous == ModelState::kDownloading ? "taking over an abandoned download"
+                                                                : "download started";
+      initial(u);
+      return RunClaimed(key, claim_id, send);
+    }
+    const ModelRecord& rec = claim->record;
+    if (rec.state == ModelState::kDownloaded) {
+      // The registry may outlive the files (a wiped volume): check before answering.
+      if (Snapshot(key.name, key.revision.empty() ? std::nullopt : std::optional(key.revision),
+                   key.ignore_weights)
+              .ok()) {
+        StatusUpdate u{ModelState::kDownloaded, "model already downloaded", rec.resolved_revision};
+        initial(u);
+        send(u);
+        (void)store_->TouchModel(key);
+        return Status::OK();
+      }
+      spdlog::warn("{} is registered as downloaded but missing from the cache; downloading again",
+                   key.name);
+      (void)store_->DeleteModel(key);
+      continue;
+    }
+    initial({ModelState::kDownloading, "download in progress", ""});
+    // Wait for the owner's outcome; take over if its lease runs out.
+    for (;;) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      auto now = Timed(metrics_, [&] { return store_->GetModel(key); });
+      if (!now.ok()) return now.status();
+      if (!*now) break;  // deleted meanwhile: claim again
+      const ModelRecord& r = **now;
+      if (r.state == ModelState::kDownloading && r.claim_id == rec.claim_id &&
+          r.lease_expiry_ms >= registry::NowMs()) {
+        continue;
+      }
+      if (r.state == ModelState::kDownloaded || (r.state == ModelState::kError && r.claim_id == rec.claim_id)) {
+        send({r.state, r.state == ModelState::kDownloaded ? "model downloaded" : r.message,
+              r.resolved_revision});
+        return Status::OK();
+      }
+      break;  // lease expired or a new claim: go around and claim
+    }
+  }
+}
+
+Result<LocalSnapshot> ModelManager::Snapshot(const std::string& model,
+                                             const std::optional<std::string>& revision,
+                                             bool ignore_weights) const {
+  MX_RETURN_IF_ERROR(hub::ValidateRepoId(model));
+  hub::RepoCache cache(config_.hub.cache_dir, hub::RepoType::kModel, model);
+  MX_ASSIGN_OR_RETURN(std::string commit, cache.ResolveLocal(revision.value_or("main")));
+  LocalSnapshot snap;
+  snap.commit = commit;
+  snap.dir = cache.snapshot_dir(commit);
+  std::error_code ec;
+  if (!fs::is_directory(snap.dir, ec)) {
+    return Status::NotFound(model + " is not in the server's cache; call EnsureModelDownloaded first");
+  }
+  fs::path root = fs::weakly_canonical(config_.hub.cache_dir, ec);
+  std::string root_prefix = root.string() + "/";
+  for (auto it = fs::recursive_directory_iterator(snap.dir, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->is_directory() && !it->is_symlink()) continue;
+    std::string rel = it->path().lexically_relative(snap.dir).string();
+    if (ignore_weights && IsWeightFile(rel)) continue;
+    fs::path real = fs::weakly_canonical(it->path(), ec);
+    if (ec || real.string().rfind(root_prefix, 0) != 0) {
+      spdlog::warn("refusing {}: it resolves outside the cache", it->path().string());
+      ec.clear();
+      continue;
+    }
+    struct stat st;
+    if (::stat(real.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    snap.files.push_back({rel, real.string(), static_cast<uint64_t>(st.st_size)});
+  }
+  std::sort(snap.files.begin(), snap.files.end(),
+            [](const LocalFile& a, const LocalFile& b) { return a.relative_path < b.relative_path; });
+  return snap;
+}
+
+Status ModelManager::Delete(const std::string& model) {
+  MX_RETURN_IF_ERROR(hub::ValidateRepoId(model));
+  auto records = store_->ListModels();
+  if (records.ok()) {
+    for (const auto& r : *records) {
+      if (r.key.name == model) (void)store_->DeleteModel(r.key);
+    }
+  }
+  auto removed = hub::RemoveFromCache(config_.hub.cache_dir, hub::RepoType::kModel, model, std::nullopt);
+  RefreshCacheGauges();
+  return removed.ok() ? Status::OK() : removed.status();
+}
+
+void ModelManager::Pin(const std::string& model) {
+  std::lock_guard<std::mutex> l(pin_mu_);
+  ++pins_[model];
+}
+
+void ModelManager::Unpin(const std::string& model) {
+  std::lock_guard<std::mutex> l(pin_mu_);
+  if (--pins_[model] <= 0) pins_.erase(model);
+}
+
+void ModelManager::RefreshCacheGauges() {
+  auto repos = hub::ScanCache(config_.hub.cache_dir);
+  if (!repos.ok()) return;
+  uint64_t bytes = 0;
+  for (const auto& r : *repos) bytes += r.size_on_disk;
+  metrics_->cache_bytes = bytes;
+  metrics_->cache_models = repos->size();
+}
+
+int ModelManager::EvictIfNeeded() {
+  if (config_.max_models <= 0 && config_.max_bytes == 0 && config_.unused_after_s <= 0) return 0;
+  auto repos = hub::ScanCache(config_.hub.cache_dir);
+  auto records = store_->ListModels();
+  if (!repos.ok() || !records.ok()) return 0;
+  struct Candidate {
+    std::string name;
+    uint64_t bytes;
+    int64_t last_used;
+    bool busy;
+  };
+  std::vector<Candidate> models;
+  uint64_t total = 0;
+  for (const auto& r : *repos) {
+    if (r.type != hub::RepoType::kModel) continue;
+    Candidate c{r.repo_id, r.size_on_disk, static_cast<int64_t>(r.last_modified) * 1000, false};
+    for (const auto& rec : *records) {
+      if (rec.key.name != r.repo_id) continue;
+      c.last_used = std::max(c.last_used, rec.last_used_ms);
+      if (rec.state == ModelState::kDownloading) c.busy = true;
+    }
+    {
+      std::lock_guard<std::mutex> l(pin_mu_);
+      if (pins_.count(r.repo_id)) c.busy = true;
+    }
+    total += c.bytes;
+    models.push_back(c);
+  }
+  std::sort(models.begin(), models.end(),
+            [](const Candidate& a, const Candidate& b) { return a.last_used < b.last_used; });
+  int evicted = 0;
+  int64_t now = registry::NowMs();
+  size_t count = models.size();
+  for (const auto& c : models) {
+    bool too_many = config_.max_models > 0 && count > static_cast<size_t>(config_.max_models);
+    bool too_big = config_.max_bytes > 0 && total > config_.max_bytes;
+    bool too_old = config_.unused_after_s > 0 && now - c.last_used > config_.unused_after_s * 1000;
+    if (!too_many && !too_big && !too_old) continue;
+    if (c.busy) continue;  // never evict what is being downloaded or streamed
+    if (Delete(c.name).ok()) {
+      spdlog::info("evicted {} ({} bytes, unused for {}s)", c.name, c.bytes, (now - c.last_used) / 1000);
+      ++metrics_->evictions;
+      ++evicted;
+      total -= std::min(total, c.bytes);
+      --count;
+    }
+  }
+  return evicted;
+}
+
+}  // namespace mx::server

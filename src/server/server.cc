@@ -1,0 +1,149 @@
+#include "server/server.h"
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <thread>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "server/config.h"
+#include "server/http_server.h"
+#include "server/mirror.h"
+#include "server/services.h"
+
+namespace mx::server {
+namespace {
+
+std::shared_ptr<grpc::ServerCredentials> Credentials(const ServerConfig& c) {
+  if (c.tls_cert.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions opts;
+  opts.pem_key_cert_pairs.push_back({*ReadFile(c.tls_key), *ReadFile(c.tls_cert)});
+  return grpc::SslServerCredentials(opts);
+}
+
+// Stale sources and eviction, every reaper_interval_ms until stopped.
+class Reaper {
+ public:
+  Reaper(const ServerConfig& c, registry::MetadataStore* store, ModelManager* manager)
+      : thread_([this, &c, store, manager] {
+          std::unique_lock<std::mutex> l(mu_);
+          while (!cv_.wait_for(l, std::chrono::milliseconds(c.reaper_interval_ms), [this] { return stop_; })) {
+            auto r = store->ReapSources(c.heartbeat_timeout_s * 1000, c.gc_timeout_s * 1000,
+                                        model_express::p2p::SOURCE_STATUS_STALE);
+            if (r.ok() && (r->first || r->second)) {
+              spdlog::info("sources: {} marked stale, {} removed", r->first, r->second);
+            }
+            manager->EvictIfNeeded();
+          }
+        }) {}
+  ~Reaper() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace
+
+int ServerMain(int argc, char** argv) {
+  bool validate_only = false;
+  auto loaded = LoadServerConfig(argc, argv, &validate_only);
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "error: %s\n", loaded.status().message().c_str());
+    return 2;
+  }
+  ServerConfig config = std::move(*loaded);
+  InitLogging(config.log_level, config.log_format == "json" ? LogFormat::kJson : LogFormat::kText);
+  if (validate_only) {
+    std::printf("configuration OK: %s\n", DescribeConfig(config).c_str());
+    return 0;
+  }
+  if (Status st = MakeDirs(config.hub.cache_dir); !st.ok()) {
+    spdlog::error("{}", st.message());
+    return 1;
+  }
+  auto store = registry::OpenStore(config.store);
+  if (!store.ok()) {
+    spdlog::error("metadata store: {}", store.status().message());
+    return 1;
+  }
+  // Block the stop signals in every thread; the main thread waits for them below.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  Metrics metrics;
+  ModelManager manager(config, store->get(), &metrics);
+  manager.RefreshCacheGauges();
+  HealthServiceImpl health;
+  ApiServiceImpl api(config, &metrics);
+  ModelServiceImpl models(&manager, &metrics);
+  P2pServiceImpl p2p(config, store->get(), &metrics);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int grpc_port = 0;
+  builder.AddListeningPort(config.host + ":" + std::to_string(config.port), Credentials(config), &grpc_port);
+  builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.RegisterService(&health);
+  builder.RegisterService(&api);
+  builder.RegisterService(&models);
+  builder.RegisterService(&p2p);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || grpc_port == 0) {
+    spdlog::error("cannot listen for gRPC on {}:{} (port in use?)", config.host, config.port);
+    return 1;
+  }
+  server->GetHealthCheckService()->SetServingStatus(true);
+
+  Mirror mirror(&manager, &metrics);
+  std::unique_ptr<HttpServer> mirror_http, metrics_http;
+  if (config.mirror_port > 0) {
+    mirror_http = std::make_unique<HttpServer>(config.host, config.mirror_port,
+                                               [&](const HttpRequest& r) { return mirror.Handle(r); });
+    if (Status st = mirror_http->Start(); !st.ok()) {
+      spdlog::error("HF mirror: {}", st.message());
+      return 1;
+    }
+  }
+  if (config.metrics_port > 0) {
+    metrics_http = std::make_unique<HttpServer>(config.host, config.metrics_port, [&](const HttpRequest& r) {
+      if (r.path != "/metrics") return HttpResponse::Text(404, "try /metrics\n");
+      return HttpResponse::Text(200, metrics.Render(), "text/plain; version=0.0.4");
+    });
+    if (Status st = metrics_http->Start(); !st.ok()) {
+      spdlog::error("metrics: {}", st.message());
+      return 1;
+    }
+  }
+  Reaper reaper(config, store->get(), &manager);
+  spdlog::info("mx-server listening: {}", DescribeConfig(config));
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  spdlog::info("signal {}: shutting down", sig);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (mirror_http) mirror_http->Stop();
+  if (metrics_http) metrics_http->Stop();
+  return 0;
+}
+
+}  // namespace mx::server

@@ -1,0 +1,85 @@
+#include <gtest/gtest.h>
+
+#include "modelexpress/p2p.pb.h"
+#include "server/model_manager.h"
+#include "server/source_id.h"
+
+namespace mx::server {
+namespace {
+
+using model_express::p2p::SourceIdentity;
+
+SourceIdentity Base() {
+  SourceIdentity id;
+  id.set_mx_version("0.5.0");
+  id.set_model_name("deepseek-ai/DeepSeek-V3");
+  id.set_backend_framework(model_express::p2p::BACKEND_FRAMEWORK_VLLM);
+  id.set_tensor_parallel_size(8);
+  id.set_pipeline_parallel_size(1);
+  id.set_expert_parallel_size(0);
+  id.set_dtype("bfloat16");
+  return id;
+}
+
+TEST(SourceIdTest, SpecTestVectors) {
+  EXPECT_EQ(ComputeSourceId(Base()), "5a5f555570065064");
+  SourceIdentity rev = Base();
+  rev.set_revision("abc123def4567890");
+  EXPECT_EQ(ComputeSourceId(rev), "d0c184b2a9a34c82");
+  SourceIdentity extra = Base();
+  (*extra.mutable_extra_parameters())["Foo"] = "a";
+  (*extra.mutable_extra_parameters())["foo"] = "b";
+  EXPECT_EQ(ComputeSourceId(extra), "bf71fb9340cd940a");
+
+  SourceIdentity qwen;
+  qwen.set_mx_version("0.5.0");
+  qwen.set_model_name("Qwen/Qwen3-0.6B");
+  qwen.set_backend_framework(model_express::p2p::BACKEND_FRAMEWORK_VLLM);
+  qwen.set_tensor_parallel_size(1);
+  qwen.set_pipeline_parallel_size(1);
+  qwen.set_expert_parallel_size(1);
+  qwen.set_dtype("bfloat16");
+  EXPECT_EQ(CanonicalIdentityJson(qwen),
+            R"({"backend_framework":1,"dtype":"bfloat16","expert_parallel_size":1,"extra_parameters":{},"model_name":"qwen/qwen3-0.6b","mx_source_type":0,"mx_version":"0.5.0","pipeline_parallel_size":1,"quantization":"","revision":"","tensor_parallel_size":1})");
+  EXPECT_EQ(ComputeSourceId(qwen), "a222b41983f1f988");
+
+  SourceIdentity llama;
+  llama.set_mx_version("0.5.0");
+  llama.set_model_name("meta-llama/Llama-3.1-70B-Instruct");
+  llama.set_backend_framework(model_express::p2p::BACKEND_FRAMEWORK_VLLM);
+  llama.set_tensor_parallel_size(8);
+  llama.set_pipeline_parallel_size(1);
+  llama.set_expert_parallel_size(1);
+  llama.set_dtype("BFloat16");
+  llama.set_quantization("FP8");
+  llama.set_revision("main");
+  (*llama.mutable_extra_parameters())["Max_Model_Len"] = "8192";
+  (*llama.mutable_extra_parameters())["max_model_len"] = "4096";
+  (*llama.mutable_extra_parameters())["kv"] = "Auto";
+  EXPECT_EQ(ComputeSourceId(llama), "12da4ae2a06c392e");
+
+  SourceIdentity triton;
+  triton.set_mx_version("0.5.0");
+  triton.set_mx_source_type(model_express::p2p::MX_SOURCE_TYPE_TRITON_CACHE);
+  triton.set_model_name("Qwen/Qwen3-0.6B");
+  triton.set_backend_framework(model_express::p2p::BACKEND_FRAMEWORK_SGLANG);
+  triton.set_tensor_parallel_size(2);
+  triton.set_pipeline_parallel_size(1);
+  triton.set_expert_parallel_size(2);
+  triton.set_dtype("float16");
+  triton.set_torch_version("2.9.0");
+  triton.set_gpu_arch("SM_90");
+  EXPECT_EQ(ComputeSourceId(triton), "a7fae157931e1cfe");
+}
+
+TEST(ModelManagerTest, WeightFiles) {
+  EXPECT_TRUE(IsWeightFile("model-00001-of-00002.safetensors"));
+  EXPECT_TRUE(IsWeightFile("sub/pytorch_model.bin"));
+  EXPECT_TRUE(IsWeightFile("model.ckpt.index"));
+  EXPECT_TRUE(IsWeightFile("x.gguf"));
+  EXPECT_FALSE(IsWeightFile("config.json"));
+  EXPECT_FALSE(IsWeightFile("tokenizer.model"));
+}
+
+}  // namespace
+}  // namespace mx::server

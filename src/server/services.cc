@@ -1,0 +1,365 @@
+#include "server/services.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "server/source_id.h"
+
+namespace mx::server {
+
+namespace mm = model_express::model;
+namespace p2p = model_express::p2p;
+
+grpc::Status ToGrpc(const Status& st) {
+  using grpc::StatusCode;
+  StatusCode code = StatusCode::UNKNOWN;
+  switch (st.code()) {
+    case mx::StatusCode::kOk: return grpc::Status::OK;
+    case mx::StatusCode::kInvalidArgument: code = StatusCode::INVALID_ARGUMENT; break;
+    case mx::StatusCode::kNotFound: code = StatusCode::NOT_FOUND; break;
+    case mx::StatusCode::kPermissionDenied: code = StatusCode::PERMISSION_DENIED; break;
+    case mx::StatusCode::kUnauthenticated: code = StatusCode::UNAUTHENTICATED; break;
+    case mx::StatusCode::kUnavailable: code = StatusCode::UNAVAILABLE; break;
+    case mx::StatusCode::kDataLoss: code = StatusCode::DATA_LOSS; break;
+    case mx::StatusCode::kResourceExhausted: code = StatusCode::RESOURCE_EXHAUSTED; break;
+    case mx::StatusCode::kFailedPrecondition: code = StatusCode::FAILED_PRECONDITION; break;
+    case mx::StatusCode::kAlreadyExists: code = StatusCode::ALREADY_EXISTS; break;
+    case mx::StatusCode::kUnimplemented: code = StatusCode::UNIMPLEMENTED; break;
+    case mx::StatusCode::kCancelled: code = StatusCode::CANCELLED; break;
+    default: code = StatusCode::INTERNAL;
+  }
+  return grpc::Status(code, st.message());
+}
+
+grpc::Status CheckAuth(const grpc::ServerContext* context, const ServerConfig& config, Metrics* metrics) {
+  if (config.auth_token.empty()) return grpc::Status::OK;
+  const auto& md = context->client_metadata();
+  auto it = md.find("authorization");
+  std::string expected = "Bearer " + config.auth_token;
+  bool ok = false;
+  if (it != md.end() && it->second.size() == expected.size()) {
+    unsigned char diff = 0;  // constant time: no early exit on the first wrong byte
+    for (size_t i = 0; i < expected.size(); ++i) diff |= static_cast<unsigned char>(it->second.data()[i] ^ expected[i]);
+    ok = diff == 0;
+  }
+  if (ok) return grpc::Status::OK;
+  ++metrics->grpc_auth_failures;
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                      "missing or wrong bearer token (send 'authorization: Bearer <token>')");
+}
+
+#define MX_REQUIRE_AUTH(ctx, config, metrics)                     \
+  do {                                                            \
+    grpc::Status _auth = CheckAuth((ctx), (config), (metrics));   \
+    if (!_auth.ok()) return _auth;                                \
+  } while (0)
+
+grpc::Status HealthServiceImpl::GetHealth(grpc::ServerContext*, const model_express::health::HealthRequest*,
+                                          model_express::health::HealthResponse* response) {
+  response->set_version("0.1.0");
+  response->set_status("ok");
+  response->set_uptime(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - start_).count()));
+  return grpc::Status::OK;
+}
+
+grpc::Status ApiServiceImpl::SendRequest(grpc::ServerContext* ctx, const model_express::api::ApiRequest* req,
+                                         model_express::api::ApiResponse* resp) {
+  MX_REQUIRE_AUTH(ctx, config_, metrics_);
+  if (req->action() == "ping") {
+    resp->set_success(true);
+    resp->set_data(R"({"message":"pong"})");
+  } else {
+    resp->set_success(false);
+    resp->set_error("unknown action '" + req->action() + "' (supported: ping)");
+  }
+  return grpc::Status::OK;
+}
+
+// --- ModelService -----------------------------------------------------------------------
+
+grpc::Status ModelServiceImpl::EnsureModelDownloaded(grpc::ServerContext* ctx,
+                                                     const mm::ModelDownloadRequest* req,
+                                                     grpc::ServerWriter<mm::ModelStatusUpdate>* writer) {
+  MX_REQUIRE_AUTH(ctx, manager_->config(), metrics_);
+  registry::ModelKey key{static_cast<int>(req->provider()), req->model_name(),
+                         req->has_revision() ? req->revision() : "", req->ignore_weights()};
+  Status st = manager_->Ensure(key, [&](const StatusUpdate& u) {
+    mm::ModelStatusUpdate out;
+    out.set_model_name(req->model_name());
+    out.set_provider(req->provider());
+    out.set_status(static_cast<mm::ModelStatus>(u.state));
+    if (!u.message.empty()) out.set_message(u.message);
+    if (!u.resolved_revision.empty()) out.set_resolved_revision(u.resolved_revision);
+    writer->Write(out);  // a client that left still gets its download finished
+  });
+  return ToGrpc(st);
+}
+
+Result<std::vector<LocalFile>> ModelServiceImpl::SelectFiles(const mm::ModelFilesRequest& req,
+                                                             std::string* commit) {
+  std::optional<std::string> revision;
+  if (req.has_revision() && !req.revision().empty()) revision = req.revision();
+  MX_ASSIGN_OR_RETURN(LocalSnapshot snap, manager_->Snapshot(req.model_name(), revision, req.ignore_weights()));
+  *commit = snap.commit;
+  if (req.file_selector().paths().empty()) return snap.files;
+  std::vector<LocalFile> out;
+  for (const auto& path : req.file_selector().paths()) {
+    if (!IsSafeRelativePath(path)) {
+      return Status::InvalidArgument("refusing path '" + path + "': must be relative, without '..'");
+    }
+    auto it = std::find_if(snap.files.begin(), snap.files.end(),
+                           [&](const LocalFile& f) { return f.relative_path == path; });
+    if (it == snap.files.end()) {
+      return Status::NotFound("'" + path + "' is not in the snapshot of " + req.model_name() +
+                              " (or points outside the cache)");
+    }
+    out.push_back(*it);
+  }
+  return out;
+}
+
+grpc::Status ModelServiceImpl::StreamModelFiles(grpc::ServerContext* ctx, const mm::ModelFilesRequest* req,
+                                                grpc::ServerWriter<mm::FileChunk>* writer) {
+  MX_REQUIRE_AUTH(ctx, manager_->config(), metrics_);
+  std::string commit;
+  auto files = SelectFiles(*req, &commit);
+  if (!files.ok()) return ToGrpc(files.status());
+  const ServerConfig& config = manager_->config();
+  uint64_t limit = config.max_message_bytes - (64 << 10);  // room for the message's other fields
+  uint64_t chunk = req->chunk_size() ? req->chunk_size() : config.default_chunk_bytes;
+  if (chunk > limit) {
+    // Clamping is announced in the stream's initial metadata rather than failing the call.
+    ctx->AddInitialMetadata("x-mx-chunk-size-clamped-from", std::to_string(chunk));
+    chunk = limit;
+  }
+  ctx->AddInitialMetadata("x-mx-chunk-size", std::to_string(chunk));
+  manager_->Pin(req->model_name());
+  ++metrics_->active_streams;
+  ++metrics_->streams_total;
+  struct Leave {
+    ModelServiceImpl* self;
+    const std::string& model;
+    ~Leave() {
+      --self->metrics_->active_streams;
+      self->manager_->Unpin(model);
+    }
+  } leave{this, req->model_name()};
+
+  std::string buffer(chunk, '\0');
+  bool first = true;
+  for (size_t i = 0; i < files->size(); ++i) {
+    const LocalFile& f = (*files)[i];
+    int fd = ::open(f.absolute_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return ToGrpc(Status::FromErrno(errno, "open " + f.relative_path));
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    uint64_t offset = 0;
+    do {
+      size_t want = static_cast<size_t>(std::min<uint64_t>(chunk, f.size - offset));
+      size_t got = 0;
+      while (got < want) {
+        ssize_t n = ::pread(fd, buffer.data() + got, want - got, static_cast<off_t>(offset + got));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          ::close(fd);
+          return grpc::Status(grpc::StatusCode::DATA_LOSS, f.relative_path + " shrank while streaming");
+        }
+        got += static_cast<size_t>(n);
+      }
+      mm::FileChunk out;
+      out.set_relative_path(f.relative_path);
+      out.set_data(buffer.data(), want);
+      out.set_offset(offset);
+      out.set_total_size(f.size);
+      offset += want;
+      out.set_is_last_chunk(offset == f.size);
+      out.set_is_last_file(i + 1 == files->size() && offset == f.size);
+      if (first) out.set_commit_hash(commit);
+      first = false;
+      // Write blocks while the client's flow-control window is full: a slow client slows
+      // us down instead of making us buffer the model.
+      if (!writer->Write(out)) {
+        ::close(fd);
+        return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+      }
+      metrics_->bytes_streamed += want;
+    } while (offset < f.size);
+    ::close(fd);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ModelServiceImpl::ListModelFiles(grpc::ServerContext* ctx, const mm::ModelFilesRequest* req,
+                                              mm::ModelFileList* resp) {
+  MX_REQUIRE_AUTH(ctx, manager_->config(), metrics_);
+  std::string commit;
+  auto files = SelectFiles(*req, &commit);
+  if (!files.ok()) return ToGrpc(files.status());
+  resp->set_model_name(req->model_name());
+  uint64_t total = 0;
+  for (const auto& f : *files) {
+    auto* info = resp->add_files();
+    info->set_relative_path(f.relative_path);
+    info->set_size(f.size);
+    total += f.size;
+  }
+  resp->set_total_size(total);
+  return grpc::Status::OK;
+}
+
+grpc::Status ModelServiceImpl::DeleteModel(grpc::ServerContext* ctx, const mm::DeleteModelRequest* req,
+                                           mm::DeleteModelResponse* resp) {
+  MX_REQUIRE_AUTH(ctx, manager_->config(), metrics_);
+  Status st = manager_->Delete(req->model_name());
+  resp->set_success(st.ok());
+  resp->set_message(st.ok() ? "deleted " + req->model_name() : st.message());
+  return grpc::Status::OK;
+}
+
+// --- P2pService -------------------------------------------------------------------------
+
+namespace {
+
+std::optional<uint64_t> ExtraNumber(const p2p::SourceIdentity& id, const char* key) {
+  auto it = id.extra_parameters().find(key);
+  if (it == id.extra_parameters().end()) return std::nullopt;
+  try {
+    return std::stoull(it->second);
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
+}  // namespace
+
+grpc::Status P2pServiceImpl::PublishMetadata(grpc::ServerContext* ctx, const p2p::PublishMetadataRequest* req,
+                                             p2p::PublishMetadataResponse* resp) {
+  MX_REQUIRE_AUTH(ctx, config_, metrics_);
+  auto reject = [&](const char* why) {
+    resp->set_success(false);
+    resp->set_message(why);
+    return grpc::Status::OK;
+  };
+  if (!req->has_identity()) return reject("identity is required");
+  if (req->worker_id().empty()) return reject("worker_id is required");
+  if (!req->has_worker()) return reject("worker is required");
+  std::string id = ComputeSourceId(req->identity());
+  registry::SourceRecord rec;
+  rec.mx_source_id = id;
+  rec.worker_id = req->worker_id();
+  rec.model_name = req->identity().model_name();
+  rec.worker_rank = req->worker().worker_rank();
+  rec.status = req->worker().status() == p2p::SOURCE_STATUS_UNKNOWN ? p2p::SOURCE_STATUS_INITIALIZING
+                                                                   : req->worker().status();
+  rec.updated_at_ms = registry::NowMs();
+  rec.accelerator = req->worker().accelerator();
+  p2p::WorkerMetadata worker = req->worker();
+  worker.set_status(static_cast<p2p::SourceStatus>(rec.status));
+  worker.set_updated_at(rec.updated_at_ms);
+  worker.SerializeToString(&rec.worker);
+  req->identity().SerializeToString(&rec.identity);
+  Status st = store_->PutSource(rec);
+  if (!st.ok()) return ToGrpc(st);
+  resp->set_success(true);
+  resp->set_message("published");
+  resp->set_mx_source_id(id);
+  resp->set_worker_id(req->worker_id());
+  return grpc::Status::OK;
+}
+
+grpc::Status P2pServiceImpl::ListSources(grpc::ServerContext* ctx, const p2p::ListSourcesRequest* req,
+                                         p2p::ListSourcesResponse* resp) {
+  MX_REQUIRE_AUTH(ctx, config_, metrics_);
+  registry::SourceFilter f;
+  if (req->has_identity()) f.mx_source_id = ComputeSourceId(req->identity());
+  if (req->has_status_filter()) f.status = req->status_filter();
+  if (req->has_model_name_filter()) f.model_name = req->model_name_filter();
+  if (req->has_worker_rank_filter()) f.worker_rank = req->worker_rank_filter();
+  if (req->has_min_updated_at()) f.min_updated_at_ms = req->min_updated_at();
+  if (req->has_status_filter() && req->status_filter() == p2p::SOURCE_STATUS_READY) {
+    // Never hand out a source that missed its heartbeats, even before the reaper ran.
+    int64_t fresh = registry::NowMs() - config_.heartbeat_timeout_s * 1000;
+    f.min_updated_at_ms = std::max(f.min_updated_at_ms.value_or(0), fresh);
+  }
+  auto sources = store_->ListSources(f);
+  if (!sources.ok()) return ToGrpc(sources.status());
+  for (const auto& s : *sources) {
+    p2p::SourceIdentity identity;
+    identity.ParseFromString(s.identity);
+    auto step = ExtraNumber(identity, "training_step");
+    if (req->has_min_training_step() && (!step || *step < req->min_training_step())) continue;
+    if (req->has_limit() && resp->instances_size() >= static_cast<int>(req->limit())) break;
+    auto* ref = resp->add_instances();
+    ref->set_mx_source_id(s.mx_source_id);
+    ref->set_worker_id(s.worker_id);
+    ref->set_model_name(s.model_name);
+    ref->set_worker_rank(s.worker_rank);
+    ref->set_accelerator(s.accelerator);
+    ref->set_updated_at(s.updated_at_ms);
+    if (step) ref->set_training_step(*step);
+    auto layout = identity.extra_parameters().find("layout_signature");
+    if (layout != identity.extra_parameters().end()) ref->set_layout_signature(layout->second);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status P2pServiceImpl::GetMetadata(grpc::ServerContext* ctx, const p2p::GetMetadataRequest* req,
+                                         p2p::GetMetadataResponse* resp) {
+  MX_REQUIRE_AUTH(ctx, config_, metrics_);
+  auto s = store_->GetSource(req->mx_source_id(), req->worker_id());
+  if (!s.ok()) return ToGrpc(s.status());
+  resp->set_mx_source_id(req->mx_source_id());
+  resp->set_worker_id(req->worker_id());
+  if (!*s) {
+    resp->set_found(false);
+    return grpc::Status::OK;
+  }
+  resp->set_found(true);
+  p2p::WorkerMetadata worker;
+  worker.ParseFromString((*s)->worker);
+  worker.set_status(static_cast<p2p::SourceStatus>((*s)->status));
+  worker.set_updated_at((*s)->updated_at_ms);
+  *resp->mutable_worker() = worker;
+  resp->mutable_identity()->ParseFromString((*s)->identity);
+  return grpc::Status::OK;
+}
+
+grpc::Status P2pServiceImpl::UpdateStatus(grpc::ServerContext* ctx, const p2p::UpdateStatusRequest* req,
+                                          p2p::UpdateStatusResponse* resp) {
+  MX_REQUIRE_AUTH(ctx, config_, metrics_);
+  std::vector<std::string> workers;
+  if (!req->worker_id().empty()) {
+    workers.push_back(req->worker_id());
+  } else {
+    // Older clients name the worker by rank only.
+    registry::SourceFilter f;
+    f.mx_source_id = req->mx_source_id();
+    f.worker_rank = req->worker_rank();
+    auto found = store_->ListSources(f);
+    if (!found.ok()) return ToGrpc(found.status());
+    for (const auto& s : *found) workers.push_back(s.worker_id);
+  }
+  if (workers.empty()) {
+    resp->set_success(false);
+    resp->set_message("no source " + req->mx_source_id() + " with worker rank " +
+                      std::to_string(req->worker_rank()));
+    return grpc::Status::OK;
+  }
+  for (const auto& w : workers) {
+    Status st = store_->UpdateSourceStatus(req->mx_source_id(), w, req->status());
+    if (!st.ok()) {
+      resp->set_success(false);
+      resp->set_message(st.message());
+      return grpc::Status::OK;
+    }
+  }
+  resp->set_success(true);
+  resp->set_message("updated");
+  return grpc::Status::OK;
+}
+
+}  // namespace mx::server
