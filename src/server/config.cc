@@ -59,6 +59,9 @@ Result<ServerConfig> LoadServerConfig(int argc, char** argv, bool* validate_only
   flag("--log-level", "log_level", "debug, info, warn, error");
   flag("--chunk-size", "chunk_size", "Default StreamModelFiles chunk bytes (1 MiB)");
   flag("--max-message-size", "max_message", "gRPC message limit in bytes (16 MiB)");
+  flag("--lease-seconds", "lease_seconds", "Download lease; renewed every third of it (30)");
+  flag("--reaper-interval-ms", "reaper_interval_ms", "How often stale sources are reaped (5000)");
+  flag("--download-workers", "download_workers", "HTTP connections per download (16)");
   flag("--max-models", "max_models", "Evict least recently used models beyond this count");
   flag("--max-bytes", "max_bytes", "Evict least recently used models beyond this size (e.g. 500GiB)");
   flag("--unused-after", "unused_after", "Evict models unused for this many seconds");
@@ -98,6 +101,7 @@ Result<ServerConfig> LoadServerConfig(int argc, char** argv, bool* validate_only
   env("MX_HEARTBEAT_TIMEOUT_SECS", "heartbeat_timeout");
   env("MX_GC_TIMEOUT_SECS", "gc_timeout");
   env("MX_LOG_FORMAT", "log_format");
+  env("MX_LEASE_SECS", "lease_seconds");
 
   auto str = [&](const std::string& key, std::string* out) {
     if (auto v = s[key].Value()) *out = *v;
@@ -131,6 +135,12 @@ Result<ServerConfig> LoadServerConfig(int argc, char** argv, bool* validate_only
   MX_RETURN_IF_ERROR(num("heartbeat_timeout", 1, 1 << 30, &c.heartbeat_timeout_s));
   MX_RETURN_IF_ERROR(num("gc_timeout", 1, 1 << 30, &c.gc_timeout_s));
   MX_RETURN_IF_ERROR(num("max_models", 0, 1 << 30, &c.max_models));
+  int64_t lease_s = c.lease_ms / 1000;
+  MX_RETURN_IF_ERROR(num("lease_seconds", 1, 3600, &lease_s));
+  c.lease_ms = lease_s * 1000;
+  c.lease_renew_ms = c.lease_ms / 3;
+  MX_RETURN_IF_ERROR(num("reaper_interval_ms", 10, 3600000, &c.reaper_interval_ms));
+  MX_RETURN_IF_ERROR(num("download_workers", 1, 256, &c.download_workers));
   MX_RETURN_IF_ERROR(num("unused_after", 0, int64_t(1) << 40, &c.unused_after_s));
   if (auto v = s["max_bytes"].Value()) {
     MX_ASSIGN_OR_RETURN(c.max_bytes, ParseByteSize(*v));
