@@ -19,16 +19,15 @@ build: configure
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 900 -j 2
 
-# The main job. mx-server is not built yet; until it is, show what mx can do here.
+# The main job: mx-server on its embedded defaults (SQLite registry, gRPC :8001,
+# HF mirror :8002, metrics :9401), cache in ./.mx-cache unless HF_HUB_CACHE is set.
 MX_CACHE ?= $(if $(HF_HUB_CACHE),$(HF_HUB_CACHE),$(CURDIR)/.mx-cache)
 run: build
-	@$(BUILD_DIR)/src/cli/mx --help
-	@echo
-	@echo "cache: $(MX_CACHE)"
-	@$(BUILD_DIR)/src/cli/mx cache ls --cache-dir "$(MX_CACHE)"
+	MODEL_EXPRESS_CACHE_DIRECTORY="$${MODEL_EXPRESS_CACHE_DIRECTORY:-$(MX_CACHE)}" $(BUILD_DIR)/src/server/mx-server
 
 bench: build
 	bash bench/download.sh
+	bash bench/serve.sh
 
 # Fuzzers need clang; they get their own build dir so the main build stays gcc.
 FUZZ_SECONDS ?= 60

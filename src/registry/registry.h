@@ -106,7 +106,7 @@ class MetadataStore {
 
 struct StoreConfig {
   std::string backend = "embedded";  // MX_METADATA_BACKEND
-  std::string sqlite_path;           // embedded: <cache>/.mx/registry.db
+  std::string sqlite_path;           // embedded: <cache>/.locks/mx/registry.db
   std::string redis_host = "127.0.0.1";
   int redis_port = 6379;
   std::string redis_password;        // from REDIS_URL; never logged

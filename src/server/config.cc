@@ -175,7 +175,8 @@ Result<ServerConfig> LoadServerConfig(int argc, char** argv, bool* validate_only
     return Status::InvalidArgument("--chunk-size must be below --max-message-size minus 64 KiB");
   }
   if (c.hub.cache_dir.empty()) return Status::InvalidArgument("no cache directory");
-  c.store.sqlite_path = c.hub.cache_dir + "/.mx/registry.db";
+  // Under .locks/: huggingface_hub skips that folder when it scans the cache.
+  c.store.sqlite_path = c.hub.cache_dir + "/.locks/mx/registry.db";
   return c;
 }
 

@@ -47,7 +47,11 @@ def scan_cache_warnings(cache: str) -> list[str]:
     """The corruptions scan_cache_dir() reports; an empty list means a clean scan."""
     warnings = []
     for repo in sorted(Path(cache).iterdir()):
-        if repo.name.startswith(".") or not repo.is_dir():
+        # Exactly what huggingface_hub skips; anything else at the root must be a repo.
+        if repo.name in (".locks", "CACHEDIR.TAG", ".DS_Store"):
+            continue
+        if not repo.is_dir():
+            warnings.append(f"{repo}: repo path is not a directory")
             continue
         if "--" not in repo.name:
             warnings.append(f"{repo}: repo folder name without '--'")
