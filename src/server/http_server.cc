@@ -205,6 +205,7 @@ void HttpServer::Serve(int fd) {
       resp = handler_(req);
     }
     uint64_t length = resp.file_fd >= 0 ? resp.file_length : resp.body.size();
+    if (req.method == "HEAD" && resp.head_length) length = *resp.head_length;
     std::string out = "HTTP/1.1 " + std::to_string(resp.status) + " " + Reason(resp.status) + "\r\n";
     for (const auto& [k, v] : resp.headers) out += k + ": " + v + "\r\n";
     out += "Content-Length: " + std::to_string(length) + "\r\n";

@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,6 +34,8 @@ struct HttpResponse {
   int file_fd = -1;
   uint64_t file_offset = 0;
   uint64_t file_length = 0;
+  // For HEAD answers that describe a body without opening it: the Content-Length to send.
+  std::optional<uint64_t> head_length;
 
   static HttpResponse Text(int status, std::string body, std::string type = "text/plain");
   void Add(std::string name, std::string value) { headers.emplace_back(std::move(name), std::move(value)); }

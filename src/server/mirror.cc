@@ -19,9 +19,9 @@ using nlohmann::json;
 
 struct Mirror::Repo {
   std::string id;
-  std::string revision;
-  LocalSnapshot snapshot;
-  std::map<std::string, hub::TreeEntry> entries;  // from trees/<commit>.json
+  std::string revision;  // as asked
+  std::string commit;
+  std::map<std::string, hub::TreeEntry> entries;  // every file of the commit
 };
 
 namespace {
@@ -48,37 +48,67 @@ std::pair<std::string, std::string> FirstSegment(const std::string& s) {
   return {s.substr(0, slash), s.substr(slash + 1)};
 }
 
+// The hub's answer for an upstream failure (X-Error-Code as the hub would send it).
+HttpResponse ErrorResponse(const Status& st) {
+  const std::string& m = st.message();
+  switch (st.code()) {
+    case StatusCode::kInvalidArgument: return HubError(400, "BadRequest", m);
+    case StatusCode::kUnauthenticated:
+    case StatusCode::kPermissionDenied: return HubError(401, "GatedRepo", m);
+    case StatusCode::kUnimplemented: return HubError(501, "NotImplemented", m);
+    case StatusCode::kNotFound:
+      if (m.find("RevisionNotFound") != std::string::npos) return HubError(404, "RevisionNotFound", m);
+      if (m.find("EntryNotFound") != std::string::npos) return HubError(404, "EntryNotFound", m);
+      return HubError(404, "RepoNotFound", m);
+    default: return HubError(502, "UpstreamError", m);
+  }
+}
+
 }  // namespace
 
-Result<Mirror::Repo> Mirror::Pull(const std::string& repo_id, const std::string& revision) {
+Result<Mirror::Repo> Mirror::Listing(const std::string& repo_id, const std::string& revision) {
   MX_RETURN_IF_ERROR(hub::ValidateRepoId(repo_id));
+  const ServerConfig& config = manager_->config();
+  hub::RepoCache cache(config.hub.cache_dir, hub::RepoType::kModel, repo_id);
   Repo repo;
   repo.id = repo_id;
   repo.revision = revision;
-  auto snap = manager_->Snapshot(repo_id, revision, false);
-  if (!snap.ok()) {
-    // A miss: pull the whole repo through, single-flight with every other replica.
-    registry::ModelKey key{kHuggingFace, repo_id, revision == "main" ? "" : revision, false};
-    StatusUpdate final;
-    MX_RETURN_IF_ERROR(manager_->Ensure(key, [&](const StatusUpdate& u) { final = u; }));
-    if (final.state != registry::ModelState::kDownloaded) {
-      const std::string& m = final.message;
-      if (m.find("RepoNotFound") != std::string::npos) return Status::NotFound("RepoNotFound: " + m);
-      if (m.find("RevisionNotFound") != std::string::npos) return Status::NotFound("RevisionNotFound: " + m);
-      if (m.find("HF_TOKEN") != std::string::npos || m.find("GatedRepo") != std::string::npos) {
-        return Status::Unauthenticated(m);
-      }
-      return Status::Unavailable(m);
+  auto commit = cache.ResolveLocal(revision);
+  auto tree = commit.ok() ? cache.ReadTree(*commit) : Result<std::vector<hub::TreeEntry>>(commit.status());
+  if (!tree.ok()) {
+    if (config.hub.offline) {
+      return Status::NotFound("RepoNotFound: " + repo_id + "@" + revision +
+                              " is not cached and the server is offline");
     }
-    snap = manager_->Snapshot(repo_id, final.resolved_revision, false);
-    if (!snap.ok()) return snap.status();
+    // Metadata only: a client asking for a listing must not wait for the weights.
+    hub::HubClient upstream(config.hub, hub::RepoType::kModel);
+    commit = upstream.ResolveRevision(repo_id, revision);
+    if (!commit.ok()) return commit.status();
+    tree = upstream.ListFiles(repo_id, *commit);
+    if (!tree.ok()) return tree.status();
+    MX_RETURN_IF_ERROR(cache.WriteTree(*commit, *tree));
   }
-  repo.snapshot = std::move(*snap);
-  hub::RepoCache cache(manager_->config().hub.cache_dir, hub::RepoType::kModel, repo_id);
-  if (auto tree = cache.ReadTree(repo.snapshot.commit); tree.ok()) {
-    for (auto& e : *tree) repo.entries[e.path] = e;
-  }
+  repo.commit = *commit;
+  for (auto& e : *tree) repo.entries[e.path] = e;
   return repo;
+}
+
+Result<LocalFile> Mirror::Fetch(const Repo& repo, const std::string& path) {
+  auto find = [&]() -> std::optional<LocalFile> {
+    auto snap = manager_->Snapshot(repo.id, repo.commit, false);
+    if (!snap.ok()) return std::nullopt;
+    for (const auto& f : snap->files) {
+      if (f.relative_path == path) return f;
+    }
+    return std::nullopt;
+  };
+  if (auto f = find()) return *f;
+  registry::ModelKey key{kHuggingFace, repo.id, repo.revision == "main" ? "" : repo.revision, false};
+  StatusUpdate final;
+  MX_RETURN_IF_ERROR(manager_->Ensure(key, [&](const StatusUpdate& u) { final = u; }));
+  if (final.state != registry::ModelState::kDownloaded) return Status::Unavailable(final.message);
+  if (auto f = find()) return *f;
+  return Status::Internal(path + " is missing from the snapshot after the download");
 }
 
 HttpResponse Mirror::Handle(const HttpRequest& req) {
@@ -113,18 +143,8 @@ HttpResponse Mirror::Handle(const HttpRequest& req) {
   }
   auto [rev_raw, tail] = FirstSegment(rest);
   std::string revision = UrlDecode(rev_raw);
-  auto repo = Pull(repo_part, revision.empty() ? "main" : revision);
-  if (!repo.ok()) {
-    const Status& st = repo.status();
-    if (st.code() == StatusCode::kInvalidArgument) return HubError(400, "BadRequest", st.message());
-    if (st.code() == StatusCode::kUnauthenticated) return HubError(401, "GatedRepo", st.message());
-    if (st.code() == StatusCode::kUnimplemented) return HubError(501, "NotImplemented", st.message());
-    if (st.code() == StatusCode::kNotFound) {
-      bool rev = st.message().rfind("RevisionNotFound", 0) == 0;
-      return HubError(404, rev ? "RevisionNotFound" : "RepoNotFound", st.message());
-    }
-    return HubError(502, "UpstreamError", st.message());
-  }
+  auto repo = Listing(repo_part, revision.empty() ? "main" : revision);
+  if (!repo.ok()) return ErrorResponse(repo.status());
   if (kind == "/revision/") return RevisionInfo(*repo);
   if (kind == "/tree/") return Tree(*repo, UrlDecode(tail), req);
   return Resolve(*repo, UrlDecode(tail), req);
@@ -132,8 +152,8 @@ HttpResponse Mirror::Handle(const HttpRequest& req) {
 
 HttpResponse Mirror::RevisionInfo(const Repo& repo) {
   json siblings = json::array();
-  for (const auto& f : repo.snapshot.files) siblings.push_back({{"rfilename", f.relative_path}});
-  json body{{"id", repo.id}, {"modelId", repo.id}, {"sha", repo.snapshot.commit},
+  for (const auto& [path, e] : repo.entries) siblings.push_back({{"rfilename", path}});
+  json body{{"id", repo.id}, {"modelId", repo.id}, {"sha", repo.commit},
             {"siblings", siblings}, {"private", false}, {"gated", false}, {"disabled", false}};
   return HttpResponse::Text(200, body.dump(), "application/json");
 }
@@ -145,9 +165,9 @@ HttpResponse Mirror::Tree(const Repo& repo, const std::string& subpath, const Ht
   std::string prefix = subpath.empty() ? "" : subpath + "/";
   std::vector<json> items;
   std::set<std::string> dirs;
-  for (const auto& f : repo.snapshot.files) {
-    if (f.relative_path.rfind(prefix, 0) != 0) continue;
-    std::string below = f.relative_path.substr(prefix.size());
+  for (const auto& [path, e] : repo.entries) {
+    if (path.rfind(prefix, 0) != 0) continue;
+    std::string below = path.substr(prefix.size());
     if (!recursive) {
       size_t slash = below.find('/');
       if (slash != std::string::npos) {  // below a child directory: list the directory only
@@ -159,14 +179,9 @@ HttpResponse Mirror::Tree(const Repo& repo, const std::string& subpath, const Ht
         dirs.insert(prefix + below.substr(0, p));
       }
     }
-    json item{{"type", "file"}, {"path", f.relative_path}, {"size", f.size}};
-    auto it = repo.entries.find(f.relative_path);
-    if (it != repo.entries.end()) {
-      item["oid"] = it->second.git_oid;
-      if (it->second.is_lfs()) {
-        item["lfs"] = {{"oid", *it->second.lfs_sha256}, {"size", f.size},
-                       {"pointerSize", LfsPointerSize(f.size)}};
-      }
+    json item{{"type", "file"}, {"path", path}, {"size", e.size}, {"oid", e.git_oid}};
+    if (e.is_lfs()) {
+      item["lfs"] = {{"oid", *e.lfs_sha256}, {"size", e.size}, {"pointerSize", LfsPointerSize(e.size)}};
     }
     items.push_back(std::move(item));
   }
@@ -192,30 +207,28 @@ HttpResponse Mirror::Tree(const Repo& repo, const std::string& subpath, const Ht
 }
 
 HttpResponse Mirror::Resolve(const Repo& repo, const std::string& path, const HttpRequest& req) {
-  auto it = std::find_if(repo.snapshot.files.begin(), repo.snapshot.files.end(),
-                         [&](const LocalFile& f) { return f.relative_path == path; });
-  if (!IsSafeRelativePath(path) || it == repo.snapshot.files.end()) {
-    HttpResponse r = HubError(404, "EntryNotFound", path + " does not exist at " + repo.snapshot.commit);
-    r.Add("X-Repo-Commit", repo.snapshot.commit);
+  auto entry = repo.entries.find(path);
+  if (!IsSafeRelativePath(path) || entry == repo.entries.end()) {
+    HttpResponse r = HubError(404, "EntryNotFound", path + " does not exist at " + repo.commit);
+    r.Add("X-Repo-Commit", repo.commit);
     return r;
   }
-  const LocalFile& f = *it;
+  const hub::TreeEntry& e = entry->second;
   HttpResponse r;
-  r.Add("X-Repo-Commit", repo.snapshot.commit);
+  r.Add("X-Repo-Commit", repo.commit);
   r.Add("Accept-Ranges", "bytes");
   r.Add("Content-Type", "application/octet-stream");
-  auto entry = repo.entries.find(path);
-  std::string etag;
-  if (entry != repo.entries.end()) {
-    etag = entry->second.etag();
-    if (entry->second.is_lfs()) {
-      r.Add("X-Linked-Etag", "\"" + etag + "\"");
-      r.Add("X-Linked-Size", std::to_string(f.size));
-    }
-  } else {
-    etag = f.absolute_path.substr(f.absolute_path.rfind('/') + 1);  // the blob's name
+  r.Add("ETag", "\"" + e.etag() + "\"");
+  if (e.is_lfs()) {
+    r.Add("X-Linked-Etag", "\"" + e.etag() + "\"");
+    r.Add("X-Linked-Size", std::to_string(e.size));
   }
-  r.Add("ETag", "\"" + etag + "\"");
+  LocalFile f{path, "", e.size};
+  if (req.method == "GET") {
+    auto fetched = Fetch(repo, path);
+    if (!fetched.ok()) return ErrorResponse(fetched.status());
+    f = *fetched;
+  }
   uint64_t begin = 0, end = f.size;  // [begin, end)
   std::string range = req.Header("range");
   if (!range.empty()) {
@@ -243,12 +256,17 @@ HttpResponse Mirror::Resolve(const Repo& repo, const std::string& path, const Ht
     r.Add("Content-Range", "bytes " + std::to_string(begin) + "-" + std::to_string(end - 1) + "/" +
                                std::to_string(f.size));
   }
+  if (req.method == "HEAD") {
+    // Headers only: the length a GET would send, from the listing (nothing is fetched).
+    r.head_length = end - begin;
+    return r;
+  }
   int fd = ::open(f.absolute_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return HubError(500, "InternalError", "cannot open " + path);
   r.file_fd = fd;
   r.file_offset = begin;
   r.file_length = end - begin;
-  if (req.method == "GET") metrics_->bytes_mirrored += end - begin;
+  metrics_->bytes_mirrored += end - begin;
   return r;
 }
 

@@ -391,6 +391,31 @@ class MirrorTest(ServerTestBase):
             self.assertEqual(e.exception.headers["X-Error-Code"], code)
 
 
+    def test_listing_and_head_do_not_wait_for_weights(self):
+        srv = self.server()
+        self.hub.reset()
+        with urllib.request.urlopen(f"{srv.mirror}/api/models/org/m/revision/main") as r:
+            info = json.loads(r.read())
+        self.assertEqual(info["sha"], self.commit)
+        self.assertEqual(sorted(s["rfilename"] for s in info["siblings"]), sorted(FILES))
+        with urllib.request.urlopen(f"{srv.mirror}/api/models/org/m/tree/main?recursive=true") as r:
+            tree = json.loads(r.read())
+        files = {t["path"]: t for t in tree if t["type"] == "file"}
+        self.assertEqual({p: t["size"] for p, t in files.items()}, FILES)
+        self.assertIn("lfs", files["model-00001-of-00002.safetensors"])
+        self.assertIn({"type": "directory", "path": "sub"}, [{k: t[k] for k in ("type", "path")} for t in tree])
+        with urllib.request.urlopen(f"{srv.mirror}/api/models/org/m/tree/main") as r:
+            top = json.loads(r.read())
+        self.assertNotIn("sub/notes.md", [t["path"] for t in top])
+        req = urllib.request.Request(f"{srv.mirror}/org/m/resolve/main/model-00001-of-00002.safetensors",
+                                     method="HEAD")
+        with urllib.request.urlopen(req) as resp:
+            self.assertEqual(int(resp.headers["Content-Length"]), FILES["model-00001-of-00002.safetensors"])
+        self.assertEqual(self.origin_bytes(), 0)  # nothing but metadata crossed from upstream
+        with urllib.request.urlopen(f"{srv.mirror}/org/m/resolve/{self.commit}/sub/notes.md") as r:
+            self.assertEqual(r.read(), (self.content / "sub/notes.md").read_bytes())
+
+
 class SecurityTest(ServerTestBase):
     def test_tls_and_bearer_token(self):
         cert, key = self.tmp / "cert.pem", self.tmp / "key.pem"
