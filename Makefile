@@ -33,9 +33,11 @@ bench: build
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DMX_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=OFF
-	cmake --build build-fuzz -j $(JOBS) --target hub_tree_fuzzer
-	mkdir -p build-fuzz/corpus/hub_tree && cp -n fuzz/corpus/hub_tree/* build-fuzz/corpus/hub_tree/
-	build-fuzz/fuzz/hub_tree_fuzzer -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus/hub_tree
+	cmake --build build-fuzz -j $(JOBS) --target hub_tree_fuzzer safetensors_fuzzer
+	for f in safetensors hub_tree; do \
+	  mkdir -p build-fuzz/corpus/$$f && cp -n fuzz/corpus/$$f/* build-fuzz/corpus/$$f/ ; \
+	  build-fuzz/fuzz/$${f}_fuzzer -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 build-fuzz/corpus/$$f || exit 1; \
+	done
 
 clean:
 	rm -rf $(BUILD_DIR)

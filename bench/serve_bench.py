@@ -110,12 +110,23 @@ def proc_status(pid: int, key: str) -> int:
     return 0
 
 
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of pid in seconds (all threads)."""
+def proc_stat(pid: int) -> tuple[float, int]:
+    """(utime + stime in seconds, minor page faults) of pid, all threads."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         f = stat[stat.rindex(")") + 2:].split()
-        return (int(f[11]) + int(f[12])) / CLK_TCK
+        return (int(f[11]) + int(f[12])) / CLK_TCK, int(f[7])
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0
+
+
+def machine_busy_s() -> float:
+    """CPU seconds spent non-idle by the whole machine since boot (/proc/stat)."""
+    try:
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = f[3] + (f[4] if len(f) > 4 else 0)  # idle + iowait
+        busy = sum(f[:8]) - idle  # user nice system idle iowait irq softirq steal
+        return busy / CLK_TCK
     except (OSError, ValueError, IndexError):
         return 0.0
 
@@ -212,7 +223,8 @@ def start_server(server_bin: str, cache: Path, work: Path) -> tuple[subprocess.P
 
 def stream_bench(bench_bin: str, port: int, clients: int, chunk: int, server_pid: int,
                  timeout: float) -> dict:
-    cpu0 = proc_cpu_s(server_pid)
+    cpu0, flt0 = proc_stat(server_pid)
+    busy0 = machine_busy_s()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     try:
@@ -222,9 +234,13 @@ def stream_bench(bench_bin: str, port: int, clients: int, chunk: int, server_pid
         rc, out, err = 124, "", "timeout"
     wall = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy = machine_busy_s() - busy0
+    cpu1, flt1 = proc_stat(server_pid)
+    client_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     res = {"clients": clients, "chunk": chunk, "rc": rc, "wall": wall,
-           "server_cpu": proc_cpu_s(server_pid) - cpu0,
-           "client_cpu": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+           "server_cpu": cpu1 - cpu0, "server_minflt": flt1 - flt0,
+           "client_cpu": client_cpu, "client_minflt": ru1.ru_minflt - ru0.ru_minflt,
+           "machine_busy": busy, "other_cpu": max(0.0, busy - (cpu1 - cpu0) - client_cpu),
            "hwm_kib": proc_status(server_pid, "VmHWM"), "rss_kib": proc_status(server_pid, "VmRSS"),
            "stderr": err.strip()[-300:]}
     for ln in out.splitlines():
@@ -277,8 +293,8 @@ def report(info: dict, ip: dict, runs: list[dict], hwm_kib: int, model_bytes: in
     out.append("")
     ref = ip.get(1, {}).get("mbps")
     out.append("| test | clients / streams | chunk bytes | MB/s | seconds | ratio to iperf3 1 stream "
-               "| all runs MB/s | server CPU s | client CPU s | status |")
-    out.append("|---|---:|---:|---:|---:|---:|---|---:|---:|---|")
+               "| all runs MB/s | server CPU s | client CPU s | other CPU s | status |")
+    out.append("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")
     for n in (1, 4):
         r = ip.get(n, {})
         allr = ", ".join(fmt(x.get("mbps")) for x in r.get("all", []))
@@ -286,7 +302,7 @@ def report(info: dict, ip: dict, runs: list[dict], hwm_kib: int, model_bytes: in
                if r.get("mbps") else "")
         out.append(f"| iperf3 | {n} | - | {fmt(r.get('mbps'))} | {fmt(r.get('seconds'), '.2f')} | "
                    f"{fmt(r['mbps'] / ref, '.2f') + 'x' if r.get('mbps') and ref else 'n/a'} | "
-                   f"{allr} | {cpu} | | {'ok' if r.get('mbps') else r.get('error', 'failed')} |")
+                   f"{allr} | {cpu} | | | {'ok' if r.get('mbps') else r.get('error', 'failed')} |")
     best = {}
     for c in CLIENTS:
         for ch in CHUNKS:
@@ -299,17 +315,30 @@ def report(info: dict, ip: dict, runs: list[dict], hwm_kib: int, model_bytes: in
                 status = "ok" if len(good) == len(rs) else f"{len(rs) - len(good)} run(s) failed"
                 out.append(f"| mx StreamModelFiles | {c} | {ch} | {b['mbps']:.1f} | "
                            f"{b['seconds']:.2f} | {fmt(b['mbps'] / ref if ref else None, '.2f')}x | "
-                           f"{allr} | {b['server_cpu']:.2f} | {b['client_cpu']:.2f} | {status} |")
+                           f"{allr} | {b['server_cpu']:.2f} | {b['client_cpu']:.2f} | {b['other_cpu']:.2f} | "
+                           f"{status} |")
             else:
                 why = "; ".join(f"rc {r['rc']} bytes {r.get('bytes')} failures {r.get('failures')} "
                                 f"{r['stderr'][:80]}" for r in rs)
-                out.append(f"| mx StreamModelFiles | {c} | {ch} | n/a | n/a | n/a | {allr} | | | "
+                out.append(f"| mx StreamModelFiles | {c} | {ch} | n/a | n/a | n/a | {allr} | | | | "
                            f"FAILED: {why} |")
     out.append("")
     out.append(f"mx-server peak RSS (VmHWM at the end): {hwm_kib / 1024:.1f} MiB. VmHWM after "
                "each run, in run order (MiB): "
                + ", ".join(f"{r['clients']}x{r['chunk'] // 1024}K {r['hwm_kib'] / 1024:.1f}"
                            for r in runs) + ".")
+    out.append("")
+    out.append("CPU columns are for the kept (best) run: server = mx-server utime+stime "
+               "(/proc/PID/stat), client = mx_stream_bench (rusage), other = the rest of the "
+               "machine's non-idle CPU in that interval (/proc/stat; other users' jobs, "
+               "kernel threads). Every run, in order:")
+    out.append("")
+    for r in runs:
+        res = (f"{r['mbps']:.1f} MB/s, {r['seconds']:.2f} s" if "mbps" in r else f"rc {r['rc']}")
+        out.append(f"- {r['clients']} client(s), {r['chunk']} B: {res}; CPU s server "
+                   f"{r['server_cpu']:.2f} / client {r['client_cpu']:.2f} / other "
+                   f"{r['other_cpu']:.2f} (of {r['wall']:.2f} s x {os.cpu_count()} CPUs); "
+                   f"minor faults server {r['server_minflt']} / client {r['client_minflt']}")
     out.append("")
     # Targets
     checks = []
@@ -394,7 +423,8 @@ def main() -> int:
                            if "mbps" in r else f"no result")
                         + f" rc {r['rc']} failures {r.get('failures')} server CPU "
                           f"{r['server_cpu']:.2f} s client CPU {r['client_cpu']:.2f} s "
-                          f"VmHWM {r['hwm_kib'] / 1024:.1f} MiB"
+                          f"other CPU {r['other_cpu']:.2f} s server minflt "
+                          f"{r['server_minflt']} VmHWM {r['hwm_kib'] / 1024:.1f} MiB"
                         + (f" stderr: {r['stderr']}" if r["rc"] != 0 else ""))
         hwm = proc_status(server.pid, "VmHWM")
         stop(server)
@@ -406,9 +436,11 @@ def main() -> int:
         if os.environ.get("BENCH_NO_APPEND", "") not in ("", "0"):
             log("BENCH_NO_APPEND set: RESULTS.md not touched")
         else:
+            old = RESULTS.read_bytes()[-2:] if RESULTS.exists() else b""
+            sep = "" if old in (b"", b"\n\n") or old.endswith(b"\n\n") else (
+                "\n" if old.endswith(b"\n") else "\n\n")
             with open(RESULTS, "a") as f:
-                existing = RESULTS.stat().st_size if RESULTS.exists() else 0
-                f.write(("\n" if existing else "") + text)
+                f.write(sep + text)
             log(f"appended to {RESULTS}")
         return 0 if passed else 1
     finally:

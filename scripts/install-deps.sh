@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages mx needs to build, test and benchmark (Debian 12).
-# Idempotent and quiet when everything is already present. apt only for now
-# (npm peers arrive with the streamer).
+# Idempotent and quiet when everything is already present: apt packages, then the npm
+# test peers (s3rver, azurite) installed globally.
 set -euo pipefail
 
 APT_PACKAGES=(
@@ -13,6 +13,7 @@ APT_PACKAGES=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libsqlite3-dev libhiredis-dev libyaml-cpp-dev
   # test and benchmark peers
+  nodejs npm
   python3 python3-grpcio python3-protobuf nginx-light aria2 curl time procps openssl redis-server iperf3
 )
 
@@ -31,4 +32,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   # Packages like nginx try to start a system service on install; tests start their own.
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+NPM_PACKAGES=(s3rver@3 azurite@3)
+NPM_BINARIES=(s3rver azurite-blob)
+need_npm=0
+for bin in "${NPM_BINARIES[@]}"; do
+  command -v "$bin" >/dev/null 2>&1 || need_npm=1
+done
+if [ "$need_npm" -eq 1 ]; then
+  echo "install-deps: npm install -g ${NPM_PACKAGES[*]}"
+  npm install -g --no-audit --no-fund --loglevel=error "${NPM_PACKAGES[@]}" >/dev/null
 fi
