@@ -13,7 +13,6 @@ APT_PACKAGES=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libsqlite3-dev libhiredis-dev libyaml-cpp-dev
   # test and benchmark peers
-  nodejs npm
   python3 python3-grpcio python3-protobuf nginx-light aria2 curl time procps openssl redis-server iperf3
 )
 
@@ -41,6 +40,8 @@ for bin in "${NPM_BINARIES[@]}"; do
   command -v "$bin" >/dev/null 2>&1 || need_npm=1
 done
 if [ "$need_npm" -eq 1 ]; then
+  # Node.js and npm come with the machine image (not Debian's nodejs, which conflicts).
+  command -v npm >/dev/null 2>&1 || { echo "install-deps: npm is missing; install Node.js 20+" >&2; exit 1; }
   echo "install-deps: npm install -g ${NPM_PACKAGES[*]}"
   npm install -g --no-audit --no-fund --loglevel=error "${NPM_PACKAGES[@]}" >/dev/null
 fi
