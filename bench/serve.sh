@@ -39,6 +39,9 @@
 #   BENCH_RUNS           runs per combination, best kept (default 2)
 #   BENCH_IPERF_SECONDS  iperf3 -t (default 5)
 #   BENCH_NO_APPEND=1    print the report only, do not touch bench/RESULTS.md
+#   BENCH_SERVER_ENV     extra KEY=VALUE words for mx-server's environment, e.g.
+#                        "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432"
+#   BENCH_CLIENT_ENV     the same for mx_stream_bench
 #   MX_BIN               mx CLI      (default build/src/cli/mx)
 #   MX_SERVER_BIN        mx-server   (default build/src/server/mx-server)
 #   MX_STREAM_BENCH_BIN  client      (default build/bench/mx_stream_bench)

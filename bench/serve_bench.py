@@ -41,6 +41,17 @@ def log(msg: str) -> None:
     print(f"[serve.sh {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def env_pairs(name: str) -> dict[str, str]:
+    """KEY=VALUE words from env var name (e.g. BENCH_SERVER_ENV)."""
+    out = {}
+    for w in os.environ.get(name, "").split():
+        k, sep, v = w.partition("=")
+        if not sep or not k:
+            raise RuntimeError(f"{name}: expected KEY=VALUE words, got {w!r}")
+        out[k] = v
+    return out
+
+
 def env_int(name: str, default: int) -> int:
     v = os.environ.get(name, "")
     return int(v) if v.strip() else default
@@ -209,6 +220,7 @@ def start_server(server_bin: str, cache: Path, work: Path) -> tuple[subprocess.P
         env = dict(base_env(), MODEL_EXPRESS_CACHE_DIRECTORY=str(cache),
                    MODEL_EXPRESS_SERVER_HOST="127.0.0.1", MODEL_EXPRESS_SERVER_PORT=str(port),
                    MX_MIRROR_PORT="0", MODEL_EXPRESS_SERVER_METRICS_PORT="0")
+        env.update(env_pairs("BENCH_SERVER_ENV"))
         logf = open(work / "mx-server.log", "ab")
         proc = subprocess.Popen([server_bin], stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=subprocess.STDOUT, start_new_session=True, env=env)
@@ -228,7 +240,8 @@ def stream_bench(bench_bin: str, port: int, clients: int, chunk: int, server_pid
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     try:
-        r = run([bench_bin, f"127.0.0.1:{port}", REPO_ID, clients, chunk], timeout=timeout)
+        r = run([bench_bin, f"127.0.0.1:{port}", REPO_ID, clients, chunk],
+                env=env_pairs("BENCH_CLIENT_ENV"), timeout=timeout)
         rc, out, err = r.returncode, r.stdout, r.stderr
     except subprocess.TimeoutExpired:
         rc, out, err = 124, "", "timeout"
@@ -289,7 +302,10 @@ def report(info: dict, ip: dict, runs: list[dict], hwm_kib: int, model_bytes: in
                f"blob bytes read). Server `{info['server_bin']}` on 127.0.0.1, client "
                f"`{info['bench_bin']}`; {info['runs']} runs per combination (interleaved), "
                f"best kept. MB/s = bytes / s / 1e6; for 4 clients bytes = 4 x model and MB/s "
-               f"is the aggregate. iperf3 `-t {info['iperf_s']}`, best of {info['runs']}.")
+               f"is the aggregate. iperf3 `-t {info['iperf_s']}`, best of {info['runs']}."
+               + "".join(f" Extra {k}: `{os.environ[k]}`." for k in ("BENCH_SERVER_ENV",
+                                                                     "BENCH_CLIENT_ENV")
+                         if os.environ.get(k, "").strip()))
     out.append("")
     ref = ip.get(1, {}).get("mbps")
     out.append("| test | clients / streams | chunk bytes | MB/s | seconds | ratio to iperf3 1 stream "

@@ -8,7 +8,10 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <unordered_map>
+#include <mutex>
 #include <optional>
+#include <thread>
 
 #include "common/log.h"
 #include "http/curl_util.h"
@@ -32,6 +35,7 @@ using Clock = std::chrono::steady_clock;
 
 struct JobState {
   FetchJob job;
+  size_t outstanding = 0;  // ranges pending or in flight; the state is freed at 0
   std::string origin;
   std::string data_url;  // where the bytes really are, learned from the first redirect
   size_t ranges_left = 0;
@@ -69,7 +73,13 @@ struct Transfer {
 
 struct RangeEngine::Impl {
   EngineOptions options;
-  std::deque<std::unique_ptr<JobState>> jobs;
+  std::unordered_map<JobState*, std::unique_ptr<JobState>> jobs;
+  // Background mode: jobs arrive through the inbox from other threads.
+  std::mutex inbox_mu;
+  std::deque<FetchJob> inbox;
+  bool background = false;
+  bool stop_requested = false;
+  std::thread thread;
   std::deque<Work> pending;
   std::vector<CURL*> idle_handles;
   CURLM* multi = nullptr;
@@ -86,13 +96,23 @@ struct RangeEngine::Impl {
     js->finished = true;
     if (js->job.on_done) js->job.on_done(st);
   }
+  // A range left the engine (done, dropped or failed for good).
+  void Release(JobState* js) {
+    if (--js->outstanding == 0) {
+      if (!js->finished) FinishJob(js, Status::Internal(js->job.display_name + ": not finished"));
+      jobs.erase(js);
+    }
+  }
+  void Admit(FetchJob job);
+  Status Loop();
 
   static size_t OnHeader(char* data, size_t size, size_t n, void* user);
   static size_t OnBody(char* data, size_t size, size_t n, void* user);
   bool Validate(Transfer* t);
   void Start(Work work);
-  void Complete(Transfer* t, CURLcode rc);
-  void Retry(Transfer* t, const std::string& why);
+  // Both return true when the range went back into the queue (still outstanding).
+  bool Complete(Transfer* t, CURLcode rc);
+  bool Retry(Transfer* t, const std::string& why);
 };
 
 size_t RangeEngine::Impl::OnHeader(char* data, size_t size, size_t n, void* user) {
@@ -151,6 +171,15 @@ size_t RangeEngine::Impl::OnBody(char* data, size_t size, size_t n, void* user) 
   }
   const char* p = data;
   size_t left = len;
+  if (t->work.job->job.sink) {
+    Status st = t->work.job->job.sink(t->work.cursor, data, len);
+    if (!st.ok()) {
+      t->fatal = st;
+      return 0;
+    }
+    t->work.cursor += len;
+    left = 0;
+  }
   while (left > 0) {
     ssize_t w = ::pwrite(t->work.job->job.fd, p, left, static_cast<off_t>(t->work.cursor));
     if (w < 0 && errno == EINTR) continue;
@@ -187,7 +216,11 @@ void RangeEngine::Impl::Start(Work work) {
   const std::string& url = js->data_url.empty() ? js->job.url : js->data_url;
   t->used_data_url = !js->data_url.empty();
   // Credentials go only to the origin they were meant for.
-  if (OriginOf(url) == js->origin) t->headers = internal::MakeHeaderList(js->job.headers);
+  if (OriginOf(url) == js->origin) {
+    t->headers = internal::MakeHeaderList(js->job.headers_for_range
+                                              ? js->job.headers_for_range(work.cursor, work.end)
+                                              : js->job.headers);
+  }
   std::snprintf(t->range, sizeof t->range, "%llu-%llu",
                 static_cast<unsigned long long>(work.cursor),
                 static_cast<unsigned long long>(work.end - 1));
@@ -207,7 +240,7 @@ void RangeEngine::Impl::Start(Work work) {
   ++active;
 }
 
-void RangeEngine::Impl::Retry(Transfer* t, const std::string& why) {
+bool RangeEngine::Impl::Retry(Transfer* t, const std::string& why) {
   Work w = t->work;
   w.failures = t->progress_this_attempt > 0 ? 0 : w.failures + 1;
   if (t->used_data_url && (t->status == 401 || t->status == 403 || t->status == 404 ||
@@ -218,7 +251,7 @@ void RangeEngine::Impl::Retry(Transfer* t, const std::string& why) {
   if (w.failures >= options.retry.max_attempts) {
     FinishJob(w.job, Status::Unavailable(w.job->job.display_name + ": " + why + " (gave up after " +
                                          std::to_string(w.failures) + " attempts)"));
-    return;
+    return false;
   }
   double wait = BackoffSeconds(std::max(1, w.failures), options.retry, t->retry_after);
   spdlog::debug("{}: range {}-{} failed ({}), retrying in {:.2f}s", w.job->job.display_name,
@@ -226,14 +259,15 @@ void RangeEngine::Impl::Retry(Transfer* t, const std::string& why) {
   w.not_before = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                     std::chrono::duration<double>(wait));
   pending.push_front(w);
+  return true;
 }
 
-void RangeEngine::Impl::Complete(Transfer* t, CURLcode rc) {
+bool RangeEngine::Impl::Complete(Transfer* t, CURLcode rc) {
   JobState* js = t->work.job;
-  if (js->finished) return;  // another range already failed the job
+  if (js->finished) return false;  // another range already failed the job
   if (!t->fatal.ok()) {
     FinishJob(js, t->fatal);
-    return;
+    return false;
   }
   if (rc == CURLE_OK && !t->validated) Validate(t);  // empty bodies skip OnBody
   if (rc == CURLE_OK && t->validated && t->work.cursor == t->work.end) {
@@ -243,7 +277,7 @@ void RangeEngine::Impl::Complete(Transfer* t, CURLcode rc) {
       if (eff) js->data_url = eff;
     }
     if (--js->ranges_left == 0) FinishJob(js, Status::OK());
-    return;
+    return false;
   }
   std::string why = t->failure;
   if (why.empty()) {
@@ -260,9 +294,9 @@ void RangeEngine::Impl::Complete(Transfer* t, CURLcode rc) {
     std::string hint = (s == 401 || s == 403) ? " (access refused: set HF_TOKEN or --token)" : "";
     FinishJob(js, Status(s == 404 ? StatusCode::kNotFound : StatusCode::kPermissionDenied,
                          js->job.display_name + ": HTTP " + std::to_string(s) + hint));
-    return;
+    return false;
   }
-  Retry(t, why);
+  return Retry(t, why);
 }
 
 RangeEngine::RangeEngine(EngineOptions options) : impl_(std::make_unique<Impl>()) {
@@ -278,70 +312,112 @@ RangeEngine::RangeEngine(EngineOptions options) : impl_(std::make_unique<Impl>()
   curl_multi_setopt(impl_->multi, CURLMOPT_PIPELINING, static_cast<long>(CURLPIPE_NOTHING));
 }
 
-RangeEngine::~RangeEngine() = default;
+RangeEngine::~RangeEngine() {
+  if (impl_->thread.joinable()) StopBackground();
+}
 
-void RangeEngine::Add(FetchJob job) {
-  auto js = std::make_unique<JobState>();
+void RangeEngine::Impl::Admit(FetchJob job) {
+  auto owned = std::make_unique<JobState>();
+  JobState* js = owned.get();
   js->job = std::move(job);
   js->origin = OriginOf(js->job.url);
-  js->ranges_left = js->job.ranges.size();
   for (size_t i = 0; i < js->job.ranges.size(); ++i) {
     Work w;
-    w.job = js.get();
+    w.job = js;
     w.index = i;
     w.cursor = js->job.ranges[i].begin;
     w.end = js->job.ranges[i].end;
-    if (w.cursor >= w.end) {
-      --js->ranges_left;
-      continue;
-    }
-    impl_->pending.push_back(w);
+    if (w.cursor >= w.end) continue;
+    pending.push_back(w);
+    ++js->ranges_left;
   }
-  impl_->jobs.push_back(std::move(js));
+  js->outstanding = js->ranges_left;
+  if (js->outstanding == 0) {
+    FinishJob(js, Status::OK());  // nothing to fetch (an empty file)
+    return;
+  }
+  jobs.emplace(js, std::move(owned));
+}
+
+void RangeEngine::Add(FetchJob job) {
+  {
+    std::lock_guard<std::mutex> l(impl_->inbox_mu);
+    if (impl_->background) {
+      impl_->inbox.push_back(std::move(job));
+      curl_multi_wakeup(impl_->multi);
+      return;
+    }
+  }
+  impl_->Admit(std::move(job));
 }
 
 uint64_t RangeEngine::bytes_received() const { return impl_->bytes_received; }
 
-Status RangeEngine::Run() {
-  Impl& m = *impl_;
-  for (auto& js : m.jobs) {
-    if (js->ranges_left == 0) m.FinishJob(js.get(), Status::OK());
+Status RangeEngine::Run() { return impl_->Loop(); }
+
+void RangeEngine::StartBackground() {
+  impl_->background = true;
+  impl_->thread = std::thread([this] {
+    Status st = impl_->Loop();
+    if (!st.ok()) spdlog::error("range engine stopped: {}", st.message());
+  });
+}
+
+void RangeEngine::StopBackground() {
+  {
+    std::lock_guard<std::mutex> l(impl_->inbox_mu);
+    impl_->stop_requested = true;
   }
+  curl_multi_wakeup(impl_->multi);
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+Status RangeEngine::Impl::Loop() {
   for (;;) {
+    bool stopping = false;
+    if (background) {
+      std::deque<FetchJob> arrived;
+      {
+        std::lock_guard<std::mutex> l(inbox_mu);
+        arrived.swap(inbox);
+        stopping = stop_requested;
+      }
+      for (auto& job : arrived) Admit(std::move(job));
+    }
     auto now = Clock::now();
     auto next_ready = Clock::time_point::max();
-    for (auto it = m.pending.begin();
-         it != m.pending.end() && m.active < m.options.max_connections;) {
+    for (auto it = pending.begin(); it != pending.end() && active < options.max_connections;) {
       if (it->job->finished) {
-        it = m.pending.erase(it);
+        JobState* js = it->job;
+        it = pending.erase(it);
+        Release(js);
       } else if (it->not_before <= now) {
         Work w = *it;
-        it = m.pending.erase(it);
-        m.Start(w);
+        it = pending.erase(it);
+        Start(w);
       } else {
         next_ready = std::min(next_ready, it->not_before);
         ++it;
       }
     }
-    if (m.active == 0 && m.pending.empty()) break;
+    if (active == 0 && pending.empty() && (!background || stopping)) break;
 
     int running = 0;
-    if (curl_multi_perform(m.multi, &running) != CURLM_OK) {
-      return Status::Internal("curl_multi_perform failed");
-    }
+    if (curl_multi_perform(multi, &running) != CURLM_OK) return Status::Internal("curl_multi_perform failed");
     int queued = 0;
-    while (CURLMsg* msg = curl_multi_info_read(m.multi, &queued)) {
+    while (CURLMsg* msg = curl_multi_info_read(multi, &queued)) {
       if (msg->msg != CURLMSG_DONE) continue;
       CURL* easy = msg->easy_handle;
       CURLcode rc = msg->data.result;
       Transfer* t = nullptr;
       curl_easy_getinfo(easy, CURLINFO_PRIVATE, &t);
-      curl_multi_remove_handle(m.multi, easy);
-      m.Complete(t, rc);
+      curl_multi_remove_handle(multi, easy);
+      JobState* js = t->work.job;
+      if (!Complete(t, rc)) Release(js);
       curl_slist_free_all(t->headers);
-      m.idle_handles.push_back(easy);
+      idle_handles.push_back(easy);
       delete t;
-      --m.active;
+      --active;
     }
 
     int timeout_ms = 100;
@@ -349,16 +425,12 @@ Status RangeEngine::Run() {
       auto until = std::chrono::duration_cast<std::chrono::milliseconds>(next_ready - Clock::now());
       timeout_ms = static_cast<int>(std::clamp<int64_t>(until.count(), 0, 100));
     }
-    if (m.active > 0) {
-      curl_multi_poll(m.multi, nullptr, 0, timeout_ms, nullptr);
+    if (active > 0 || background) {
+      curl_multi_poll(multi, nullptr, 0, timeout_ms, nullptr);
     } else if (timeout_ms > 0) {
       ::usleep(static_cast<useconds_t>(timeout_ms) * 1000);
     }
   }
-  for (auto& js : m.jobs) {
-    if (!js->finished) m.FinishJob(js.get(), Status::Internal(js->job.display_name + ": not finished"));
-  }
-  m.jobs.clear();
   return Status::OK();
 }
 

@@ -37,6 +37,12 @@ struct FetchJob {
   std::vector<std::string> headers;
   uint64_t size = 0;  // the resource's exact length
   int fd = -1;        // destination; bytes land at their own offsets
+  // Alternative destination (memory): called with each piece of body in order per range.
+  // A non-OK return fails the job.
+  std::function<Status(uint64_t offset, const char* data, size_t len)> sink;
+  // When set, computes the headers of each request (for signatures that cover the range,
+  // as Azure SharedKey's does); `headers` is then ignored.
+  std::function<std::vector<std::string>(uint64_t begin, uint64_t end)> headers_for_range;
   std::vector<ByteRange> ranges;
   std::string display_name;  // used in errors
   // Engine thread, after bytes up to `cursor` (absolute offset) of ranges[index] are written.
@@ -59,11 +65,19 @@ class RangeEngine {
   RangeEngine(const RangeEngine&) = delete;
   RangeEngine& operator=(const RangeEngine&) = delete;
 
-  // REQUIRES: not running. Jobs are started in the order added.
+  // Jobs are started in the order added. Thread-safe while running in the background.
   void Add(FetchJob job);
 
   // Runs until every job has finished (successfully or not); results go to on_done.
+  // REQUIRES: not running in the background.
   Status Run();
+
+  // Runs the engine on its own thread until StopBackground(): jobs may be added from any
+  // thread at any time and start as soon as a connection is free. on_done runs on the
+  // engine thread.
+  void StartBackground();
+  // Finishes the jobs already added, then stops the thread.
+  void StopBackground();
 
   // Body bytes received over the network, across all Run() calls.
   uint64_t bytes_received() const;
