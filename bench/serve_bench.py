@@ -131,15 +131,18 @@ def proc_stat(pid: int) -> tuple[float, int]:
         return 0.0, 0
 
 
-def machine_busy_s() -> float:
-    """CPU seconds spent non-idle by the whole machine since boot (/proc/stat)."""
+def machine_busy_s() -> tuple[float, float]:
+    """(non-idle CPU seconds, of which irq + softirq) of the whole machine since
+    boot (/proc/stat). On this kernel interrupt time is accounted apart from the
+    tasks, so loopback TCP receive work done in softirq shows up here and not
+    in the server's or the client's CPU time."""
     try:
         f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         idle = f[3] + (f[4] if len(f) > 4 else 0)  # idle + iowait
         busy = sum(f[:8]) - idle  # user nice system idle iowait irq softirq steal
-        return busy / CLK_TCK
+        return busy / CLK_TCK, (f[5] + f[6]) / CLK_TCK
     except (OSError, ValueError, IndexError):
-        return 0.0
+        return 0.0, 0.0
 
 
 # --------------------------------------------------------------------------
@@ -247,13 +250,15 @@ def stream_bench(bench_bin: str, port: int, clients: int, chunk: int, server_pid
         rc, out, err = 124, "", "timeout"
     wall = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy = machine_busy_s() - busy0
+    busy1 = machine_busy_s()
+    busy, irq = busy1[0] - busy0[0], busy1[1] - busy0[1]
     cpu1, flt1 = proc_stat(server_pid)
     client_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     res = {"clients": clients, "chunk": chunk, "rc": rc, "wall": wall,
            "server_cpu": cpu1 - cpu0, "server_minflt": flt1 - flt0,
            "client_cpu": client_cpu, "client_minflt": ru1.ru_minflt - ru0.ru_minflt,
-           "machine_busy": busy, "other_cpu": max(0.0, busy - (cpu1 - cpu0) - client_cpu),
+           "machine_busy": busy, "irq_cpu": irq,
+           "other_cpu": max(0.0, busy - irq - (cpu1 - cpu0) - client_cpu),
            "hwm_kib": proc_status(server_pid, "VmHWM"), "rss_kib": proc_status(server_pid, "VmRSS"),
            "stderr": err.strip()[-300:]}
     for ln in out.splitlines():
@@ -309,8 +314,8 @@ def report(info: dict, ip: dict, runs: list[dict], hwm_kib: int, model_bytes: in
     out.append("")
     ref = ip.get(1, {}).get("mbps")
     out.append("| test | clients / streams | chunk bytes | MB/s | seconds | ratio to iperf3 1 stream "
-               "| all runs MB/s | server CPU s | client CPU s | other CPU s | status |")
-    out.append("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")
+               "| all runs MB/s | server CPU s | client CPU s | irq CPU s | other CPU s | status |")
+    out.append("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|")
     for n in (1, 4):
         r = ip.get(n, {})
         allr = ", ".join(fmt(x.get("mbps")) for x in r.get("all", []))
@@ -318,7 +323,7 @@ def report(info: dict, ip: dict, runs: list[dict], hwm_kib: int, model_bytes: in
                if r.get("mbps") else "")
         out.append(f"| iperf3 | {n} | - | {fmt(r.get('mbps'))} | {fmt(r.get('seconds'), '.2f')} | "
                    f"{fmt(r['mbps'] / ref, '.2f') + 'x' if r.get('mbps') and ref else 'n/a'} | "
-                   f"{allr} | {cpu} | | | {'ok' if r.get('mbps') else r.get('error', 'failed')} |")
+                   f"{allr} | {cpu} | | | | {'ok' if r.get('mbps') else r.get('error', 'failed')} |")
     best = {}
     for c in CLIENTS:
         for ch in CHUNKS:
@@ -331,12 +336,13 @@ def report(info: dict, ip: dict, runs: list[dict], hwm_kib: int, model_bytes: in
                 status = "ok" if len(good) == len(rs) else f"{len(rs) - len(good)} run(s) failed"
                 out.append(f"| mx StreamModelFiles | {c} | {ch} | {b['mbps']:.1f} | "
                            f"{b['seconds']:.2f} | {fmt(b['mbps'] / ref if ref else None, '.2f')}x | "
-                           f"{allr} | {b['server_cpu']:.2f} | {b['client_cpu']:.2f} | {b['other_cpu']:.2f} | "
+                           f"{allr} | {b['server_cpu']:.2f} | {b['client_cpu']:.2f} | {b['irq_cpu']:.2f} | "
+                           f"{b['other_cpu']:.2f} | "
                            f"{status} |")
             else:
                 why = "; ".join(f"rc {r['rc']} bytes {r.get('bytes')} failures {r.get('failures')} "
                                 f"{r['stderr'][:80]}" for r in rs)
-                out.append(f"| mx StreamModelFiles | {c} | {ch} | n/a | n/a | n/a | {allr} | | | | "
+                out.append(f"| mx StreamModelFiles | {c} | {ch} | n/a | n/a | n/a | {allr} | | | | | "
                            f"FAILED: {why} |")
     out.append("")
     out.append(f"mx-server peak RSS (VmHWM at the end): {hwm_kib / 1024:.1f} MiB. VmHWM after "
@@ -345,14 +351,15 @@ def report(info: dict, ip: dict, runs: list[dict], hwm_kib: int, model_bytes: in
                            for r in runs) + ".")
     out.append("")
     out.append("CPU columns are for the kept (best) run: server = mx-server utime+stime "
-               "(/proc/PID/stat), client = mx_stream_bench (rusage), other = the rest of the "
-               "machine's non-idle CPU in that interval (/proc/stat; other users' jobs, "
-               "kernel threads). Every run, in order:")
+               "(/proc/PID/stat), client = mx_stream_bench (rusage), irq = the machine's irq + "
+               "softirq time in that interval (/proc/stat; loopback TCP receive work lands "
+               "here, not in a task's time), other = the rest of the machine's non-idle CPU "
+               "(other users' jobs, kernel threads). Every run, in order:")
     out.append("")
     for r in runs:
         res = (f"{r['mbps']:.1f} MB/s, {r['seconds']:.2f} s" if "mbps" in r else f"rc {r['rc']}")
         out.append(f"- {r['clients']} client(s), {r['chunk']} B: {res}; CPU s server "
-                   f"{r['server_cpu']:.2f} / client {r['client_cpu']:.2f} / other "
+                   f"{r['server_cpu']:.2f} / client {r['client_cpu']:.2f} / irq {r['irq_cpu']:.2f} / other "
                    f"{r['other_cpu']:.2f} (of {r['wall']:.2f} s x {os.cpu_count()} CPUs); "
                    f"minor faults server {r['server_minflt']} / client {r['client_minflt']}")
     out.append("")
@@ -439,7 +446,8 @@ def main() -> int:
                            if "mbps" in r else f"no result")
                         + f" rc {r['rc']} failures {r.get('failures')} server CPU "
                           f"{r['server_cpu']:.2f} s client CPU {r['client_cpu']:.2f} s "
-                          f"other CPU {r['other_cpu']:.2f} s server minflt "
+                          f"irq CPU {r['irq_cpu']:.2f} s other CPU {r['other_cpu']:.2f} s "
+                          f"server minflt "
                           f"{r['server_minflt']} VmHWM {r['hwm_kib'] / 1024:.1f} MiB"
                         + (f" stderr: {r['stderr']}" if r["rc"] != 0 else ""))
         hwm = proc_status(server.pid, "VmHWM")

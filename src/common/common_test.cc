@@ -22,6 +22,16 @@ TEST(HashTest, KnownVectors) {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
+TEST(HashTest, HmacAndBase64) {
+  // RFC 4231 test case 2.
+  EXPECT_EQ(HexEncode(HmacSha256("Jefe", "what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  EXPECT_EQ(Base64Encode("hello"), "aGVsbG8=");
+  EXPECT_EQ(*Base64Decode("aGVsbG8="), "hello");
+  EXPECT_EQ(*Base64Decode("aGk="), "hi");
+  EXPECT_FALSE(Base64Decode("abc").ok());
+}
+
 TEST(HashTest, IncrementalEqualsOneShot) {
   std::string data(100000, 'x');
   Hasher h(HashKind::kGitSha1, data.size());

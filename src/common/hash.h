@@ -37,6 +37,13 @@ std::string GitSha1Hex(std::string_view data);
 // Hashes a whole file by reading it sequentially. NotFound/IoError on read failure.
 Result<std::string> HashFile(const std::string& path, HashKind kind);
 
+// HMAC-SHA256 (raw 32 bytes), for request signatures (SigV4, Azure SharedKey).
+std::string HmacSha256(std::string_view key, std::string_view data);
+std::string HexEncode(std::string_view bytes);
+std::string Base64Encode(std::string_view bytes);
+// NotFound-free: InvalidArgument when `text` is not base64.
+Result<std::string> Base64Decode(std::string_view text);
+
 // True if s is exactly `len` lowercase hex digits.
 bool IsLowerHex(std::string_view s, size_t len);
 

@@ -289,11 +289,18 @@ bool RangeEngine::Impl::Complete(Transfer* t, CURLcode rc) {
     }
   }
   long s = t->status;
-  bool retryable = !(s == 401 || s == 403 || s == 404 || s == 410 || s == 416) || t->used_data_url;
-  if (!t->validated && s >= 400 && !IsRetryableStatus(s) && !retryable) {
-    std::string hint = (s == 401 || s == 403) ? " (access refused: set HF_TOKEN or --token)" : "";
-    FinishJob(js, Status(s == 404 ? StatusCode::kNotFound : StatusCode::kPermissionDenied,
-                         js->job.display_name + ": HTTP " + std::to_string(s) + hint));
+  // Final 3xx (a redirect we could not follow) and 4xx other than 408/429 will not get
+  // better by retrying, except on a cached CDN URL, which may simply have expired.
+  bool permanent = !t->validated && ((s >= 300 && s < 400) || (s >= 400 && s < 500 && !IsRetryableStatus(s)));
+  if (permanent && !t->used_data_url) {
+    std::string hint = (s == 401 || s == 403) && !js->job.auth_hint.empty() ? " (" + js->job.auth_hint + ")"
+                       : s == 404                                         ? " (not found)"
+                       : s == 416                                         ? " (the object is smaller than expected)"
+                                                                          : "";
+    StatusCode code = s == 404 ? StatusCode::kNotFound
+                      : (s == 401 || s == 403) ? StatusCode::kPermissionDenied
+                                               : StatusCode::kFailedPrecondition;
+    FinishJob(js, Status(code, js->job.display_name + ": HTTP " + std::to_string(s) + hint));
     return false;
   }
   return Retry(t, why);

@@ -45,6 +45,8 @@ struct FetchJob {
   std::function<std::vector<std::string>(uint64_t begin, uint64_t end)> headers_for_range;
   std::vector<ByteRange> ranges;
   std::string display_name;  // used in errors
+  // Appended to 401/403 errors: what the user should check ("set HF_TOKEN or --token").
+  std::string auth_hint;
   // Engine thread, after bytes up to `cursor` (absolute offset) of ranges[index] are written.
   std::function<void(size_t index, uint64_t cursor)> on_progress;
   // Engine thread, exactly once: OK when every range is written, else the first fatal error.

@@ -443,6 +443,7 @@ Status Downloader::FetchAll() {
         job.size = t->entry.size;
         job.fd = t->fd;
         job.display_name = t->entry.path;
+        job.auth_hint = "access refused: set HF_TOKEN or --token";
         t->chunk_of_range.clear();
         for (size_t k = 0; k < t->progress.chunk_count(); ++k) {
           http::ByteRange r = t->progress.MissingInChunk(k);

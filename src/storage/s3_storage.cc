@@ -1,0 +1,209 @@
+// S3 and GCS (XML API, S3-compatible): ListObjectsV2 for prefixes, SigV4-signed ranged GETs.
+#include <algorithm>
+#include <ctime>
+
+#include "common/env.h"
+#include "common/hash.h"
+#include "http/http.h"
+#include "storage/backends.h"
+#include "storage/signing.h"
+
+namespace mx::storage {
+namespace {
+
+struct S3Config {
+  std::string scheme;  // "s3" or "gs"
+  std::string endpoint;  // scheme://host[:port], no trailing slash
+  bool path_style = true;
+  std::string region = "us-east-1";
+  std::string access_key, secret_key, session_token;
+  std::string bearer_token;  // GCS OAuth token instead of HMAC keys
+};
+
+std::string FirstEnv(std::initializer_list<const char*> names) {
+  for (const char* n : names) {
+    if (auto v = GetEnv(n); v && !v->empty()) return *v;
+  }
+  return "";
+}
+
+S3Config ConfigFromEnvironment(const std::string& scheme) {
+  S3Config c;
+  c.scheme = scheme;
+  if (scheme == "gs") {
+    c.endpoint = FirstEnv({"GCS_ENDPOINT_URL", "STORAGE_EMULATOR_HOST"});
+    if (c.endpoint.empty()) c.endpoint = "https://storage.googleapis.com";
+    c.region = "auto";
+    c.access_key = FirstEnv({"GCS_HMAC_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"});
+    c.secret_key = FirstEnv({"GCS_HMAC_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"});
+    c.bearer_token = FirstEnv({"GCS_OAUTH_TOKEN", "CLOUDSDK_AUTH_ACCESS_TOKEN", "GOOGLE_OAUTH_ACCESS_TOKEN"});
+    c.path_style = true;
+  } else {
+    c.region = FirstEnv({"AWS_REGION", "AWS_DEFAULT_REGION"});
+    if (c.region.empty()) c.region = "us-east-1";
+    c.endpoint = FirstEnv({"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"});
+    bool custom = !c.endpoint.empty();
+    if (!custom) c.endpoint = "https://s3." + c.region + ".amazonaws.com";
+    std::string style = FirstEnv({"MX_S3_ADDRESSING_STYLE"});
+    // Custom endpoints (MinIO, s3rver, Ceph) usually want path-style; AWS wants virtual-hosted.
+    c.path_style = style.empty() ? custom : style == "path";
+    c.access_key = FirstEnv({"AWS_ACCESS_KEY_ID"});
+    c.secret_key = FirstEnv({"AWS_SECRET_ACCESS_KEY"});
+    c.session_token = FirstEnv({"AWS_SESSION_TOKEN"});
+  }
+  while (!c.endpoint.empty() && c.endpoint.back() == '/') c.endpoint.pop_back();
+  if (c.endpoint.find("://") == std::string::npos) c.endpoint = "http://" + c.endpoint;
+  return c;
+}
+
+std::string HostOf(const std::string& endpoint) {
+  std::string rest = endpoint.substr(endpoint.find("://") + 3);
+  return rest.substr(0, rest.find('/'));
+}
+
+class S3Storage : public Storage {
+ public:
+  S3Storage(S3Config c, const StorageOptions& o) : c_(std::move(c)), engine_(StartEngine(o.connections)) {}
+
+  Result<std::vector<ObjectInfo>> List(const std::string& uri) override {
+    std::string bucket, key;
+    MX_RETURN_IF_ERROR(SplitBucketKey(uri, c_.scheme.size() + 3, &bucket, &key));
+    // An exact object, else everything under "key/".
+    MX_ASSIGN_OR_RETURN(auto objects, ListPrefix(bucket, key));
+    for (const auto& o : objects) {
+      if (o.first == key) return std::vector<ObjectInfo>{Info(bucket, o.first, o.second, key)};
+    }
+    std::string prefix = key.empty() || key.back() == '/' ? key : key + "/";
+    std::vector<ObjectInfo> out;
+    for (const auto& [k, size] : objects) {
+      if (k.rfind(prefix, 0) == 0 && k.size() > prefix.size() && k.back() != '/') {
+        out.push_back(Info(bucket, k, size, prefix));
+      }
+    }
+    if (out.empty()) return Status::NotFound("no objects at " + uri + " (check the bucket and the key/prefix)");
+    std::sort(out.begin(), out.end(), [](const ObjectInfo& a, const ObjectInfo& b) { return a.name < b.name; });
+    return out;
+  }
+
+  Result<std::unique_ptr<RangeReader>> Open(const ObjectInfo& object) override {
+    std::string bucket, key;
+    MX_RETURN_IF_ERROR(SplitBucketKey(object.uri, c_.scheme.size() + 3, &bucket, &key));
+    std::string path = ObjectPath(bucket, key);
+    std::string url = BaseUrl(bucket) + path;
+    RangeSigner signer = [this, bucket, path](uint64_t, uint64_t) { return Sign(bucket, path, {}); };
+    return MakeRemoteReader(object, url, signer, Hint(), engine_.get());
+  }
+
+ private:
+  ObjectInfo Info(const std::string& bucket, const std::string& key, uint64_t size, const std::string& base) {
+    std::string name = key.substr(std::min(base.size(), key.size()));
+    if (name.empty()) name = key.substr(key.rfind('/') + 1);
+    return {c_.scheme + "://" + bucket + "/" + key, name, size};
+  }
+
+  std::string Hint() const {
+    return c_.scheme == "gs" ? "check the HMAC keys (GCS_HMAC_ACCESS_KEY_ID/GCS_HMAC_SECRET_ACCESS_KEY) or "
+                               "GCS_OAUTH_TOKEN, and the bucket's permissions"
+                             : "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN and the "
+                               "bucket policy";
+  }
+
+  std::string BaseUrl(const std::string& bucket) const {
+    if (c_.path_style) return c_.endpoint;
+    size_t p = c_.endpoint.find("://") + 3;
+    return c_.endpoint.substr(0, p) + bucket + "." + c_.endpoint.substr(p);
+  }
+
+  std::string ObjectPath(const std::string& bucket, const std::string& key) const {
+    std::string path = "/" + AwsUriEncode(key, true);
+    return c_.path_style ? "/" + bucket + path : path;
+  }
+
+  std::vector<std::string> Sign(const std::string& bucket, const std::string& path,
+                                const std::vector<std::pair<std::string, std::string>>& query) const {
+    if (!c_.bearer_token.empty()) return {"Authorization: Bearer " + c_.bearer_token};
+    if (c_.access_key.empty() || c_.secret_key.empty()) return {};  // anonymous (public bucket)
+    SigV4Request r;
+    r.canonical_uri = path;
+    r.query = query;
+    std::string host = HostOf(BaseUrl(bucket));
+    std::string date = AmzDate(std::time(nullptr));
+    r.headers = {{"host", host}, {"x-amz-content-sha256", "UNSIGNED-PAYLOAD"}, {"x-amz-date", date}};
+    if (!c_.session_token.empty()) r.headers["x-amz-security-token"] = c_.session_token;
+    r.payload_hash = "UNSIGNED-PAYLOAD";
+    std::vector<std::string> out = {
+        "Authorization: " + SigV4Authorization(r, c_.access_key, c_.secret_key, c_.region, "s3"),
+        "x-amz-content-sha256: UNSIGNED-PAYLOAD", "x-amz-date: " + date};
+    if (!c_.session_token.empty()) out.push_back("x-amz-security-token: " + c_.session_token);
+    return out;
+  }
+
+  // (key, size) of every object whose key starts with `prefix`, following continuation.
+  Result<std::vector<std::pair<std::string, uint64_t>>> ListPrefix(const std::string& bucket,
+                                                                   const std::string& prefix) {
+    std::vector<std::pair<std::string, uint64_t>> out;
+    std::string token;
+    std::string where = c_.scheme + "://" + bucket + "/" + prefix;
+    for (int page = 0; page < 100000; ++page) {
+      std::vector<std::pair<std::string, std::string>> q = {{"list-type", "2"}, {"prefix", prefix}};
+      if (!token.empty()) q.emplace_back("continuation-token", token);
+      std::string path = c_.path_style ? "/" + bucket : "/";
+      std::string query;
+      std::vector<std::pair<std::string, std::string>> sorted = q;
+      std::sort(sorted.begin(), sorted.end());
+      for (const auto& [k, v] : sorted) query += (query.empty() ? "?" : "&") + AwsUriEncode(k, false) + "=" + AwsUriEncode(v, false);
+      http::Request req;
+      req.url = BaseUrl(bucket) + path + query;
+      req.headers = Sign(bucket, path, q);
+      MX_ASSIGN_OR_RETURN(http::Response r, http::Fetch(req));
+      if (r.status != 200) return ListError(r, where);
+      size_t pos = 0;
+      std::string contents;
+      while (NextXmlElement(r.body, "Contents", &pos, &contents)) {
+        size_t p = 0;
+        std::string key, size;
+        if (NextXmlElement(contents, "Key", &p, &key)) {
+          p = 0;
+          NextXmlElement(contents, "Size", &p, &size);
+          out.emplace_back(key, std::strtoull(size.c_str(), nullptr, 10));
+        }
+      }
+      size_t p = 0;
+      std::string truncated;
+      NextXmlElement(r.body, "IsTruncated", &p, &truncated);
+      if (truncated != "true") return out;
+      p = 0;
+      if (!NextXmlElement(r.body, "NextContinuationToken", &p, &token)) return out;
+    }
+    return out;
+  }
+
+  Status ListError(const http::Response& r, const std::string& where) const {
+    size_t p = 0;
+    std::string code, message;
+    NextXmlElement(r.body, "Code", &p, &code);
+    p = 0;
+    NextXmlElement(r.body, "Message", &p, &message);
+    std::string what = where + ": HTTP " + std::to_string(r.status) + (code.empty() ? "" : " " + code);
+    if (code == "NoSuchBucket") return Status::NotFound(what + ": the bucket does not exist");
+    if (code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch" || code == "AccessDenied" ||
+        r.status == 401 || r.status == 403) {
+      return Status::PermissionDenied(what + ": " + Hint());
+    }
+    if (code == "PermanentRedirect" || code == "AuthorizationHeaderMalformed" || r.status == 301) {
+      return Status::FailedPrecondition(what + ": wrong region? set AWS_REGION to the bucket's region");
+    }
+    return Status::Unavailable(what + (message.empty() ? "" : ": " + message));
+  }
+
+  S3Config c_;
+  std::unique_ptr<http::RangeEngine> engine_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Storage>> OpenS3Storage(const std::string& scheme, const StorageOptions& options) {
+  return std::unique_ptr<Storage>(new S3Storage(ConfigFromEnvironment(scheme), options));
+}
+
+}  // namespace mx::storage

@@ -1,0 +1,57 @@
+// Byte sources behind one interface. A URI names a file, a directory or a prefix:
+//   /abs/path, file:///abs/path         local files (parallel pread, O_DIRECT on request)
+//   http(s)://host/path                 one object over HTTP ranges
+//   s3://bucket/key-or-prefix           S3 (SigV4; path-style or virtual-hosted)
+//   gs://bucket/key-or-prefix           GCS XML API (HMAC keys via SigV4, or a bearer token)
+//   az://container/path-or-prefix       Azure Blob (SharedKey or SAS)
+//   org/name[@revision]                 a hub repo already in the local HF cache
+// Remote reads all go through one shared RangeEngine (connection pool, 206 and
+// Content-Range checks, per-range retries). Errors name the bucket/key/URL, the HTTP
+// status and the likely cause; never a secret.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace mx::storage {
+
+struct ObjectInfo {
+  std::string uri;   // full URI of the object (no credentials)
+  std::string name;  // path relative to the listed URI ("model-00001.safetensors")
+  uint64_t size = 0;
+};
+
+class RangeReader {
+ public:
+  virtual ~RangeReader() = default;
+  virtual const ObjectInfo& info() const = 0;
+  // Reads exactly `len` bytes at `offset` into `dst`, retrying transient failures.
+  // Thread-safe: many reads of one object may run at once.
+  virtual Status ReadAt(uint64_t offset, uint64_t len, char* dst) = 0;
+  // Alignment the destination and offsets must have for the fastest path (O_DIRECT: 4096),
+  // or 1. Readers handle any alignment; aligned requests avoid a bounce copy.
+  virtual uint64_t alignment() const { return 1; }
+};
+
+struct StorageOptions {
+  int connections = 16;     // remote: parallel HTTP connections
+  bool direct_io = false;   // local: O_DIRECT
+};
+
+class Storage {
+ public:
+  virtual ~Storage() = default;
+  // Objects under the URI: the object itself, or everything below a directory/prefix,
+  // sorted by name. NotFound when there is nothing.
+  virtual Result<std::vector<ObjectInfo>> List(const std::string& uri) = 0;
+  virtual Result<std::unique_ptr<RangeReader>> Open(const ObjectInfo& object) = 0;
+};
+
+// The backend for a URI's scheme.
+Result<std::unique_ptr<Storage>> OpenStorage(const std::string& uri, const StorageOptions& options);
+
+}  // namespace mx::storage
