@@ -2,6 +2,7 @@
 // connection, stream a whole model and discard it (checking offsets and sizes). Prints
 // one JSON line: clients, chunk_size, bytes, seconds, MB/s.
 #include <grpcpp/grpcpp.h>
+#include <malloc.h>
 
 #include <atomic>
 #include <chrono>
@@ -21,6 +22,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s ADDRESS MODEL CLIENTS CHUNK_BYTES\n", argv[0]);
     return 2;
   }
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);  // as the server does: no fresh mmap per message
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
   std::string address = argv[1], model = argv[2];
   int clients = std::atoi(argv[3]);
   uint32_t chunk = static_cast<uint32_t>(std::strtoul(argv[4], nullptr, 10));
