@@ -19,6 +19,7 @@ struct GlobalFlags {
 
 void RegisterDownload(CLI::App& app, GlobalFlags& flags, int& exit_code);
 void RegisterCache(CLI::App& app, GlobalFlags& flags, int& exit_code);
+void RegisterStream(CLI::App& app, GlobalFlags& flags, int& exit_code);
 
 // Prints "error: <message>" to stderr and returns the exit code for the status.
 int ReportError(const Status& status);

@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   mx::cli::RegisterDownload(app, flags, exit_code);
   mx::cli::RegisterCache(app, flags, exit_code);
+  mx::cli::RegisterStream(app, flags, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

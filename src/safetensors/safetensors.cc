@@ -31,7 +31,9 @@ constexpr std::pair<ErrorKind, std::string_view> kNames[] = {
 };
 
 Status Fail(ErrorKind kind, const std::string& detail) {
-  return Status::InvalidArgument("safetensors: " + std::string(ErrorKindName(kind)) + ": " + detail);
+  // DataLoss: the bytes are not a valid file (a corrupt download, a wrong object), which
+  // is not the caller's argument error.
+  return Status::DataLoss("safetensors: " + std::string(ErrorKindName(kind)) + ": " + detail);
 }
 
 bool IsValidUtf8(std::string_view s) {

@@ -39,7 +39,7 @@ enum class ErrorKind {
 };
 
 std::string_view ErrorKindName(ErrorKind kind);
-// The rule a Status from this module reports (kInvalidArgument statuses only).
+// The rule a Status from this module reports (its DataLoss statuses).
 std::optional<ErrorKind> ErrorKindOf(const Status& status);
 
 struct TensorInfo {

@@ -1,0 +1,167 @@
+#include <sys/resource.h>
+
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "common/env.h"
+#include "common/hash.h"
+#include "common/log.h"
+#include "storage/storage.h"
+#include "streamer/streamer.h"
+
+namespace mx::cli {
+namespace {
+
+struct StreamArgs {
+  std::vector<std::string> uris;
+  std::string concurrency, chunk_size, memory_limit;
+  bool verify = false;
+  bool direct = false;
+  bool digests = false;
+};
+
+uint64_t PeakRssBytes() {
+  rusage u;
+  ::getrusage(RUSAGE_SELF, &u);
+  return static_cast<uint64_t>(u.ru_maxrss) * 1024;
+}
+
+// --verify: every tensor again through a separate, sequential, single-connection reader.
+class Verifier {
+ public:
+  Status Open(const std::vector<std::string>& uris) {
+    storage::StorageOptions so;
+    so.connections = 1;
+    for (const auto& uri : uris) {
+      MX_ASSIGN_OR_RETURN(auto store, storage::OpenStorage(uri, so));
+      MX_ASSIGN_OR_RETURN(auto objects, store->List(uri));
+      for (const auto& o : objects) {
+        MX_ASSIGN_OR_RETURN(readers_[o.name], store->Open(o));
+      }
+      stores_.push_back(std::move(store));
+    }
+    return Status::OK();
+  }
+  Status Check(const streamer::Tensor& t, uint64_t data_start) {
+    auto it = readers_.find(t.file);
+    if (it == readers_.end()) return Status::Internal("verify: no reader for " + t.file);
+    std::string plain(t.info.bytes(), '\0');
+    MX_RETURN_IF_ERROR(it->second->ReadAt(data_start + t.info.begin, t.info.bytes(), plain.data()));
+    if (std::memcmp(plain.data(), t.data, plain.size()) != 0) {
+      return Status::DataLoss("verify: tensor '" + t.info.name + "' of " + t.file +
+                              " differs from a plain sequential read");
+    }
+    return Status::OK();
+  }
+
+ private:
+  std::vector<std::unique_ptr<storage::Storage>> stores_;
+  std::map<std::string, std::unique_ptr<storage::RangeReader>> readers_;
+};
+
+int RunStream(const StreamArgs& a, const GlobalFlags& flags) {
+  InitLogging(flags.json ? "warn" : "info");
+  auto options = streamer::StreamOptions::FromEnvironment();
+  if (!options.ok()) return ReportError(options.status());
+  if (!a.concurrency.empty()) options->concurrency = std::atoi(a.concurrency.c_str());
+  if (!a.chunk_size.empty()) {
+    auto v = ParseByteSize(a.chunk_size);
+    if (!v.ok()) return ReportError(v.status());
+    options->chunk_bytes = *v;
+  }
+  if (!a.memory_limit.empty()) {
+    if (a.memory_limit == "-1" || a.memory_limit == "0") {
+      options->memory_limit = std::atoi(a.memory_limit.c_str());
+    } else {
+      auto v = ParseByteSize(a.memory_limit);
+      if (!v.ok()) return ReportError(v.status());
+      options->memory_limit = static_cast<int64_t>(*v);
+    }
+  }
+  options->direct_io = a.direct;
+  if (options->concurrency < 1) return ReportError(Status::InvalidArgument("--concurrency must be at least 1"));
+  Verifier verifier;
+  if (a.verify) {
+    if (Status st = verifier.Open(a.uris); !st.ok()) return ReportError(st);
+  }
+  // Header offsets per file, for the verifier (data_start is not in TensorInfo).
+  std::map<std::string, uint64_t> data_start;
+  if (a.verify) {
+    for (const auto& uri : a.uris) {
+      storage::StorageOptions so;
+      auto store = storage::OpenStorage(uri, so);
+      if (!store.ok()) return ReportError(store.status());
+      auto objects = (*store)->List(uri);
+      if (!objects.ok()) return ReportError(objects.status());
+      for (const auto& o : *objects) {
+        if (o.size < 8) continue;
+        auto r = (*store)->Open(o);
+        if (!r.ok()) return ReportError(r.status());
+        char first[8];
+        if ((*r)->ReadAt(0, 8, first).ok()) {
+          uint64_t n = 0;
+          for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(first[i]);
+          data_start[o.name] = 8 + n;
+        }
+      }
+    }
+  }
+  std::map<std::string, std::string> digests;
+  auto stats = streamer::StreamModel(a.uris, *options, [&](const streamer::Tensor& t, const std::shared_ptr<void>&) {
+    if (a.digests) digests[t.file + "/" + t.info.name] = Sha256Hex(std::string_view(t.data, t.info.bytes()));
+    if (a.verify) return verifier.Check(t, data_start[t.file]);
+    return Status::OK();
+  });
+  if (!stats.ok()) return ReportError(stats.status());
+  uint64_t rss = PeakRssBytes();
+  double gbps = stats->seconds > 0 ? stats->bytes / stats->seconds / 1e9 : 0;
+  if (!flags.json) {
+    std::fprintf(stderr, "%zu files, %zu tensors, %s in %.2fs (%.2f GB/s), first tensor after %.3fs, peak RSS %s%s\n",
+                 stats->files, stats->tensors, FormatBytes(stats->bytes).c_str(), stats->seconds, gbps,
+                 stats->first_tensor_seconds, FormatBytes(rss).c_str(), a.verify ? ", verified" : "");
+  }
+  nlohmann::json j{{"files", stats->files},
+                   {"tensors", stats->tensors},
+                   {"bytes", stats->bytes},
+                   {"seconds", stats->seconds},
+                   {"first_tensor_seconds", stats->first_tensor_seconds},
+                   {"gb_per_second", gbps},
+                   {"peak_rss_bytes", rss},
+                   {"verified", a.verify}};
+  if (a.digests) j["tensor_sha256"] = digests;
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
+
+}  // namespace
+
+void RegisterStream(CLI::App& app, GlobalFlags& flags, int& exit_code) {
+  auto args = std::make_shared<StreamArgs>();
+  CLI::App* cmd = app.add_subcommand("stream", "Stream every tensor of a safetensors model into memory");
+  cmd->add_option("uri", args->uris,
+                  "Model location: path, s3://, gs://, az://, http(s)://, or org/name in the HF cache "
+                  "(default: $MX_MODEL_URI)");
+  cmd->add_option("--concurrency", args->concurrency, "Parallel reads (RUNAI_STREAMER_CONCURRENCY, 16)");
+  cmd->add_option("--chunk-size", args->chunk_size, "Bytes per read (RUNAI_STREAMER_CHUNK_BYTESIZE, 8MiB)");
+  cmd->add_option("--memory-limit", args->memory_limit,
+                  "Buffer budget: -1 unlimited, 0 largest tensor, or bytes (RUNAI_STREAMER_MEMORY_LIMIT)");
+  cmd->add_flag("--verify", args->verify, "Compare every tensor with a plain sequential read");
+  cmd->add_flag("--direct", args->direct, "Local files: O_DIRECT (cold reads, bypass the page cache)");
+  cmd->add_flag("--tensor-digests", args->digests, "Add each tensor's sha256 to the JSON summary");
+  cmd->add_flag("--json", flags.json, "Only the JSON summary");
+  cmd->callback([args, &flags, &exit_code] {
+    if (args->uris.empty()) {
+      if (auto env = GetEnv("MX_MODEL_URI"); env && !env->empty()) args->uris.push_back(*env);
+    }
+    if (args->uris.empty()) {
+      exit_code = ReportError(Status::InvalidArgument("give a model URI or set MX_MODEL_URI"));
+      return;
+    }
+    exit_code = RunStream(*args, flags);
+  });
+}
+
+}  // namespace mx::cli
