@@ -23,7 +23,19 @@ struct StreamArgs {
   bool digests = false;
 };
 
+// Peak resident memory of this process image: VmHWM. Not getrusage's ru_maxrss, which
+// Linux carries over from the image before exec (a big parent that forked us would show).
 uint64_t PeakRssBytes() {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (f != nullptr) {
+    char line[256];
+    unsigned long long kib = 0;
+    while (std::fgets(line, sizeof line, f)) {
+      if (std::sscanf(line, "VmHWM: %llu kB", &kib) == 1) break;
+    }
+    std::fclose(f);
+    if (kib > 0) return kib * 1024;
+  }
   rusage u;
   ::getrusage(RUSAGE_SELF, &u);
   return static_cast<uint64_t>(u.ru_maxrss) * 1024;

@@ -4,6 +4,7 @@
 #include <curl/curl.h>
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace mx::http::internal {
@@ -12,6 +13,9 @@ void GlobalInitOnce();
 // Options every easy handle gets: user agent, timeouts, stall detection, HTTP/2 via
 // ALPN, TCP keepalive, no signals. Proxies come from the usual environment variables.
 void ApplyCommonOptions(CURL* easy);
+// Splits a raw header line from libcurl into a lowercased name and a trimmed value.
+// False for status lines and the blank line that ends the headers.
+bool ParseHeaderLine(std::string_view line, std::string* name, std::string_view* value);
 // Builds a header list; caller frees with curl_slist_free_all.
 curl_slist* MakeHeaderList(const std::vector<std::string>& headers);
 

@@ -38,6 +38,18 @@ void ApplyCommonOptions(CURL* easy) {
   curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, nullptr);  // byte ranges must be raw
 }
 
+bool ParseHeaderLine(std::string_view line, std::string* name, std::string_view* value) {
+  size_t colon = line.find(':');
+  if (line.substr(0, 5) == "HTTP/" || colon == std::string_view::npos) return false;
+  name->assign(line.substr(0, colon));
+  std::transform(name->begin(), name->end(), name->begin(), ::tolower);
+  std::string_view v = line.substr(colon + 1);
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == '\r' || v.back() == '\n' || v.back() == ' ')) v.remove_suffix(1);
+  *value = v;
+  return true;
+}
+
 curl_slist* MakeHeaderList(const std::vector<std::string>& headers) {
   curl_slist* list = nullptr;
   for (const auto& h : headers) list = curl_slist_append(list, h.c_str());
@@ -101,16 +113,9 @@ size_t CollectHeader(char* data, size_t size, size_t n, void* user) {
     headers->clear();  // a new response in a redirect chain: keep only the last one
     return size * n;
   }
-  size_t colon = line.find(':');
-  if (colon == std::string_view::npos) return size * n;
-  std::string name(line.substr(0, colon));
-  std::transform(name.begin(), name.end(), name.begin(), ::tolower);
-  std::string_view value = line.substr(colon + 1);
-  while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
-  while (!value.empty() && (value.back() == '\r' || value.back() == '\n' || value.back() == ' ')) {
-    value.remove_suffix(1);
-  }
-  headers->emplace_back(std::move(name), std::string(value));
+  std::string name;
+  std::string_view value;
+  if (internal::ParseHeaderLine(line, &name, &value)) headers->emplace_back(std::move(name), std::string(value));
   return size * n;
 }
 

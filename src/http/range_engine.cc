@@ -126,15 +126,9 @@ size_t RangeEngine::Impl::OnHeader(char* data, size_t size, size_t n, void* user
     t->retry_after.reset();
     return size * n;
   }
-  size_t colon = line.find(':');
-  if (colon == std::string_view::npos) return size * n;
-  std::string name(line.substr(0, colon));
-  std::transform(name.begin(), name.end(), name.begin(), ::tolower);
-  std::string_view value = line.substr(colon + 1);
-  while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
-  while (!value.empty() && (value.back() == '\r' || value.back() == '\n' || value.back() == ' ')) {
-    value.remove_suffix(1);
-  }
+  std::string name;
+  std::string_view value;
+  if (!internal::ParseHeaderLine(line, &name, &value)) return size * n;
   if (name == "content-range") t->content_range = std::string(value);
   if (name == "retry-after") t->retry_after = ParseRetryAfter(value);
   return size * n;

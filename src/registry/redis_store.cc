@@ -270,14 +270,7 @@ class RedisStore : public MetadataStore {
           continue;
         }
       }
-      std::vector<const char*> argv;
-      std::vector<size_t> lens;
-      for (const auto& a : args) {
-        argv.push_back(a.data());
-        lens.push_back(a.size());
-      }
-      auto* raw = static_cast<redisReply*>(
-          redisCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data()));
+      redisReply* raw = SendArgv(args);
       if (raw == nullptr) continue;  // connection error: ctx_->err is set, reconnect
       Reply r(raw, freeReplyObject);
       if (r->type == REDIS_REPLY_ERROR) {
@@ -322,17 +315,20 @@ class RedisStore : public MetadataStore {
     }
   }
 
-  // Without reconnect logic: used while restoring inside Connect().
-  void RawCommand(const std::vector<std::string>& args) {
+  // One command on the current connection (binary-safe arguments); nullptr on I/O error.
+  redisReply* SendArgv(const std::vector<std::string>& args) {
     std::vector<const char*> argv;
     std::vector<size_t> lens;
     for (const auto& a : args) {
       argv.push_back(a.data());
       lens.push_back(a.size());
     }
-    auto* raw = static_cast<redisReply*>(
-        redisCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data()));
-    if (raw) freeReplyObject(raw);
+    return static_cast<redisReply*>(redisCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data()));
+  }
+
+  // Without reconnect logic: used while restoring inside Connect().
+  void RawCommand(const std::vector<std::string>& args) {
+    if (redisReply* raw = SendArgv(args)) freeReplyObject(raw);
   }
 
   static std::vector<std::string> SourceFields(const SourceRecord& s) {
