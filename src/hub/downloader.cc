@@ -158,6 +158,16 @@ class Downloader {
   Status Publish(const std::string& commit, const std::vector<TreeEntry>& selected);
   void ReportProgress(bool force);
 
+  // True when the target's final file is in place: a published blob (immutable, verified
+  // when published), or a --local-dir file whose metadata records the same etag.
+  bool AlreadyPresent(const Target& t) const {
+    if (!FileHasSize(t.final_path, t.entry.size)) return false;
+    if (!local_dir()) return true;
+    auto meta = ReadFile(LocalMetaDir() + "/" + t.entry.path + ".metadata");
+    if (!meta.ok()) return false;
+    size_t first = meta->find('\n');
+    return first != std::string::npos && meta->compare(first + 1, t.entry.etag().size(), t.entry.etag()) == 0;
+  }
   bool use_symlinks() const { return !client_.config().disable_symlinks && !local_dir(); }
   bool local_dir() const { return options_.local_dir.has_value(); }
   std::string LocalMetaDir() const { return *options_.local_dir + "/.cache/huggingface/download"; }
@@ -384,7 +394,7 @@ void Downloader::ReportProgress(bool force) {
 Status Downloader::FetchAll() {
   std::vector<Target*> pending;
   for (auto& t : targets_) {
-    if (FileHasSize(t->final_path, t->entry.size) && !local_dir()) {
+    if (AlreadyPresent(*t)) {
       t->done = true;  // a published blob is immutable and was verified when published
       ++progress_.files_done;
     } else {
@@ -409,7 +419,7 @@ Status Downloader::FetchAll() {
         waiting.push_back(t);
         continue;
       }
-      if (FileHasSize(t->final_path, t->entry.size) && !local_dir()) {
+      if (AlreadyPresent(*t)) {
         t->done = true;  // another process finished it while we were busy
         ++progress_.files_done;
         continue;

@@ -206,6 +206,12 @@ class DownloadTest(unittest.TestCase):
             self.assertEqual((local / rel).read_bytes(), (self.content / rel).read_bytes())
         meta = (local / ".cache/huggingface/download/config.json.metadata").read_text().split("\n")
         self.assertEqual(meta[0], self.hub.commit("org/model"))
+        # Up-to-date local files are not fetched again; a modified one is.
+        (local / "config.json").write_bytes(b"x" * FILES["config.json"])
+        (local / ".cache/huggingface/download/config.json.metadata").write_text("c\nstale-etag\n0\n")
+        r = self.download("org/model", "--local-dir", str(local), "--json")
+        self.assertEqual(json.loads(r.stdout.strip().splitlines()[-1])["bytes_fetched"], FILES["config.json"])
+        self.assertEqual((local / "config.json").read_bytes(), (self.content / "config.json").read_bytes())
         r = self.download("org/model", "--quiet", env={"HF_HUB_DISABLE_SYMLINKS": "1"})
         snapshot = Path(r.stdout.strip())
         for rel in FILES:
