@@ -35,6 +35,15 @@ class RangeReader {
   // Alignment the destination and offsets must have for the fastest path (O_DIRECT: 4096),
   // or 1. Readers handle any alignment; aligned requests avoid a bounce copy.
   virtual uint64_t alignment() const { return 1; }
+  // Zero-copy access for objects already in memory (local files in the page cache): maps
+  // [offset, offset + len) read-only. `*base`/`*mapped` receive what to munmap later; the
+  // returned pointer is the byte at `offset`. Unimplemented where reads must copy.
+  // The pages are not loaded yet: call Populate() on (parts of) the range.
+  virtual Result<const char*> Map(uint64_t offset, uint64_t len, void** base, size_t* mapped) {
+    return Status::Unimplemented("this storage cannot map");
+  }
+  // Loads a mapped range's pages (the "read" of a mapped range). Thread-safe.
+  virtual Status Populate(const char* data, uint64_t len) { return Status::OK(); }
 };
 
 struct StorageOptions {

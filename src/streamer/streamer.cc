@@ -7,6 +7,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -34,7 +35,10 @@ struct Batch {
   uint64_t buf_begin = 0;       // absolute offset of buffer[0]
   uint64_t buf_bytes = 0;
   char* buffer = nullptr;
-  bool owned = true;            // false when it is caller-owned memory
+  enum class Kind { kPooled, kMapped, kCaller } kind = Kind::kPooled;
+  uint64_t capacity = 0;        // pooled: the buffer's size
+  void* map_base = nullptr;     // mapped: what to munmap
+  size_t map_len = 0;
   std::atomic<int> pieces_left{0};
 };
 
@@ -42,24 +46,61 @@ struct Piece {
   Batch* batch;
   uint64_t offset;  // absolute in the file
   uint64_t len;
-  char* dst;
+  char* dst;        // where the bytes go (mapped batches: where they already are)
 };
 
-// Bytes of memory the pipeline may hold at once; Acquire blocks until there is room.
-class Budget {
+// The pipeline's memory: every byte it has mapped (buffers in use, buffers kept for reuse,
+// mapped file ranges) counts against `limit`. Anonymous buffers are recycled: a model
+// streams through a few buffers, not through fresh (page-faulting, zero-filled) memory.
+class Memory {
  public:
-  explicit Budget(uint64_t limit) : available_(limit) {}
-  bool Acquire(uint64_t n) {
-    std::unique_lock<std::mutex> l(mu_);
-    cv_.wait(l, [&] { return aborted_ || available_ >= n; });
-    if (aborted_) return false;
-    available_ -= n;
-    return true;
+  explicit Memory(uint64_t limit) : limit_(limit) {}
+  ~Memory() {
+    for (auto& [cap, p] : free_) ::munmap(p, cap);
   }
-  void Release(uint64_t n) {
+
+  // A buffer of at least `size` bytes (its capacity in *cap); nullptr when aborted.
+  char* Get(uint64_t size, uint64_t* cap) {
+    std::unique_lock<std::mutex> l(mu_);
+    for (;;) {
+      if (aborted_) return nullptr;
+      auto it = free_.lower_bound(size);
+      if (it != free_.end() && it->first <= 2 * size + (64 << 10)) {
+        *cap = it->first;
+        char* p = static_cast<char*>(it->second);
+        free_.erase(it);
+        return p;
+      }
+      if (MakeRoom(size, l)) break;
+    }
+    l.unlock();
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      Unreserve(size);
+      return nullptr;
+    }
+    *cap = size;
+    return static_cast<char*>(p);
+  }
+  void Put(char* p, uint64_t cap) {
     {
       std::lock_guard<std::mutex> l(mu_);
-      available_ += n;
+      free_.emplace(cap, p);
+    }
+    cv_.notify_all();
+  }
+  // Counts `size` bytes mapped elsewhere (a file range); blocks until they fit.
+  bool Reserve(uint64_t size) {
+    std::unique_lock<std::mutex> l(mu_);
+    for (;;) {
+      if (aborted_) return false;
+      if (MakeRoom(size, l)) return true;
+    }
+  }
+  void Unreserve(uint64_t size) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      used_ -= size;
     }
     cv_.notify_all();
   }
@@ -72,9 +113,33 @@ class Budget {
   }
 
  private:
+  // Under the lock: reserves `size` if it fits (after dropping idle buffers), else waits
+  // for a release and returns false so the caller looks again.
+  bool MakeRoom(uint64_t size, std::unique_lock<std::mutex>& l) {
+    if (size > limit_) {  // can never fit: fail rather than wait forever
+      aborted_ = true;
+      cv_.notify_all();
+      return false;
+    }
+    while (used_ + size > limit_ && !free_.empty()) {
+      auto biggest = std::prev(free_.end());
+      ::munmap(biggest->second, biggest->first);
+      used_ -= biggest->first;
+      free_.erase(biggest);
+    }
+    if (used_ + size <= limit_) {
+      used_ += size;
+      return true;
+    }
+    cv_.wait(l);
+    return false;
+  }
+
   std::mutex mu_;
   std::condition_variable cv_;
-  uint64_t available_;
+  uint64_t limit_;
+  uint64_t used_ = 0;
+  std::multimap<uint64_t, void*> free_;  // idle buffers by capacity
   bool aborted_ = false;
 };
 
@@ -106,6 +171,7 @@ class Pipeline {
   Status ReadHeader(OpenFile& f);
   Status Plan();
   void Produce();
+  bool MapBatch(Batch& b);
   void Work();
   void Fail(const Status& st);
   Status Consume();
@@ -116,7 +182,13 @@ class Pipeline {
   std::vector<std::unique_ptr<storage::Storage>> storages_;
   std::vector<OpenFile> files_;
   std::vector<std::unique_ptr<Batch>> batches_;
-  std::shared_ptr<Budget> budget_;  // shared: holds may outlive the pipeline
+  std::shared_ptr<Memory> memory_;  // shared: holds may outlive the pipeline
+  // Read-ahead: bytes admitted but not yet handed to the consumer stay under this, so the
+  // pipeline never runs far ahead of a slow consumer (memory the consumer holds is the
+  // memory limit's business, not this).
+  uint64_t window_ = 0;
+  uint64_t undelivered_ = 0;
+  std::condition_variable window_cv_;
   uint64_t alignment_ = 1;
 
   std::mutex mu_;
@@ -196,12 +268,14 @@ Status Pipeline::Plan() {
   }
   alignment_ = 1;
   for (const auto& f : files_) alignment_ = std::max(alignment_, f.reader->alignment());
-  uint64_t slack = 2 * alignment_;  // rounding a batch out to the device's alignment
+  // Rounding a batch out to the device's alignment, or to pages when it is mapped.
+  uint64_t slack = 2 * std::max<uint64_t>(alignment_, 4096);
   uint64_t limit = options_.memory_limit < 0 ? UINT64_MAX
                    : options_.memory_limit == 0 ? largest + slack
                                                 : static_cast<uint64_t>(options_.memory_limit);
-  budget_ = std::make_shared<Budget>(limit);
+  memory_ = std::make_shared<Memory>(limit);
   uint64_t batch_limit = std::min<uint64_t>(options_.chunk_bytes, limit > slack ? limit - slack : 1);
+  window_ = std::max<uint64_t>(2 * static_cast<uint64_t>(options_.concurrency) * options_.chunk_bytes, largest + slack);
   for (size_t fi = 0; fi < files_.size(); ++fi) {
     const auto& h = files_[fi].header;
     Batch* current = nullptr;
@@ -234,9 +308,39 @@ void Pipeline::Fail(const Status& st) {
     if (error_.ok()) error_ = st;
     stop_ = true;
   }
-  budget_->Abort();
+  memory_->Abort();
   work_cv_.notify_all();
   ready_cv_.notify_all();
+  window_cv_.notify_all();
+}
+
+// Files already in the page cache need no copy: map the batch's range and let the
+// workers load its pages. Only without O_DIRECT or a caller-owned destination.
+bool Pipeline::MapBatch(Batch& b) {
+  if (options_.direct_io || destination_) return false;
+  void* base = nullptr;
+  size_t len = 0;
+  storage::RangeReader& reader = *files_[b.file].reader;
+  uint64_t map_bytes = b.buf_bytes + 4096;  // page rounding
+  if (!memory_->Reserve(map_bytes)) return false;
+  auto data = reader.Map(b.buf_begin, b.buf_bytes, &base, &len);
+  if (!data.ok()) {
+    memory_->Unreserve(map_bytes);
+    return false;
+  }
+  if (len != map_bytes) {
+    // Account exactly what was mapped.
+    if (len > map_bytes) {
+      memory_->Reserve(len - map_bytes);
+    } else {
+      memory_->Unreserve(map_bytes - len);
+    }
+  }
+  b.kind = Batch::Kind::kMapped;
+  b.map_base = base;
+  b.map_len = len;
+  b.buffer = const_cast<char*>(*data);
+  return true;
 }
 
 void Pipeline::Produce() {
@@ -247,7 +351,7 @@ void Pipeline::Produce() {
     if (destination_) {
       const TensorInfo& t = f.header.tensors[b->tensors[0]];
       b->buffer = destination_(f.name, t);
-      b->owned = false;
+      b->kind = Batch::Kind::kCaller;
       b->buf_begin = b->begin;
       b->buf_bytes = b->end - b->begin;
       if (b->buffer == nullptr && b->buf_bytes > 0) {
@@ -258,15 +362,21 @@ void Pipeline::Produce() {
       b->buf_begin = b->begin / alignment_ * alignment_;
       uint64_t buf_end = std::min(size, (b->end + alignment_ - 1) / alignment_ * alignment_);
       b->buf_bytes = std::max(buf_end, b->buf_begin) - b->buf_begin;
-      if (!budget_->Acquire(b->buf_bytes)) return;  // aborted
-      if (b->buf_bytes > 0) {
-        void* p = ::mmap(nullptr, b->buf_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED) {
-          budget_->Release(b->buf_bytes);
+      {
+        std::unique_lock<std::mutex> l(mu_);
+        window_cv_.wait(l, [&] { return stop_ || undelivered_ == 0 || undelivered_ + b->buf_bytes <= window_; });
+        if (stop_) return;
+        undelivered_ += b->buf_bytes;
+      }
+      if (b->buf_bytes > 0 && !MapBatch(*b)) {
+        uint64_t cap = 0;
+        b->buffer = memory_->Get(b->buf_bytes, &cap);
+        if (b->buffer == nullptr) {
           Fail(Status::ResourceExhausted("cannot map " + FormatBytes(b->buf_bytes) + " for tensors"));
           return;
         }
-        b->buffer = static_cast<char*>(p);
+        b->kind = Batch::Kind::kPooled;
+        b->capacity = cap;
       }
     }
     std::vector<Piece> pieces;
@@ -305,7 +415,9 @@ void Pipeline::Work() {
       p = pieces_.front();
       pieces_.pop_front();
     }
-    Status st = files_[p.batch->file].reader->ReadAt(p.offset, p.len, p.dst);
+    storage::RangeReader& reader = *files_[p.batch->file].reader;
+    Status st = p.batch->kind == Batch::Kind::kMapped ? reader.Populate(p.dst, p.len)
+                                                      : reader.ReadAt(p.offset, p.len, p.dst);
     if (!st.ok()) {
       Fail(st);
       return;
@@ -331,17 +443,36 @@ Status Pipeline::Consume() {
       b = ready_.front();
       ready_.pop_front();
     }
-    std::shared_ptr<Budget> budget = budget_;
-    uint64_t bytes = b->buf_bytes;
-    // The batch's memory returns to the budget when the last holder lets go.
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      undelivered_ -= std::min(undelivered_, b->buf_bytes);
+    }
+    window_cv_.notify_all();
+    // The batch's memory goes back when the last holder lets go: to the pool (anonymous
+    // buffers) or unmapped (file ranges).
+    std::shared_ptr<Memory> memory = memory_;
     std::shared_ptr<void> hold;
-    if (b->owned) {
-      hold = std::shared_ptr<void>(b->buffer, [budget, bytes](void* p) {
-        if (p != nullptr) ::munmap(p, bytes);
-        budget->Release(bytes);
-      });
-    } else {
-      hold = std::shared_ptr<void>(b->buffer, [](void*) {});
+    switch (b->kind) {
+      case Batch::Kind::kPooled: {
+        uint64_t cap = b->capacity;
+        hold = std::shared_ptr<void>(b->buffer, [memory, cap](void* p) {
+          if (p != nullptr) memory->Put(static_cast<char*>(p), cap);
+        });
+        break;
+      }
+      case Batch::Kind::kMapped: {
+        void* base = b->map_base;
+        size_t len = b->map_len;
+        hold = std::shared_ptr<void>(base, [memory, len](void* p) {
+          ::munmap(p, len);
+          memory->Unreserve(len);
+        });
+        b->map_base = nullptr;
+        break;
+      }
+      case Batch::Kind::kCaller:
+        hold = std::shared_ptr<void>(b->buffer, [](void*) {});
+        break;
     }
     const OpenFile& f = files_[b->file];
     for (size_t ti : b->tensors) {
@@ -378,12 +509,14 @@ Result<StreamStats> Pipeline::Run(const std::vector<std::string>& uris) {
     stop_ = true;
   }
   work_cv_.notify_all();
-  budget_->Abort();
+  window_cv_.notify_all();
+  memory_->Abort();
   producer.join();
   for (auto& w : workers) w.join();
   // Batches read but never delivered (after an error) still own their memory.
   for (auto& b : batches_) {
-    if (b->owned && b->buffer != nullptr) ::munmap(b->buffer, b->buf_bytes);
+    if (b->kind == Batch::Kind::kPooled && b->buffer != nullptr) memory_->Put(b->buffer, b->capacity);
+    if (b->kind == Batch::Kind::kMapped && b->map_base != nullptr) ::munmap(b->map_base, b->map_len);
   }
   if (!st.ok()) return st;
   stats_.seconds = std::chrono::duration<double>(Clock::now() - start_).count();
