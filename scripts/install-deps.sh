@@ -7,6 +7,7 @@ set -euo pipefail
 APT_PACKAGES=(
   # toolchain
   build-essential cmake ninja-build ccache pkg-config git clang-format
+  clang libclang-rt-14-dev
   # libraries
   libcurl4-openssl-dev libssl-dev libspdlog-dev libfmt-dev libcli11-dev
   nlohmann-json3-dev libgtest-dev libgmock-dev

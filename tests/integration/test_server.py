@@ -258,6 +258,17 @@ class ModelServiceTest(ServerTestBase):
             metrics = r.read().decode()
         self.assertIn("mx_active_streams 0", metrics.replace(".000000", ""))
 
+    def test_lru_eviction(self):
+        srv = self.server(args=["--max-models", "1"])
+        ensure(srv.address, "org/m")
+        ensure(srv.address, "org/other")
+        self.assertFalse((self.cache / "models--org--m").exists())  # least recently used
+        self.assertTrue((self.cache / "models--org--other").exists())
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics") as r:
+            self.assertIn("mx_evictions_total 1", r.read().decode().replace(".000000", ""))
+        again = ensure(srv.address, "org/m")  # evicted models come back on demand
+        self.assertEqual(again[-1].status, model_pb2.DOWNLOADED)
+
     def test_metrics_endpoint(self):
         srv = self.server()
         ensure(srv.address, "org/m")
