@@ -3,7 +3,7 @@
 
 Driven by bench/download.sh (see the header there). Python 3 stdlib only; it
 reuses tests/integration/harness.py (make_repo, HubStub, Nginx, base_env,
-sha256_file). Everything listens on 127.0.0.x only.
+sha256_file) and bench_common.py. Everything listens on 127.0.0.x only.
 
 For each scenario (nginx limit_rate 25m per connection, then unlimited) it
 runs every tool RUNS times, interleaved (mx, aria2c, curl, mx, aria2c, curl),
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import json
 import os
 import platform
@@ -33,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
 
+from bench_common import cpu_model  # noqa: E402
 from harness import MIB, HubStub, Nginx, base_env, make_repo, sha256_file  # noqa: E402
 
 REPO_ID = "org/bench"
@@ -309,14 +309,7 @@ def best(rows, scenario, tool):
 
 
 def report(ctx: Ctx, rows: list[dict], scenarios: list[str], gen_s: float) -> str:
-    cpu = "unknown"
-    try:
-        for ln in open("/proc/cpuinfo"):
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model("unknown", processor=False)
     date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
     nfiles = len(ctx.files)
     out = []

@@ -3,13 +3,12 @@
 
 Driven by bench/serve.sh (see the header there for what is measured and the
 env knobs). Python 3 stdlib only; it reuses tests/integration/harness.py
-(make_repo, HubStub, run, free_port, base_env). Every server listens on
-127.0.0.x only and is stopped by PID.
+(make_repo, HubStub, run, free_port, base_env, _stop_process) through
+bench_common.py. Every server listens on 127.0.0.x only and is stopped by PID.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import platform
@@ -27,18 +26,16 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
 
+from bench_common import (RESULTS, Terminated, _on_term, append_results,  # noqa: E402
+                          cpu_model, env_int, fmt, machine_busy_s, make_log, proc_stat, stop)
 from harness import MIB, HubStub, base_env, free_port, make_repo, run  # noqa: E402
 
 REPO_ID = "org/bench"
 NSHARDS = 4
 CLIENTS = (1, 4)
 CHUNKS = (32768, 1048576, 4194304)
-RESULTS = HERE / "RESULTS.md"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-
-def log(msg: str) -> None:
-    print(f"[serve.sh {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+log = make_log("serve.sh")
 
 
 def env_pairs(name: str) -> dict[str, str]:
@@ -52,34 +49,9 @@ def env_pairs(name: str) -> dict[str, str]:
     return out
 
 
-def env_int(name: str, default: int) -> int:
-    v = os.environ.get(name, "")
-    return int(v) if v.strip() else default
-
-
-class Terminated(Exception):
-    pass
-
-
-def _on_term(signum, frame):
-    raise Terminated(f"signal {signum}")
-
-
 # --------------------------------------------------------------------------
 # Processes
 # --------------------------------------------------------------------------
-
-
-def stop(proc: subprocess.Popen | None, grace: float = 5.0) -> None:
-    """SIGTERM the child by PID, SIGKILL after grace seconds."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def wait_tcp(host: str, port: int, proc: subprocess.Popen, timeout: float) -> bool:
@@ -119,30 +91,6 @@ def proc_status(pid: int, key: str) -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
-
-
-def proc_stat(pid: int) -> tuple[float, int]:
-    """(utime + stime in seconds, minor page faults) of pid, all threads."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        f = stat[stat.rindex(")") + 2:].split()
-        return (int(f[11]) + int(f[12])) / CLK_TCK, int(f[7])
-    except (OSError, ValueError, IndexError):
-        return 0.0, 0
-
-
-def machine_busy_s() -> tuple[float, float]:
-    """(non-idle CPU seconds, of which irq + softirq) of the whole machine since
-    boot (/proc/stat). On this kernel interrupt time is accounted apart from the
-    tasks, so loopback TCP receive work done in softirq shows up here and not
-    in the server's or the client's CPU time."""
-    try:
-        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = f[3] + (f[4] if len(f) > 4 else 0)  # idle + iowait
-        busy = sum(f[:8]) - idle  # user nice system idle iowait irq softirq steal
-        return busy / CLK_TCK, (f[5] + f[6]) / CLK_TCK
-    except (OSError, ValueError, IndexError):
-        return 0.0, 0.0
 
 
 # --------------------------------------------------------------------------
@@ -276,20 +224,6 @@ def stream_bench(bench_bin: str, port: int, clients: int, chunk: int, server_pid
 # --------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                return ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def fmt(v, spec=".1f", none="n/a"):
-    return none if v is None else format(v, spec)
-
-
 def ok_run(r: dict, model_bytes: int) -> bool:
     return (r["rc"] == 0 and r.get("failures", 1) == 0 and "mbps" in r
             and r.get("bytes") == r["clients"] * model_bytes)
@@ -369,7 +303,7 @@ def report(info: dict, ip: dict, runs: list[dict], hwm_kib: int, model_bytes: in
     b1 = max(one, key=lambda r: r["mbps"]) if one else None
     if b1 and ref:
         ratio = b1["mbps"] / ref
-        checks.append((f"1 client (best chunk) >= 50% of iperf3 single stream",
+        checks.append(("1 client (best chunk) >= 50% of iperf3 single stream",
                        f"{b1['mbps']:.1f} MB/s ({b1['chunk']} B chunks) = {ratio * 100:.0f}% of "
                        f"{ref:.1f} MB/s", ratio >= 0.5))
     else:
@@ -443,7 +377,7 @@ def main() -> int:
                     runs.append(r)
                     log(f"run {i + 1} clients={c} chunk={ch}: "
                         + (f"{r['mbps']:.1f} MB/s {r['seconds']:.2f} s bytes {r['bytes']}"
-                           if "mbps" in r else f"no result")
+                           if "mbps" in r else "no result")
                         + f" rc {r['rc']} failures {r.get('failures')} server CPU "
                           f"{r['server_cpu']:.2f} s client CPU {r['client_cpu']:.2f} s "
                           f"irq CPU {r['irq_cpu']:.2f} s other CPU {r['other_cpu']:.2f} s "
@@ -457,15 +391,7 @@ def main() -> int:
         text, passed = report(info, ip, runs, hwm, model_bytes, nfiles)
         print()
         print(text, end="")
-        if os.environ.get("BENCH_NO_APPEND", "") not in ("", "0"):
-            log("BENCH_NO_APPEND set: RESULTS.md not touched")
-        else:
-            old = RESULTS.read_bytes()[-2:] if RESULTS.exists() else b""
-            sep = "" if old in (b"", b"\n\n") or old.endswith(b"\n\n") else (
-                "\n" if old.endswith(b"\n") else "\n\n")
-            with open(RESULTS, "a") as f:
-                f.write(sep + text)
-            log(f"appended to {RESULTS}")
+        append_results(text, log, RESULTS)
         return 0 if passed else 1
     finally:
         stop(server)

@@ -4,8 +4,8 @@
 
 Driven by bench/stream.sh (see the header there for what is measured and the
 env knobs). Python 3 stdlib only; it reuses tests/integration/storage_peers.py
-(write_safetensors, S3rver) and harness.py (base_env). s3rver listens on
-127.0.0.1 only and is stopped by PID.
+(write_safetensors, S3rver) and harness.py (base_env), plus bench_common.py.
+s3rver listens on 127.0.0.1 only and is stopped by PID.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
 
+from bench_common import (RESULTS, _on_term, append_results, cpu_model,  # noqa: E402
+                          env_int, fmt, machine_busy_s, make_log, proc_cpu)
 from harness import MIB, base_env  # noqa: E402
 from storage_peers import S3rver, write_safetensors  # noqa: E402
 
@@ -35,50 +37,14 @@ BS = 8 * MIB  # fio block size = mx --chunk-size in (b)
 FIO_JOBS_PER_SHARD = 2  # 8 shards x 2 = 16 jobs, like mx's default concurrency 16
 BUCKET = "models"
 PREFIX = "bench/model"
-RESULTS = HERE / "RESULTS.md"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = {"a": 0.9, "b": 0.9, "c": 1.5}
 
-
-def log(msg: str) -> None:
-    print(f"[stream.sh {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def env_int(name: str, default: int) -> int:
-    v = os.environ.get(name, "")
-    return int(v) if v.strip() else default
-
-
-class Terminated(Exception):
-    pass
-
-
-def _on_term(signum, frame):
-    raise Terminated(f"signal {signum}")
+log = make_log("stream.sh")
 
 
 # --------------------------------------------------------------------------
 # Measurement helpers
 # --------------------------------------------------------------------------
-
-
-def proc_cpu(pid: int) -> float:
-    """utime + stime of pid (all threads), seconds; 0 if unreadable."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        f = stat[stat.rindex(")") + 2:].split()
-        return (int(f[11]) + int(f[12])) / CLK_TCK
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def machine_busy_s() -> float:
-    """Non-idle CPU seconds of the whole machine since boot (/proc/stat)."""
-    try:
-        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return (sum(f[:8]) - f[3] - f[4]) / CLK_TCK
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 def timed(cmd: list, work: Path, tag: str, env: dict | None = None, timeout: float = 900,
@@ -92,7 +58,7 @@ def timed(cmd: list, work: Path, tag: str, env: dict | None = None, timeout: flo
     full = base_env()
     full.update(env or {})
     with open(out_p, "wb") as out, open(err_p, "wb") as err:
-        busy0 = machine_busy_s()
+        busy0 = machine_busy_s()[0]
         w0 = proc_cpu(watch_pid) if watch_pid else 0.0
         t0 = time.monotonic()
         p = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
@@ -114,7 +80,7 @@ def timed(cmd: list, work: Path, tag: str, env: dict | None = None, timeout: flo
             timer.cancel()
         wall = time.monotonic() - t0
         w1 = proc_cpu(watch_pid) if watch_pid else 0.0
-        busy1 = machine_busy_s()
+        busy1 = machine_busy_s()[0]
     p.returncode = os.waitstatus_to_exitcode(status)
     ncpu = os.cpu_count() or 1
     return {"rc": p.returncode if not killed else "timeout", "wall": wall,
@@ -188,16 +154,6 @@ def fio_result(r: dict) -> dict:
         return {"parse_error": str(e)}
 
 
-def cpu_model() -> str:
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                return ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
 # --------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------
@@ -205,10 +161,6 @@ def cpu_model() -> str:
 
 def row_ok(r: dict) -> bool:
     return r["rc"] == 0 and r.get("bytes", 0) > 0 and r.get("valid", True)
-
-
-def fmt(v, spec=".1f", none="n/a") -> str:
-    return none if v is None else format(v, spec)
 
 
 def wall_mbps(r: dict) -> float:
@@ -369,7 +321,7 @@ def main() -> int:
     size_mib = env_int("BENCH_SIZE_MIB", 2048)
     nruns = max(1, env_int("BENCH_RUNS", 2))
     mx_bin = os.environ.get("MX_BIN", str(REPO_ROOT / "build/src/cli/mx"))
-    info = {"nproc": os.cpu_count(), "kernel": platform.release(), "cpu": cpu_model(),
+    info = {"nproc": os.cpu_count(), "kernel": platform.release(), "cpu": cpu_model("?"),
             "load": " ".join(f"{x:.2f}" for x in os.getloadavg()), "runs": nruns,
             "mx_bin": os.path.relpath(mx_bin, REPO_ROOT),
             "date": subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()}
@@ -483,15 +435,7 @@ def main() -> int:
         text, passed = report(info, runs, s3cpu)
         print()
         print(text, end="")
-        if os.environ.get("BENCH_NO_APPEND", "") not in ("", "0"):
-            log("BENCH_NO_APPEND set: RESULTS.md not touched")
-        else:
-            old = RESULTS.read_bytes()[-2:] if RESULTS.exists() else b""
-            sep = "" if old in (b"", b"\n\n") or old.endswith(b"\n\n") else (
-                "\n" if old.endswith(b"\n") else "\n\n")
-            with open(RESULTS, "a") as f:
-                f.write(sep + text)
-            log(f"appended to {RESULTS}")
+        append_results(text, log, RESULTS)
         return 0 if passed else 1
     finally:
         if s3 is not None:
