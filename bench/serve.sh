@@ -15,11 +15,12 @@
 #   3. Starts build/src/server/mx-server on 127.0.0.1:<free port>
 #      (MODEL_EXPRESS_CACHE_DIRECTORY=CACHE, MX_MIRROR_PORT=0,
 #      MODEL_EXPRESS_SERVER_METRICS_PORT=0) and runs
-#      `build/bench/mx_stream_bench 127.0.0.1:PORT org/bench CLIENTS CHUNK`
-#      for CLIENTS in {1, 4} x CHUNK in {32768 (ModelExpress's server
-#      default), 1048576, 4194304}. Each client is its own TCP connection and
-#      streams the whole model; for 4 clients bytes = 4 x model size and MB/s
-#      is the aggregate. Every combination runs BENCH_RUNS times
+#      CLIENTS processes of `build/bench/mx_stream_bench 127.0.0.1:PORT org/bench 1 CHUNK`
+#      at once, for CLIENTS in {1, 4} x CHUNK in {32768 (ModelExpress's server
+#      default), 1048576, 4194304}. Each client is its own process and TCP
+#      connection (as worker pods are) and streams the whole model; for 4
+#      clients bytes = 4 x model size and MB/s is the aggregate over the
+#      slowest client's time. Every combination runs BENCH_RUNS times
 #      (interleaved); the best is kept. Server CPU seconds (from
 #      /proc/PID/stat) and client CPU seconds are recorded per run. The
 #      server's peak RSS is /proc/PID/status VmHWM, read before it is stopped.

@@ -190,12 +190,25 @@ def stream_bench(bench_bin: str, port: int, clients: int, chunk: int, server_pid
     busy0 = machine_busy_s()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
-    try:
-        r = run([bench_bin, f"127.0.0.1:{port}", REPO_ID, clients, chunk],
-                env=env_pairs("BENCH_CLIENT_ENV"), timeout=timeout)
-        rc, out, err = r.returncode, r.stdout, r.stderr
-    except subprocess.TimeoutExpired:
-        rc, out, err = 124, "", "timeout"
+    # N clients = N client processes with one connection each, as N worker pods would be
+    # (threads of one process would share gRPC's internals and contend on them).
+    env = base_env()
+    env.update(env_pairs("BENCH_CLIENT_ENV"))
+    procs = [subprocess.Popen([bench_bin, f"127.0.0.1:{port}", REPO_ID, "1", str(chunk)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(clients)]
+    outs, rc = [], 0
+    for p in procs:
+        try:
+            o, e = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            o, e = p.communicate()
+            p.returncode = 124
+        outs.append((o, e))
+        rc = rc or p.returncode
+    out = "\n".join(o for o, _ in outs)
+    err = "\n".join(e for _, e in outs if e.strip())
     wall = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy1 = machine_busy_s()
@@ -209,13 +222,20 @@ def stream_bench(bench_bin: str, port: int, clients: int, chunk: int, server_pid
            "other_cpu": max(0.0, busy - irq - (cpu1 - cpu0) - client_cpu),
            "hwm_kib": proc_status(server_pid, "VmHWM"), "rss_kib": proc_status(server_pid, "VmRSS"),
            "stderr": err.strip()[-300:]}
+    parts = []
     for ln in out.splitlines():
         ln = ln.strip()
         if ln.startswith("{"):
             try:
-                res.update(json.loads(ln))
+                parts.append(json.loads(ln))
             except json.JSONDecodeError:
                 pass
+    if parts:
+        # Aggregate: all bytes over the slowest client's time.
+        res["bytes"] = sum(p.get("bytes", 0) for p in parts)
+        res["seconds"] = max(p.get("seconds", 0) for p in parts)
+        res["failures"] = sum(p.get("failures", 0) for p in parts)
+        res["mbps"] = res["bytes"] / res["seconds"] / 1e6 if res["seconds"] else 0.0
     return res
 
 
