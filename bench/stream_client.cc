@@ -63,8 +63,10 @@ int main(int argc, char** argv) {
   }
   for (auto& t : threads) t.join();
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("{\"clients\":%d,\"chunk_size\":%u,\"bytes\":%llu,\"seconds\":%.3f,\"mbps\":%.1f,\"failures\":%d}\n",
-              clients, chunk, static_cast<unsigned long long>(total.load()), secs,
-              total.load() / secs / 1e6, failures.load());
+  std::printf(
+      "{\"clients\":%d,\"chunk_size\":%u,\"bytes\":%llu,\"seconds\":%.3f,\"mbps\":%.1f,"
+      "\"failures\":%d}\n",
+      clients, chunk, static_cast<unsigned long long>(total.load()), secs,
+      total.load() / secs / 1e6, failures.load());
   return failures.load() == 0 ? 0 : 1;
 }

@@ -88,7 +88,8 @@ int RunLs(const CacheArgs& a, const GlobalFlags& flags) {
 }
 
 // Splits "org/name@rev" into repo and revision.
-void SplitRepoRevision(const std::string& spec, std::string* repo, std::optional<std::string>* rev) {
+void SplitRepoRevision(const std::string& spec, std::string* repo,
+                       std::optional<std::string>* rev) {
   size_t at = spec.find('@');
   *repo = spec.substr(0, at);
   if (at != std::string::npos) *rev = spec.substr(at + 1);
@@ -103,7 +104,8 @@ int RunPath(const CacheArgs& a) {
   if (!commit.ok()) return ReportError(commit.status());
   std::string snap = cache.snapshot_dir(*commit);
   if (::access(snap.c_str(), F_OK) != 0) {
-    return ReportError(Status::NotFound("snapshot " + snap + " is missing; run mx download " + a.repo));
+    return ReportError(
+        Status::NotFound("snapshot " + snap + " is missing; run mx download " + a.repo));
   }
   std::printf("%s\n", snap.c_str());
   return 0;
@@ -190,7 +192,8 @@ void RegisterCache(CLI::App& app, GlobalFlags& flags, int& exit_code) {
   rm->add_option("repo", args->repo, "REPO or REPO@REV")->required();
   rm->callback([args, &exit_code] { exit_code = RunRm(*args); });
 
-  CLI::App* prune = cache->add_subcommand("prune", "Remove unreferenced revisions, blobs and stale temp files");
+  CLI::App* prune =
+      cache->add_subcommand("prune", "Remove unreferenced revisions, blobs and stale temp files");
   common(prune);
   prune->callback([args, &exit_code] { exit_code = RunPrune(*args); });
 }

@@ -93,7 +93,8 @@ int RunDownload(const DownloadArgs& a, const GlobalFlags& flags) {
 
 void RegisterDownload(CLI::App& app, GlobalFlags& flags, int& exit_code) {
   auto args = std::make_shared<DownloadArgs>();
-  CLI::App* cmd = app.add_subcommand("download", "Download a repo (or some files) into the HF cache");
+  CLI::App* cmd =
+      app.add_subcommand("download", "Download a repo (or some files) into the HF cache");
   cmd->add_option("repo_id", args->repo_id, "Repository id, e.g. org/name")->required();
   cmd->add_option("files", args->files, "Only these files (paths in the repo)");
   cmd->add_option("--revision", args->revision, "Branch, tag or commit (default: main)");
@@ -101,7 +102,8 @@ void RegisterDownload(CLI::App& app, GlobalFlags& flags, int& exit_code) {
   cmd->add_option("--exclude", args->exclude, "Skip files matching this glob (repeatable)");
   cmd->add_option("--repo-type", args->repo_type, "model, dataset or space")
       ->check(CLI::IsMember({"model", "dataset", "space"}));
-  cmd->add_option("--cache-dir", args->cache_dir, "Cache root (default: $HF_HUB_CACHE or $HF_HOME/hub)");
+  cmd->add_option("--cache-dir", args->cache_dir,
+                  "Cache root (default: $HF_HUB_CACHE or $HF_HOME/hub)");
   cmd->add_option("--local-dir", args->local_dir, "Write plain files into this directory instead");
   // The value was scrubbed from argv before parsing; this option only keeps CLI11 happy.
   cmd->add_option("--token", "Hub token (prefer HF_TOKEN: argv is visible to other users)");

@@ -34,7 +34,8 @@ std::optional<std::string> ScrubSecretFlag(int argc, char** argv, const char* fl
 
 int main(int argc, char** argv) {
   // `mx serve ...` is mx-server with the same flags.
-  if (argc >= 2 && std::strcmp(argv[1], "serve") == 0) return mx::server::ServerMain(argc - 1, argv + 1);
+  if (argc >= 2 && std::strcmp(argv[1], "serve") == 0)
+    return mx::server::ServerMain(argc - 1, argv + 1);
   mx::cli::GlobalFlags flags;
   flags.token = ScrubSecretFlag(argc, argv, "--token");
   CLI::App app{"mx: fill, serve and stream a Hugging Face model cache"};

@@ -94,7 +94,8 @@ int RunStream(const StreamArgs& a, const GlobalFlags& flags) {
     }
   }
   options->direct_io = a.direct;
-  if (options->concurrency < 1) return ReportError(Status::InvalidArgument("--concurrency must be at least 1"));
+  if (options->concurrency < 1)
+    return ReportError(Status::InvalidArgument("--concurrency must be at least 1"));
   Verifier verifier;
   if (a.verify) {
     if (Status st = verifier.Open(a.uris); !st.ok()) return ReportError(st);
@@ -122,18 +123,23 @@ int RunStream(const StreamArgs& a, const GlobalFlags& flags) {
     }
   }
   std::map<std::string, std::string> digests;
-  auto stats = streamer::StreamModel(a.uris, *options, [&](const streamer::Tensor& t, const std::shared_ptr<void>&) {
-    if (a.digests) digests[t.file + "/" + t.info.name] = Sha256Hex(std::string_view(t.data, t.info.bytes()));
-    if (a.verify) return verifier.Check(t, data_start[t.file]);
-    return Status::OK();
-  });
+  auto stats = streamer::StreamModel(
+      a.uris, *options, [&](const streamer::Tensor& t, const std::shared_ptr<void>&) {
+        if (a.digests)
+          digests[t.file + "/" + t.info.name] = Sha256Hex(std::string_view(t.data, t.info.bytes()));
+        if (a.verify) return verifier.Check(t, data_start[t.file]);
+        return Status::OK();
+      });
   if (!stats.ok()) return ReportError(stats.status());
   uint64_t rss = PeakRssBytes();
   double gbps = stats->seconds > 0 ? stats->bytes / stats->seconds / 1e9 : 0;
   if (!flags.json) {
-    std::fprintf(stderr, "%zu files, %zu tensors, %s in %.2fs (%.2f GB/s), first tensor after %.3fs, peak RSS %s%s\n",
-                 stats->files, stats->tensors, FormatBytes(stats->bytes).c_str(), stats->seconds, gbps,
-                 stats->first_tensor_seconds, FormatBytes(rss).c_str(), a.verify ? ", verified" : "");
+    std::fprintf(stderr,
+                 "%zu files, %zu tensors, %s in %.2fs (%.2f GB/s), first tensor after %.3fs, peak "
+                 "RSS %s%s\n",
+                 stats->files, stats->tensors, FormatBytes(stats->bytes).c_str(), stats->seconds,
+                 gbps, stats->first_tensor_seconds, FormatBytes(rss).c_str(),
+                 a.verify ? ", verified" : "");
   }
   nlohmann::json j{{"files", stats->files},
                    {"tensors", stats->tensors},
@@ -152,16 +158,22 @@ int RunStream(const StreamArgs& a, const GlobalFlags& flags) {
 
 void RegisterStream(CLI::App& app, GlobalFlags& flags, int& exit_code) {
   auto args = std::make_shared<StreamArgs>();
-  CLI::App* cmd = app.add_subcommand("stream", "Stream every tensor of a safetensors model into memory");
-  cmd->add_option("uri", args->uris,
-                  "Model location: path, s3://, gs://, az://, http(s)://, or org/name in the HF cache "
-                  "(default: $MX_MODEL_URI)");
-  cmd->add_option("--concurrency", args->concurrency, "Parallel reads (RUNAI_STREAMER_CONCURRENCY, 16)");
-  cmd->add_option("--chunk-size", args->chunk_size, "Bytes per read (RUNAI_STREAMER_CHUNK_BYTESIZE, 8MiB)");
-  cmd->add_option("--memory-limit", args->memory_limit,
-                  "Buffer budget: -1 unlimited, 0 largest tensor, or bytes (RUNAI_STREAMER_MEMORY_LIMIT)");
+  CLI::App* cmd =
+      app.add_subcommand("stream", "Stream every tensor of a safetensors model into memory");
+  cmd->add_option(
+      "uri", args->uris,
+      "Model location: path, s3://, gs://, az://, http(s)://, or org/name in the HF cache "
+      "(default: $MX_MODEL_URI)");
+  cmd->add_option("--concurrency", args->concurrency,
+                  "Parallel reads (RUNAI_STREAMER_CONCURRENCY, 16)");
+  cmd->add_option("--chunk-size", args->chunk_size,
+                  "Bytes per read (RUNAI_STREAMER_CHUNK_BYTESIZE, 8MiB)");
+  cmd->add_option(
+      "--memory-limit", args->memory_limit,
+      "Buffer budget: -1 unlimited, 0 largest tensor, or bytes (RUNAI_STREAMER_MEMORY_LIMIT)");
   cmd->add_flag("--verify", args->verify, "Compare every tensor with a plain sequential read");
-  cmd->add_flag("--direct", args->direct, "Local files: O_DIRECT (cold reads, bypass the page cache)");
+  cmd->add_flag("--direct", args->direct,
+                "Local files: O_DIRECT (cold reads, bypass the page cache)");
   cmd->add_flag("--tensor-digests", args->digests, "Add each tensor's sha256 to the JSON summary");
   cmd->add_flag("--json", flags.json, "Only the JSON summary");
   cmd->callback([args, &flags, &exit_code] {

@@ -18,8 +18,7 @@ TEST(HashTest, KnownVectors) {
   // `printf 'hello\n' | git hash-object --stdin`
   EXPECT_EQ(GitSha1Hex("hello\n"), "ce013625030ba8dba906f756967f9e9ca394464a");
   EXPECT_EQ(GitSha1Hex(""), "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391");
-  EXPECT_EQ(Sha256Hex("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
 TEST(HashTest, HmacAndBase64) {
@@ -44,8 +43,8 @@ TEST(FsTest, SafeRelativePaths) {
   EXPECT_TRUE(IsSafeRelativePath("config.json"));
   EXPECT_TRUE(IsSafeRelativePath("a/b/c.safetensors"));
   EXPECT_TRUE(IsSafeRelativePath("..hidden"));
-  for (const char* bad : {"", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a\\b",
-                          "a/", ".", "..", "a\x01"}) {
+  for (const char* bad : {"", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a\\b", "a/",
+                          ".", "..", "a\x01"}) {
     EXPECT_FALSE(IsSafeRelativePath(bad)) << bad;
   }
   EXPECT_FALSE(IsSafeRelativePath(std::string_view("a\0b", 3)));

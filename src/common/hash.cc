@@ -98,7 +98,8 @@ std::string HexEncode(std::string_view bytes) {
 std::string Base64Encode(std::string_view bytes) {
   std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
   int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
+                          reinterpret_cast<const unsigned char*>(bytes.data()),
+                          static_cast<int>(bytes.size()));
   out.resize(static_cast<size_t>(n));
   return out;
 }
@@ -107,7 +108,8 @@ Result<std::string> Base64Decode(std::string_view text) {
   if (text.size() % 4 != 0) return Status::InvalidArgument("not base64 (length)");
   std::string out(3 * text.size() / 4 + 1, '\0');
   int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(text.data()), static_cast<int>(text.size()));
+                          reinterpret_cast<const unsigned char*>(text.data()),
+                          static_cast<int>(text.size()));
   if (n < 0) return Status::InvalidArgument("not base64");
   size_t len = static_cast<size_t>(n);
   // EVP_DecodeBlock counts padding as zero bytes; drop them.

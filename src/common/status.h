@@ -12,16 +12,16 @@ namespace mx {
 
 enum class StatusCode {
   kOk = 0,
-  kInvalidArgument,    // the caller's input is wrong (bad flag, hostile path, bad JSON)
-  kNotFound,           // repo, revision, file or cache entry does not exist
-  kPermissionDenied,   // credentials present but refused (403, gated repo)
-  kUnauthenticated,    // credentials needed (401)
-  kUnavailable,        // transient: network, 5xx, 429 after retries
-  kDataLoss,           // bytes arrived but are wrong (hash/size mismatch)
-  kResourceExhausted,  // disk full, too many files
-  kFailedPrecondition, // e.g. offline mode and the cache lacks the revision
+  kInvalidArgument,     // the caller's input is wrong (bad flag, hostile path, bad JSON)
+  kNotFound,            // repo, revision, file or cache entry does not exist
+  kPermissionDenied,    // credentials present but refused (403, gated repo)
+  kUnauthenticated,     // credentials needed (401)
+  kUnavailable,         // transient: network, 5xx, 429 after retries
+  kDataLoss,            // bytes arrived but are wrong (hash/size mismatch)
+  kResourceExhausted,   // disk full, too many files
+  kFailedPrecondition,  // e.g. offline mode and the cache lacks the revision
   kAlreadyExists,
-  kIoError,            // local filesystem error
+  kIoError,  // local filesystem error
   kInternal,
   kUnimplemented,
   kCancelled,
@@ -35,14 +35,24 @@ class Status {
   Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
 
   static Status OK() { return Status(); }
-  static Status InvalidArgument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
+  static Status InvalidArgument(std::string m) {
+    return {StatusCode::kInvalidArgument, std::move(m)};
+  }
   static Status NotFound(std::string m) { return {StatusCode::kNotFound, std::move(m)}; }
-  static Status PermissionDenied(std::string m) { return {StatusCode::kPermissionDenied, std::move(m)}; }
-  static Status Unauthenticated(std::string m) { return {StatusCode::kUnauthenticated, std::move(m)}; }
+  static Status PermissionDenied(std::string m) {
+    return {StatusCode::kPermissionDenied, std::move(m)};
+  }
+  static Status Unauthenticated(std::string m) {
+    return {StatusCode::kUnauthenticated, std::move(m)};
+  }
   static Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
   static Status DataLoss(std::string m) { return {StatusCode::kDataLoss, std::move(m)}; }
-  static Status ResourceExhausted(std::string m) { return {StatusCode::kResourceExhausted, std::move(m)}; }
-  static Status FailedPrecondition(std::string m) { return {StatusCode::kFailedPrecondition, std::move(m)}; }
+  static Status ResourceExhausted(std::string m) {
+    return {StatusCode::kResourceExhausted, std::move(m)};
+  }
+  static Status FailedPrecondition(std::string m) {
+    return {StatusCode::kFailedPrecondition, std::move(m)};
+  }
   static Status IoError(std::string m) { return {StatusCode::kIoError, std::move(m)}; }
   static Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
   static Status Unimplemented(std::string m) { return {StatusCode::kUnimplemented, std::move(m)}; }
@@ -67,8 +77,8 @@ class Status {
 template <typename T>
 class Result {
  public:
-  Result(T value) : v_(std::move(value)) {}           // NOLINT: implicit by design
-  Result(Status status) : v_(std::move(status)) {}    // NOLINT; REQUIRES: !status.ok()
+  Result(T value) : v_(std::move(value)) {}         // NOLINT: implicit by design
+  Result(Status status) : v_(std::move(status)) {}  // NOLINT; REQUIRES: !status.ok()
 
   bool ok() const { return std::holds_alternative<T>(v_); }
   const Status& status() const {
@@ -92,10 +102,10 @@ class Result {
 #define MX_CONCAT_INNER(a, b) a##b
 #define MX_CONCAT(a, b) MX_CONCAT_INNER(a, b)
 
-#define MX_RETURN_IF_ERROR(expr)          \
-  do {                                    \
-    ::mx::Status _mx_st = (expr);         \
-    if (!_mx_st.ok()) return _mx_st;      \
+#define MX_RETURN_IF_ERROR(expr)     \
+  do {                               \
+    ::mx::Status _mx_st = (expr);    \
+    if (!_mx_st.ok()) return _mx_st; \
   } while (0)
 
 #define MX_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \

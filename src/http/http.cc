@@ -45,7 +45,8 @@ bool ParseHeaderLine(std::string_view line, std::string* name, std::string_view*
   std::transform(name->begin(), name->end(), name->begin(), ::tolower);
   std::string_view v = line.substr(colon + 1);
   while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == '\r' || v.back() == '\n' || v.back() == ' ')) v.remove_suffix(1);
+  while (!v.empty() && (v.back() == '\r' || v.back() == '\n' || v.back() == ' '))
+    v.remove_suffix(1);
   *value = v;
   return true;
 }
@@ -115,7 +116,8 @@ size_t CollectHeader(char* data, size_t size, size_t n, void* user) {
   }
   std::string name;
   std::string_view value;
-  if (internal::ParseHeaderLine(line, &name, &value)) headers->emplace_back(std::move(name), std::string(value));
+  if (internal::ParseHeaderLine(line, &name, &value))
+    headers->emplace_back(std::move(name), std::string(value));
   return size * n;
 }
 
@@ -167,9 +169,9 @@ Result<Response> Fetch(const Request& request, const RetryPolicy& policy) {
                                          " attempts");
     }
     double wait = BackoffSeconds(attempt, policy, retry_after);
-    spdlog::debug("retrying {} in {:.2f}s ({})", RedactUrl(request.url), wait,
-                  result.ok() ? "HTTP " + std::to_string(result->status)
-                              : result.status().message());
+    spdlog::debug(
+        "retrying {} in {:.2f}s ({})", RedactUrl(request.url), wait,
+        result.ok() ? "HTTP " + std::to_string(result->status) : result.status().message());
     std::this_thread::sleep_for(std::chrono::duration<double>(wait));
   }
 }

@@ -1,6 +1,7 @@
+#include "http/http.h"
+
 #include <gtest/gtest.h>
 
-#include "http/http.h"
 #include "http/range_engine.h"
 
 namespace mx::http {

@@ -8,10 +8,10 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
-#include <unordered_map>
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <unordered_map>
 
 #include "common/log.h"
 #include "http/curl_util.h"
@@ -65,8 +65,8 @@ struct Transfer {
   bool validated = false;
   bool used_data_url = false;
   uint64_t progress_this_attempt = 0;
-  std::string failure;   // why we aborted the transfer ourselves
-  Status fatal;          // non-retryable: fail the whole job
+  std::string failure;  // why we aborted the transfer ourselves
+  Status fatal;         // non-retryable: fail the whole job
 };
 
 }  // namespace
@@ -121,7 +121,8 @@ size_t RangeEngine::Impl::OnHeader(char* data, size_t size, size_t n, void* user
   if (line.substr(0, 5) == "HTTP/") {
     // Each response of a redirect chain starts here; keep only the last one's facts.
     size_t sp = line.find(' ');
-    t->status = sp == std::string_view::npos ? 0 : std::atol(std::string(line.substr(sp + 1, 3)).c_str());
+    t->status =
+        sp == std::string_view::npos ? 0 : std::atol(std::string(line.substr(sp + 1, 3)).c_str());
     t->content_range.clear();
     t->retry_after.reset();
     return size * n;
@@ -157,7 +158,7 @@ size_t RangeEngine::Impl::OnBody(char* data, size_t size, size_t n, void* user) 
   size_t len = size * n;
   if (!t->validated) {
     if (t->status >= 300 && t->status < 400) return len;  // redirect body, not ours
-    if (!self->Validate(t)) return 0;  // abort: CURLE_WRITE_ERROR
+    if (!self->Validate(t)) return 0;                     // abort: CURLE_WRITE_ERROR
   }
   if (t->work.cursor + len > t->work.end) {
     t->failure = "server sent more bytes than the range asked for";
@@ -237,8 +238,8 @@ void RangeEngine::Impl::Start(Work work) {
 bool RangeEngine::Impl::Retry(Transfer* t, const std::string& why) {
   Work w = t->work;
   w.failures = t->progress_this_attempt > 0 ? 0 : w.failures + 1;
-  if (t->used_data_url && (t->status == 401 || t->status == 403 || t->status == 404 ||
-                           t->status == 410)) {
+  if (t->used_data_url &&
+      (t->status == 401 || t->status == 403 || t->status == 404 || t->status == 410)) {
     // A signed CDN URL expired or was refused: go back through the hub for a fresh one.
     w.job->data_url.clear();
   }
@@ -250,8 +251,8 @@ bool RangeEngine::Impl::Retry(Transfer* t, const std::string& why) {
   double wait = BackoffSeconds(std::max(1, w.failures), options.retry, t->retry_after);
   spdlog::debug("{}: range {}-{} failed ({}), retrying in {:.2f}s", w.job->job.display_name,
                 w.cursor, w.end, why, wait);
-  w.not_before = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                    std::chrono::duration<double>(wait));
+  w.not_before = Clock::now() +
+                 std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(wait));
   pending.push_front(w);
   return true;
 }
@@ -285,13 +286,15 @@ bool RangeEngine::Impl::Complete(Transfer* t, CURLcode rc) {
   long s = t->status;
   // Final 3xx (a redirect we could not follow) and 4xx other than 408/429 will not get
   // better by retrying, except on a cached CDN URL, which may simply have expired.
-  bool permanent = !t->validated && ((s >= 300 && s < 400) || (s >= 400 && s < 500 && !IsRetryableStatus(s)));
+  bool permanent =
+      !t->validated && ((s >= 300 && s < 400) || (s >= 400 && s < 500 && !IsRetryableStatus(s)));
   if (permanent && !t->used_data_url) {
-    std::string hint = (s == 401 || s == 403) && !js->job.auth_hint.empty() ? " (" + js->job.auth_hint + ")"
-                       : s == 404                                         ? " (not found)"
-                       : s == 416                                         ? " (the object is smaller than expected)"
-                                                                          : "";
-    StatusCode code = s == 404 ? StatusCode::kNotFound
+    std::string hint = (s == 401 || s == 403) && !js->job.auth_hint.empty()
+                           ? " (" + js->job.auth_hint + ")"
+                       : s == 404 ? " (not found)"
+                       : s == 416 ? " (the object is smaller than expected)"
+                                  : "";
+    StatusCode code = s == 404                 ? StatusCode::kNotFound
                       : (s == 401 || s == 403) ? StatusCode::kPermissionDenied
                                                : StatusCode::kFailedPrecondition;
     FinishJob(js, Status(code, js->job.display_name + ": HTTP " + std::to_string(s) + hint));
@@ -404,7 +407,8 @@ Status RangeEngine::Impl::Loop() {
     if (active == 0 && pending.empty() && (!background || stopping)) break;
 
     int running = 0;
-    if (curl_multi_perform(multi, &running) != CURLM_OK) return Status::Internal("curl_multi_perform failed");
+    if (curl_multi_perform(multi, &running) != CURLM_OK)
+      return Status::Internal("curl_multi_perform failed");
     int queued = 0;
     while (CURLMsg* msg = curl_multi_info_read(multi, &queued)) {
       if (msg->msg != CURLMSG_DONE) continue;

@@ -56,7 +56,7 @@ struct FetchJob {
 struct EngineOptions {
   int max_connections = 16;
   RetryPolicy retry{8, 0.25, 20.0};
-  long buffer_bytes = 512 * 1024;  // libcurl receive buffer per transfer
+  long buffer_bytes = 512 * 1024;                    // libcurl receive buffer per transfer
   std::function<void(uint64_t new_bytes)> on_bytes;  // engine thread, for progress display
 };
 

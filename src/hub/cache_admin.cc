@@ -72,8 +72,8 @@ std::set<std::string> ReferencedBlobs(const std::string& repo_dir) {
 }
 
 bool IsTempName(const std::string& name) {
-  return name.find(".incomplete") != std::string::npos || name.size() > 4 &&
-         name.compare(name.size() - 4, 4, ".tmp") == 0;
+  return name.find(".incomplete") != std::string::npos ||
+         name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0;
 }
 
 // True if a temp file's writer is certainly gone (dead on this host, or silent too long).
@@ -209,7 +209,8 @@ Result<VerifyReport> VerifyRepo(const std::string& root, RepoType type, const st
                                   *digest + ")");
       } else {
         struct stat st;
-        if (::stat(abs.c_str(), &st) == 0) report.bytes_checked += static_cast<uint64_t>(st.st_size);
+        if (::stat(abs.c_str(), &st) == 0)
+          report.bytes_checked += static_cast<uint64_t>(st.st_size);
       }
     }
   }

@@ -30,7 +30,7 @@ using Clock = std::chrono::steady_clock;
 
 constexpr int kMaxFileAttempts = 3;
 // Hash the written prefix in steps of this much, so verifying overlaps the download.
-constexpr uint64_t kHashStepBytes = 4ull << 20;       // whole-file refetches after a hash mismatch
+constexpr uint64_t kHashStepBytes = 4ull << 20;  // whole-file refetches after a hash mismatch
 constexpr uint64_t kMaxChunkBytes = 16ull << 20;
 constexpr uint64_t kMinChunkBytes = 1ull << 20;
 // A temp file untouched this long belongs to a dead process even on another host.
@@ -166,7 +166,8 @@ class Downloader {
     auto meta = ReadFile(LocalMetaDir() + "/" + t.entry.path + ".metadata");
     if (!meta.ok()) return false;
     size_t first = meta->find('\n');
-    return first != std::string::npos && meta->compare(first + 1, t.entry.etag().size(), t.entry.etag()) == 0;
+    return first != std::string::npos &&
+           meta->compare(first + 1, t.entry.etag().size(), t.entry.etag()) == 0;
   }
   bool use_symlinks() const { return !client_.config().disable_symlinks && !local_dir(); }
   bool local_dir() const { return options_.local_dir.has_value(); }
@@ -237,7 +238,8 @@ void Downloader::PlanTargets(const std::string& commit, const std::vector<TreeEn
       t->temp_dir = LocalMetaDir();
       t->lock_path = LocalMetaDir() + "/" + e.path + ".lock";
     } else {
-      t->final_path = use_symlinks() ? cache_.blob_path(e.etag()) : cache_.snapshot_path(commit, e.path);
+      t->final_path =
+          use_symlinks() ? cache_.blob_path(e.etag()) : cache_.snapshot_path(commit, e.path);
       t->temp_dir = cache_.blobs_dir();
       t->lock_path = cache_.lock_path(e.etag());
     }
@@ -246,9 +248,8 @@ void Downloader::PlanTargets(const std::string& commit, const std::vector<TreeEn
     targets_.push_back(std::move(t));
   }
   // Big files first: their chunks keep every connection busy, small files fill the gaps.
-  std::stable_sort(targets_.begin(), targets_.end(), [](const auto& a, const auto& b) {
-    return a->entry.size > b->entry.size;
-  });
+  std::stable_sort(targets_.begin(), targets_.end(),
+                   [](const auto& a, const auto& b) { return a->entry.size > b->entry.size; });
 }
 
 bool Downloader::AdoptOrphan(Target& t) {
@@ -294,9 +295,10 @@ Status Downloader::Stage(Target& t) {
   t.fd = ::open(t.temp_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (t.fd < 0) return Status::FromErrno(errno, "create " + t.temp_path);
   uint64_t size = t.entry.size;
-  if (size > 0 && ::fallocate(t.fd, 0, 0, static_cast<off_t>(size)) != 0 &&
-      errno != EOPNOTSUPP && errno != ENOSYS) {
-    return Status::FromErrno(errno, "reserve " + std::to_string(size) + " bytes for " + t.entry.path);
+  if (size > 0 && ::fallocate(t.fd, 0, 0, static_cast<off_t>(size)) != 0 && errno != EOPNOTSUPP &&
+      errno != ENOSYS) {
+    return Status::FromErrno(errno,
+                             "reserve " + std::to_string(size) + " bytes for " + t.entry.path);
   }
   if (::ftruncate(t.fd, static_cast<off_t>(size)) != 0) {
     return Status::FromErrno(errno, "size " + t.temp_path);
@@ -311,10 +313,12 @@ Status Downloader::Stage(Target& t) {
     }
   }
   if (!resumed) {
-    MX_ASSIGN_OR_RETURN(t.progress, ProgressFile::Create(progress_path, size,
-                                                         ChooseChunkBytes(size, options_.max_workers)));
+    MX_ASSIGN_OR_RETURN(
+        t.progress,
+        ProgressFile::Create(progress_path, size, ChooseChunkBytes(size, options_.max_workers)));
   }
-  t.hasher = std::make_unique<Hasher>(t.entry.is_lfs() ? HashKind::kSha256 : HashKind::kGitSha1, size);
+  t.hasher =
+      std::make_unique<Hasher>(t.entry.is_lfs() ? HashKind::kSha256 : HashKind::kGitSha1, size);
   t.hash_submitted = 0;
   t.first_open_chunk = 0;
   return Status::OK();
@@ -358,7 +362,8 @@ void Downloader::Verify(Target& t) {
     t.verify_status = std::move(st);
   };
   if (!t.verify_status.ok()) return fail(t.verify_status);
-  if (t.hash_submitted != e.size) return fail(Status::Internal(e.path + ": hashed only part of the file"));
+  if (t.hash_submitted != e.size)
+    return fail(Status::Internal(e.path + ": hashed only part of the file"));
   std::string digest = t.hasher->FinalHex();
   if (digest != e.etag()) {
     return fail(Status::DataLoss(e.path + ": hash mismatch (expected " + e.etag() + ", got " +
@@ -496,9 +501,8 @@ Status Downloader::FetchAll() {
         next.push_back(t);
       } else {
         failures.push_back(t->verify_status.code() == StatusCode::kDataLoss
-                               ? t->verify_status.WithContext("after " +
-                                                              std::to_string(kMaxFileAttempts) +
-                                                              " attempts")
+                               ? t->verify_status.WithContext(
+                                     "after " + std::to_string(kMaxFileAttempts) + " attempts")
                                : t->verify_status);
       }
       t->lock.Release();
@@ -533,7 +537,8 @@ Status Downloader::Publish(const std::string& commit, const std::vector<TreeEntr
     return Status::OK();
   }
   if (use_symlinks()) {
-    for (const auto& e : selected) MX_RETURN_IF_ERROR(cache_.LinkSnapshot(commit, e.path, e.etag()));
+    for (const auto& e : selected)
+      MX_RETURN_IF_ERROR(cache_.LinkSnapshot(commit, e.path, e.etag()));
   }
   // Without symlinks every path was its own target, produced in place.
   return cache_.WriteRef(options_.revision, commit);
@@ -542,9 +547,9 @@ Status Downloader::Publish(const std::string& commit, const std::vector<TreeEntr
 Result<DownloadReport> Downloader::RunOffline() {
   auto commit = cache_.ResolveLocal(options_.revision);
   if (!commit.ok()) {
-    return Status::FailedPrecondition(
-        "offline mode (HF_HUB_OFFLINE) and " + options_.repo_id + "@" + options_.revision +
-        " is not in the cache at " + cache_.root() + "; download it first with network access");
+    return Status::FailedPrecondition("offline mode (HF_HUB_OFFLINE) and " + options_.repo_id +
+                                      "@" + options_.revision + " is not in the cache at " +
+                                      cache_.root() + "; download it first with network access");
   }
   std::string snap = cache_.snapshot_dir(*commit);
   struct stat st;

@@ -44,10 +44,10 @@ struct DownloadOptions {
 };
 
 struct DownloadReport {
-  std::string path;    // snapshots/<commit> (or the local dir)
+  std::string path;  // snapshots/<commit> (or the local dir)
   std::string commit;
-  size_t files = 0;    // files in the selection
-  uint64_t bytes = 0;  // their total size
+  size_t files = 0;            // files in the selection
+  uint64_t bytes = 0;          // their total size
   uint64_t bytes_fetched = 0;  // body bytes that crossed the network in this run
   double seconds = 0;
 };

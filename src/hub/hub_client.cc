@@ -1,7 +1,6 @@
 #include "hub/hub_client.h"
 
 #include <nlohmann/json.hpp>
-
 #include <set>
 
 #include "common/env.h"
@@ -24,9 +23,12 @@ Result<RepoType> ParseRepoType(std::string_view text) {
 
 const char* RepoTypePlural(RepoType type) {
   switch (type) {
-    case RepoType::kModel: return "models";
-    case RepoType::kDataset: return "datasets";
-    case RepoType::kSpace: return "spaces";
+    case RepoType::kModel:
+      return "models";
+    case RepoType::kDataset:
+      return "datasets";
+    case RepoType::kSpace:
+      return "spaces";
   }
   return "models";
 }
@@ -103,7 +105,8 @@ Status HubErrorStatus(long http_status, const std::string& error_code, const std
     return Status::NotFound(msg + "; the repository does not exist (or is private: set HF_TOKEN)");
   }
   if (error_code == "RevisionNotFound") return Status::NotFound(msg + "; no such revision");
-  if (error_code == "EntryNotFound") return Status::NotFound(msg + "; no such file at this revision");
+  if (error_code == "EntryNotFound")
+    return Status::NotFound(msg + "; no such file at this revision");
   if (http_status == 404) return Status::NotFound(msg);
   if (http_status == 429 || http_status >= 500) {
     return Status::Unavailable(msg + "; the hub is overloaded or down, try again later");
@@ -142,9 +145,10 @@ static std::optional<std::string> NextLink(const std::string& link_header) {
     size_t gt = link_header.find('>', lt);
     if (gt == std::string::npos) break;
     size_t end = link_header.find(',', gt);
-    std::string params = link_header.substr(gt + 1, end == std::string::npos ? std::string::npos
-                                                                             : end - gt - 1);
-    if (params.find("rel=\"next\"") != std::string::npos || params.find("rel=next") != std::string::npos) {
+    std::string params =
+        link_header.substr(gt + 1, end == std::string::npos ? std::string::npos : end - gt - 1);
+    if (params.find("rel=\"next\"") != std::string::npos ||
+        params.find("rel=next") != std::string::npos) {
       return link_header.substr(lt + 1, gt - lt - 1);
     }
     if (end == std::string::npos) break;
@@ -219,7 +223,8 @@ Result<std::vector<TreeEntry>> HubClient::ListFiles(const std::string& repo_id,
                                                     const std::string& commit) {
   std::string what = std::string(RepoTypePlural(type_)) + "/" + repo_id + "@" + commit;
   std::vector<TreeEntry> entries;
-  std::string url = ApiBase(repo_id) + "/tree/" + http::UrlQuote(commit) + "?recursive=true&expand=false";
+  std::string url =
+      ApiBase(repo_id) + "/tree/" + http::UrlQuote(commit) + "?recursive=true&expand=false";
   std::set<std::string> seen_urls;
   while (!url.empty()) {
     if (!seen_urls.insert(url).second) return Status::DataLoss(what + ": tree pagination loops");

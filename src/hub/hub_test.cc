@@ -22,11 +22,11 @@ std::string Entry(const std::string& path, const std::string& extra = "") {
 
 TEST(TreeTest, ParsesFilesAndLfs) {
   std::vector<TreeEntry> out;
-  std::string page = "[" + Entry("config.json") + "," +
-                     R"({"type":"directory","path":"sub","oid":")" + kOid + R"("},)" +
-                     Entry("sub/w.safetensors",
-                           R"(,"lfs":{"oid":")" + kSha + R"(","size":5,"pointerSize":134})") +
-                     "]";
+  std::string page =
+      "[" + Entry("config.json") + "," + R"({"type":"directory","path":"sub","oid":")" + kOid +
+      R"("},)" +
+      Entry("sub/w.safetensors", R"(,"lfs":{"oid":")" + kSha + R"(","size":5,"pointerSize":134})") +
+      "]";
   ASSERT_TRUE(ParseTreePage(page, &out).ok());
   ASSERT_EQ(out.size(), 2u);
   EXPECT_FALSE(out[0].is_lfs());
@@ -36,8 +36,8 @@ TEST(TreeTest, ParsesFilesAndLfs) {
 }
 
 TEST(TreeTest, RefusesHostileEntries) {
-  for (const std::string& path : {"../evil", "/etc/passwd", "a/../../b", "a\\\\b", "a\\u0000b",
-                                  "", "a//b", "./x"}) {
+  for (const std::string& path :
+       {"../evil", "/etc/passwd", "a/../../b", "a\\\\b", "a\\u0000b", "", "a//b", "./x"}) {
     std::vector<TreeEntry> out;
     Status st = ParseTreePage("[" + Entry(path) + "]", &out);
     EXPECT_FALSE(st.ok()) << path;
@@ -45,11 +45,19 @@ TEST(TreeTest, RefusesHostileEntries) {
   }
   std::vector<TreeEntry> out;
   // sizes that lie or overflow, malformed oids
-  EXPECT_FALSE(ParseTreePage(R"([{"type":"file","path":"a","size":-1,"oid":")" + kOid + "\"}]", &out).ok());
-  EXPECT_FALSE(ParseTreePage(R"([{"type":"file","path":"a","size":1e30,"oid":")" + kOid + "\"}]", &out).ok());
-  EXPECT_FALSE(ParseTreePage(R"([{"type":"file","path":"a","size":18446744073709551615,"oid":")" + kOid + "\"}]", &out).ok());
+  EXPECT_FALSE(
+      ParseTreePage(R"([{"type":"file","path":"a","size":-1,"oid":")" + kOid + "\"}]", &out).ok());
+  EXPECT_FALSE(
+      ParseTreePage(R"([{"type":"file","path":"a","size":1e30,"oid":")" + kOid + "\"}]", &out)
+          .ok());
+  EXPECT_FALSE(
+      ParseTreePage(
+          R"([{"type":"file","path":"a","size":18446744073709551615,"oid":")" + kOid + "\"}]", &out)
+          .ok());
   EXPECT_FALSE(ParseTreePage(R"([{"type":"file","path":"a","size":1,"oid":"xyz"}])", &out).ok());
-  EXPECT_FALSE(ParseTreePage("[" + Entry("a", R"(,"lfs":{"oid":")" + kSha + R"(","size":6})") + "]", &out).ok());
+  EXPECT_FALSE(
+      ParseTreePage("[" + Entry("a", R"(,"lfs":{"oid":")" + kSha + R"(","size":6})") + "]", &out)
+          .ok());
   EXPECT_FALSE(ParseTreePage("{}", &out).ok());
   EXPECT_FALSE(ParseTreePage("not json", &out).ok());
 }

@@ -77,12 +77,15 @@ class RedisStore : public MetadataStore {
     }
     redisSetTimeout(ctx_, timeout);
     if (!config_.redis_password.empty()) {
-      Reply r(static_cast<redisReply*>(redisCommand(ctx_, "AUTH %s", config_.redis_password.c_str())),
-              freeReplyObject);
-      if (!r || r->type == REDIS_REPLY_ERROR) return Status::Unauthenticated("Redis at " + where + " refused the password");
+      Reply r(
+          static_cast<redisReply*>(redisCommand(ctx_, "AUTH %s", config_.redis_password.c_str())),
+          freeReplyObject);
+      if (!r || r->type == REDIS_REPLY_ERROR)
+        return Status::Unauthenticated("Redis at " + where + " refused the password");
     }
     if (config_.redis_db != 0) {
-      Reply r(static_cast<redisReply*>(redisCommand(ctx_, "SELECT %d", config_.redis_db)), freeReplyObject);
+      Reply r(static_cast<redisReply*>(redisCommand(ctx_, "SELECT %d", config_.redis_db)),
+              freeReplyObject);
     }
     std::string run_id = ServerRunId();
     if (!run_id_.empty() && run_id != run_id_) {
@@ -98,12 +101,21 @@ class RedisStore : public MetadataStore {
                                bool retry_error) override {
     std::lock_guard<std::mutex> l(mu_);
     std::string rk = ModelRedisKey(key);
-    std::vector<std::string> args = {"EVAL", kClaimScript, "1", rk, std::to_string(NowMs()),
-                                     std::to_string(lease_ms), claim_id, retry_error ? "1" : "0",
-                                     std::to_string(key.provider), key.name, key.revision,
+    std::vector<std::string> args = {"EVAL",
+                                     kClaimScript,
+                                     "1",
+                                     rk,
+                                     std::to_string(NowMs()),
+                                     std::to_string(lease_ms),
+                                     claim_id,
+                                     retry_error ? "1" : "0",
+                                     std::to_string(key.provider),
+                                     key.name,
+                                     key.revision,
                                      key.ignore_weights ? "1" : "0"};
     MX_ASSIGN_OR_RETURN(Reply r, Command(args));
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) return Status::Internal("bad claim reply");
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2)
+      return Status::Internal("bad claim reply");
     ClaimResult result;
     result.won = r->element[0]->integer == 1;
     std::string prev(r->element[1]->str, r->element[1]->len);
@@ -119,7 +131,8 @@ class RedisStore : public MetadataStore {
     std::lock_guard<std::mutex> l(mu_);
     std::string rk = ModelRedisKey(key);
     int64_t expiry = NowMs() + lease_ms;
-    MX_ASSIGN_OR_RETURN(Reply r, Command({"EVAL", kRenewScript, "1", rk, claim_id, std::to_string(expiry)}));
+    MX_ASSIGN_OR_RETURN(Reply r,
+                        Command({"EVAL", kRenewScript, "1", rk, claim_id, std::to_string(expiry)}));
     if (r->integer != 1) {
       authored_models_.erase(rk);
       return Status::FailedPrecondition("claim on " + key.name + " was lost");
@@ -133,10 +146,10 @@ class RedisStore : public MetadataStore {
                 uint64_t bytes) override {
     std::lock_guard<std::mutex> l(mu_);
     std::string rk = ModelRedisKey(key);
-    MX_ASSIGN_OR_RETURN(Reply r, Command({"EVAL", kFinishScript, "1", rk, claim_id,
-                                          std::to_string(static_cast<int>(state)), message,
-                                          resolved_revision, std::to_string(bytes),
-                                          std::to_string(NowMs())}));
+    MX_ASSIGN_OR_RETURN(
+        Reply r,
+        Command({"EVAL", kFinishScript, "1", rk, claim_id, std::to_string(static_cast<int>(state)),
+                 message, resolved_revision, std::to_string(bytes), std::to_string(NowMs())}));
     if (r->integer != 1) return Status::FailedPrecondition("claim on " + key.name + " was lost");
     MX_ASSIGN_OR_RETURN(auto rec, GetLocked(key));
     if (rec) authored_models_[rk] = *rec;
@@ -163,7 +176,8 @@ class RedisStore : public MetadataStore {
     MX_ASSIGN_OR_RETURN(Reply keys, Command({"SMEMBERS", "mx:models"}));
     std::vector<ModelRecord> out;
     for (size_t i = 0; i < keys->elements; ++i) {
-      MX_ASSIGN_OR_RETURN(Reply h, Command({"HGETALL", std::string(keys->element[i]->str, keys->element[i]->len)}));
+      MX_ASSIGN_OR_RETURN(
+          Reply h, Command({"HGETALL", std::string(keys->element[i]->str, keys->element[i]->len)}));
       if (h->elements > 0) out.push_back(ToModel(h.get()));
     }
     std::sort(out.begin(), out.end(), [](const ModelRecord& a, const ModelRecord& b) {
@@ -200,7 +214,8 @@ class RedisStore : public MetadataStore {
     MX_ASSIGN_OR_RETURN(Reply keys, Command({"SMEMBERS", "mx:sources"}));
     std::vector<SourceRecord> out;
     for (size_t i = 0; i < keys->elements; ++i) {
-      MX_ASSIGN_OR_RETURN(Reply h, Command({"HGETALL", std::string(keys->element[i]->str, keys->element[i]->len)}));
+      MX_ASSIGN_OR_RETURN(
+          Reply h, Command({"HGETALL", std::string(keys->element[i]->str, keys->element[i]->len)}));
       if (h->elements == 0) continue;
       SourceRecord s = ToSource(h.get());
       if (f.mx_source_id && s.mx_source_id != *f.mx_source_id) continue;
@@ -211,13 +226,15 @@ class RedisStore : public MetadataStore {
       out.push_back(std::move(s));
     }
     std::sort(out.begin(), out.end(), [](const SourceRecord& a, const SourceRecord& b) {
-      return a.updated_at_ms != b.updated_at_ms ? a.updated_at_ms > b.updated_at_ms : a.worker_id < b.worker_id;
+      return a.updated_at_ms != b.updated_at_ms ? a.updated_at_ms > b.updated_at_ms
+                                                : a.worker_id < b.worker_id;
     });
     if (f.limit && out.size() > *f.limit) out.resize(*f.limit);
     return out;
   }
 
-  Status UpdateSourceStatus(const std::string& id, const std::string& worker_id, int status) override {
+  Status UpdateSourceStatus(const std::string& id, const std::string& worker_id,
+                            int status) override {
     std::lock_guard<std::mutex> l(mu_);
     std::string rk = SourceRedisKey(id, worker_id);
     auto it = authored_sources_.find(rk);
@@ -232,7 +249,8 @@ class RedisStore : public MetadataStore {
     return WriteSourceLocked(s);
   }
 
-  Result<std::pair<int, int>> ReapSources(int64_t stale_ms, int64_t gc_ms, int stale_status) override {
+  Result<std::pair<int, int>> ReapSources(int64_t stale_ms, int64_t gc_ms,
+                                          int stale_status) override {
     std::lock_guard<std::mutex> l(mu_);
     MX_ASSIGN_OR_RETURN(Reply keys, Command({"SMEMBERS", "mx:sources"}));
     int64_t now = NowMs();
@@ -252,7 +270,8 @@ class RedisStore : public MetadataStore {
         ++deleted;
       } else if (s.updated_at_ms < now - stale_ms && s.status != stale_status) {
         MX_ASSIGN_OR_RETURN(Reply w, Command({"HSET", rk, "status", std::to_string(stale_status)}));
-        if (auto it = authored_sources_.find(rk); it != authored_sources_.end()) it->second.status = stale_status;
+        if (auto it = authored_sources_.find(rk); it != authored_sources_.end())
+          it->second.status = stale_status;
         ++marked;
       }
     }
@@ -296,16 +315,32 @@ class RedisStore : public MetadataStore {
 
   void Restore() {
     for (const auto& [rk, m] : authored_models_) {
-      std::vector<std::string> args = {"HSET", rk, "provider", std::to_string(m.key.provider),
-                                       "name", m.key.name, "revision", m.key.revision,
-                                       "ignore_weights", m.key.ignore_weights ? "1" : "0",
-                                       "state", std::to_string(static_cast<int>(m.state)),
-                                       "claim_id", m.claim_id,
-                                       "lease_expiry_ms", std::to_string(m.lease_expiry_ms),
-                                       "created_ms", std::to_string(m.created_ms),
-                                       "last_used_ms", std::to_string(m.last_used_ms),
-                                       "message", m.message, "resolved_revision", m.resolved_revision,
-                                       "bytes", std::to_string(m.bytes)};
+      std::vector<std::string> args = {"HSET",
+                                       rk,
+                                       "provider",
+                                       std::to_string(m.key.provider),
+                                       "name",
+                                       m.key.name,
+                                       "revision",
+                                       m.key.revision,
+                                       "ignore_weights",
+                                       m.key.ignore_weights ? "1" : "0",
+                                       "state",
+                                       std::to_string(static_cast<int>(m.state)),
+                                       "claim_id",
+                                       m.claim_id,
+                                       "lease_expiry_ms",
+                                       std::to_string(m.lease_expiry_ms),
+                                       "created_ms",
+                                       std::to_string(m.created_ms),
+                                       "last_used_ms",
+                                       std::to_string(m.last_used_ms),
+                                       "message",
+                                       m.message,
+                                       "resolved_revision",
+                                       m.resolved_revision,
+                                       "bytes",
+                                       std::to_string(m.bytes)};
       RawCommand(args);
       RawCommand({"SADD", "mx:models", rk});
     }
@@ -323,7 +358,8 @@ class RedisStore : public MetadataStore {
       argv.push_back(a.data());
       lens.push_back(a.size());
     }
-    return static_cast<redisReply*>(redisCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data()));
+    return static_cast<redisReply*>(
+        redisCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data()));
   }
 
   // Without reconnect logic: used while restoring inside Connect().
@@ -333,10 +369,16 @@ class RedisStore : public MetadataStore {
 
   static std::vector<std::string> SourceFields(const SourceRecord& s) {
     std::string rk = SourceRedisKey(s.mx_source_id, s.worker_id);
-    return {"HSET", rk, "mx_source_id", s.mx_source_id, "worker_id", s.worker_id,
-            "model_name", s.model_name, "worker_rank", std::to_string(s.worker_rank),
-            "status", std::to_string(s.status), "updated_at_ms", std::to_string(s.updated_at_ms),
-            "accelerator", s.accelerator, "identity", s.identity, "worker", s.worker};
+    return {"HSET",          rk,
+            "mx_source_id",  s.mx_source_id,
+            "worker_id",     s.worker_id,
+            "model_name",    s.model_name,
+            "worker_rank",   std::to_string(s.worker_rank),
+            "status",        std::to_string(s.status),
+            "updated_at_ms", std::to_string(s.updated_at_ms),
+            "accelerator",   s.accelerator,
+            "identity",      s.identity,
+            "worker",        s.worker};
   }
 
   void WriteSourceRaw(const SourceRecord& s) {
@@ -346,7 +388,8 @@ class RedisStore : public MetadataStore {
 
   Status WriteSourceLocked(const SourceRecord& s) {
     MX_ASSIGN_OR_RETURN(Reply a, Command(SourceFields(s)));
-    MX_ASSIGN_OR_RETURN(Reply b, Command({"SADD", "mx:sources", SourceRedisKey(s.mx_source_id, s.worker_id)}));
+    MX_ASSIGN_OR_RETURN(
+        Reply b, Command({"SADD", "mx:sources", SourceRedisKey(s.mx_source_id, s.worker_id)}));
     return Status::OK();
   }
 

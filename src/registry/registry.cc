@@ -14,15 +14,19 @@ int64_t NowMs() {
 
 std::string ModelKey::Id() const {
   // provider|ignore_weights|revision|name: the name goes last because only it may hold '|'.
-  return std::to_string(provider) + "|" + (ignore_weights ? "1" : "0") + "|" + revision + "|" + name;
+  return std::to_string(provider) + "|" + (ignore_weights ? "1" : "0") + "|" + revision + "|" +
+         name;
 }
 
 bool CanClaim(const std::optional<ModelRecord>& current, int64_t now_ms, bool retry_error) {
   if (!current) return true;
   switch (current->state) {
-    case ModelState::kDownloaded: return false;
-    case ModelState::kError: return retry_error;
-    case ModelState::kDownloading: return current->lease_expiry_ms < now_ms;
+    case ModelState::kDownloaded:
+      return false;
+    case ModelState::kError:
+      return retry_error;
+    case ModelState::kDownloading:
+      return current->lease_expiry_ms < now_ms;
   }
   return false;
 }
@@ -32,7 +36,8 @@ Status ParseRedisUrl(const std::string& url, StoreConfig* config) {
   if (rest.rfind("redis://", 0) == 0) {
     rest = rest.substr(8);
   } else {
-    return Status::InvalidArgument("REDIS_URL must start with redis:// (rediss:// is not supported)");
+    return Status::InvalidArgument(
+        "REDIS_URL must start with redis:// (rediss:// is not supported)");
   }
   size_t at = rest.rfind('@');
   if (at != std::string::npos) {
@@ -60,7 +65,8 @@ Status ParseRedisUrl(const std::string& url, StoreConfig* config) {
 }
 
 Result<std::unique_ptr<MetadataStore>> OpenStore(const StoreConfig& config) {
-  if (config.backend == "embedded" || config.backend == "sqlite") return OpenSqliteStore(config.sqlite_path);
+  if (config.backend == "embedded" || config.backend == "sqlite")
+    return OpenSqliteStore(config.sqlite_path);
   if (config.backend == "redis") return OpenRedisStore(config);
   return Status::InvalidArgument("unknown MX_METADATA_BACKEND '" + config.backend +
                                  "' (use embedded or redis)");

@@ -21,9 +21,9 @@ namespace mx::registry {
 int64_t NowMs();
 
 struct ModelKey {
-  int provider = 0;           // model_express.model.ModelProvider
+  int provider = 0;  // model_express.model.ModelProvider
   std::string name;
-  std::string revision;       // as requested; "" = the default branch
+  std::string revision;  // as requested; "" = the default branch
   bool ignore_weights = false;
 
   // Stable text form used as the primary key in every backend.
@@ -35,13 +35,13 @@ enum class ModelState { kDownloading = 0, kDownloaded = 1, kError = 2 };
 struct ModelRecord {
   ModelKey key;
   ModelState state = ModelState::kDownloading;
-  std::string claim_id;       // who is (or was last) downloading
+  std::string claim_id;  // who is (or was last) downloading
   int64_t lease_expiry_ms = 0;
   int64_t created_ms = 0;
   int64_t last_used_ms = 0;
-  std::string message;        // error text, or a note
+  std::string message;  // error text, or a note
   std::string resolved_revision;
-  uint64_t bytes = 0;         // size of the downloaded files
+  uint64_t bytes = 0;  // size of the downloaded files
 };
 
 struct ClaimResult {
@@ -55,11 +55,11 @@ struct SourceRecord {
   std::string worker_id;
   std::string model_name;
   uint32_t worker_rank = 0;
-  int status = 0;              // model_express.p2p.SourceStatus
+  int status = 0;  // model_express.p2p.SourceStatus
   int64_t updated_at_ms = 0;
   std::string accelerator;
-  std::string identity;        // serialized SourceIdentity
-  std::string worker;          // serialized WorkerMetadata
+  std::string identity;  // serialized SourceIdentity
+  std::string worker;    // serialized WorkerMetadata
 };
 
 struct SourceFilter {
@@ -109,7 +109,7 @@ struct StoreConfig {
   std::string sqlite_path;           // embedded: <cache>/.locks/mx/registry.db
   std::string redis_host = "127.0.0.1";
   int redis_port = 6379;
-  std::string redis_password;        // from REDIS_URL; never logged
+  std::string redis_password;  // from REDIS_URL; never logged
   int redis_db = 0;
 };
 

@@ -1,5 +1,7 @@
 // Both backends must behave the same: each test runs against SQLite (two connections to
 // one file, as two server processes would have) and against a real redis-server.
+#include "registry/registry.h"
+
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -10,8 +12,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <thread>
-
-#include "registry/registry.h"
 
 namespace mx::registry {
 namespace {

@@ -127,10 +127,12 @@ class SqliteStore : public MetadataStore {
 
   Status RenewLease(const ModelKey& key, const std::string& claim_id, int64_t lease_ms) override {
     std::lock_guard<std::mutex> l(mu_);
-    Stmt s(db_, "UPDATE models SET lease_expiry_ms = ? WHERE id = ? AND claim_id = ? AND state = 0");
+    Stmt s(db_,
+           "UPDATE models SET lease_expiry_ms = ? WHERE id = ? AND claim_id = ? AND state = 0");
     s.Bind(1, NowMs() + lease_ms).Bind(2, key.Id()).Bind(3, claim_id);
     if (s.Step() != SQLITE_DONE) return Error("renew lease");
-    if (sqlite3_changes(db_) == 0) return Status::FailedPrecondition("claim on " + key.name + " was lost");
+    if (sqlite3_changes(db_) == 0)
+      return Status::FailedPrecondition("claim on " + key.name + " was lost");
     return Status::OK();
   }
 
@@ -144,7 +146,8 @@ class SqliteStore : public MetadataStore {
     s.Bind(1, static_cast<int64_t>(state)).Bind(2, message).Bind(3, resolved_revision);
     s.Bind(4, static_cast<int64_t>(bytes)).Bind(5, NowMs()).Bind(6, key.Id()).Bind(7, claim_id);
     if (s.Step() != SQLITE_DONE) return Error("finish claim");
-    if (sqlite3_changes(db_) == 0) return Status::FailedPrecondition("claim on " + key.name + " was lost");
+    if (sqlite3_changes(db_) == 0)
+      return Status::FailedPrecondition("claim on " + key.name + " was lost");
     return Status::OK();
   }
 
@@ -162,7 +165,8 @@ class SqliteStore : public MetadataStore {
 
   Result<std::vector<ModelRecord>> ListModels() override {
     std::lock_guard<std::mutex> l(mu_);
-    Stmt s(db_, (std::string("SELECT ") + kModelColumns + " FROM models ORDER BY last_used_ms").c_str());
+    Stmt s(db_,
+           (std::string("SELECT ") + kModelColumns + " FROM models ORDER BY last_used_ms").c_str());
     std::vector<ModelRecord> out;
     int rc;
     while ((rc = s.Step()) == SQLITE_ROW) out.push_back(ReadModel(s));
@@ -224,14 +228,17 @@ class SqliteStore : public MetadataStore {
   Status UpdateSourceStatus(const std::string& id, const std::string& worker_id,
                             int status) override {
     std::lock_guard<std::mutex> l(mu_);
-    Stmt s(db_, "UPDATE sources SET status = ?, updated_at_ms = ? WHERE mx_source_id = ? AND worker_id = ?");
+    Stmt s(db_,
+           "UPDATE sources SET status = ?, updated_at_ms = ? WHERE mx_source_id = ? AND worker_id "
+           "= ?");
     s.Bind(1, static_cast<int64_t>(status)).Bind(2, NowMs()).Bind(3, id).Bind(4, worker_id);
     if (s.Step() != SQLITE_DONE) return Error("update source");
     if (sqlite3_changes(db_) == 0) return Status::NotFound("no source " + id + "/" + worker_id);
     return Status::OK();
   }
 
-  Result<std::pair<int, int>> ReapSources(int64_t stale_ms, int64_t gc_ms, int stale_status) override {
+  Result<std::pair<int, int>> ReapSources(int64_t stale_ms, int64_t gc_ms,
+                                          int stale_status) override {
     std::lock_guard<std::mutex> l(mu_);
     int64_t now = NowMs();
     Stmt del(db_, "DELETE FROM sources WHERE updated_at_ms < ?");
@@ -272,7 +279,8 @@ class SqliteStore : public MetadataStore {
 
   Status UpsertLocked(const ModelRecord& r) {
     Stmt s(db_, (std::string("INSERT OR REPLACE INTO models (id, ") + kModelColumns +
-                 ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)").c_str());
+                 ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+                    .c_str());
     s.Bind(1, r.key.Id()).Bind(2, static_cast<int64_t>(r.key.provider)).Bind(3, r.key.name);
     s.Bind(4, r.key.revision).Bind(5, static_cast<int64_t>(r.key.ignore_weights));
     s.Bind(6, static_cast<int64_t>(r.state)).Bind(7, r.claim_id).Bind(8, r.lease_expiry_ms);
@@ -290,7 +298,8 @@ class SqliteStore : public MetadataStore {
 Result<std::unique_ptr<MetadataStore>> OpenSqliteStore(const std::string& path) {
   MX_RETURN_IF_ERROR(MakeDirs(DirName(path)));
   sqlite3* db = nullptr;
-  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+  if (sqlite3_open_v2(path.c_str(), &db,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                       nullptr) != SQLITE_OK) {
     std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
     sqlite3_close(db);

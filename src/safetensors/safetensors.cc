@@ -81,17 +81,23 @@ Result<uint64_t> Number(const json& v, const std::string& where) {
 }
 
 Result<TensorInfo> ParseTensor(const std::string& name, const json& v) {
-  if (!v.is_object()) return Fail(ErrorKind::kMissingField, "tensor '" + name + "' is not an object");
+  if (!v.is_object())
+    return Fail(ErrorKind::kMissingField, "tensor '" + name + "' is not an object");
   for (const char* field : {"dtype", "shape", "data_offsets"}) {
-    if (!v.contains(field)) return Fail(ErrorKind::kMissingField, "tensor '" + name + "' has no " + field);
+    if (!v.contains(field))
+      return Fail(ErrorKind::kMissingField, "tensor '" + name + "' has no " + field);
   }
   TensorInfo t;
   t.name = name;
-  if (!v["dtype"].is_string()) return Fail(ErrorKind::kUnknownDType, "tensor '" + name + "': dtype is not a string");
+  if (!v["dtype"].is_string())
+    return Fail(ErrorKind::kUnknownDType, "tensor '" + name + "': dtype is not a string");
   auto dtype = ParseDType(v["dtype"].get<std::string>());
-  if (!dtype) return Fail(ErrorKind::kUnknownDType, "tensor '" + name + "': " + v["dtype"].get<std::string>());
+  if (!dtype)
+    return Fail(ErrorKind::kUnknownDType,
+                "tensor '" + name + "': " + v["dtype"].get<std::string>());
   t.dtype = *dtype;
-  if (!v["shape"].is_array()) return Fail(ErrorKind::kBadNumber, "tensor '" + name + "': shape is not an array");
+  if (!v["shape"].is_array())
+    return Fail(ErrorKind::kBadNumber, "tensor '" + name + "': shape is not an array");
   for (const json& d : v["shape"]) {
     MX_ASSIGN_OR_RETURN(uint64_t dim, Number(d, "tensor '" + name + "' shape"));
     t.shape.push_back(dim);
@@ -118,8 +124,9 @@ Result<TensorInfo> ParseTensor(const std::string& name, const json& v) {
     return Fail(ErrorKind::kSizeMismatch, "tensor '" + name + "': not a whole number of bytes");
   }
   if (bits / 8 != t.end - t.begin) {
-    return Fail(ErrorKind::kSizeMismatch, "tensor '" + name + "': shape needs " + std::to_string(bits / 8) +
-                                              " bytes, data_offsets give " + std::to_string(t.end - t.begin));
+    return Fail(ErrorKind::kSizeMismatch,
+                "tensor '" + name + "': shape needs " + std::to_string(bits / 8) +
+                    " bytes, data_offsets give " + std::to_string(t.end - t.begin));
   }
   return t;
 }
@@ -137,21 +144,25 @@ std::optional<ErrorKind> ErrorKindOf(const Status& status) {
   const std::string& m = status.message();
   if (m.rfind("safetensors: ", 0) != 0) return std::nullopt;
   for (const auto& [k, n] : kNames) {
-    if (m.compare(13, n.size(), n) == 0 && m.size() > 13 + n.size() && m[13 + n.size()] == ':') return k;
+    if (m.compare(13, n.size(), n) == 0 && m.size() > 13 + n.size() && m[13 + n.size()] == ':')
+      return k;
   }
   return std::nullopt;
 }
 
 Result<uint64_t> ParseHeaderLength(std::string_view first, uint64_t file_size) {
   if (first.size() < 8 || file_size < 8) {
-    return Fail(ErrorKind::kTooShort, "a file needs at least 8 bytes, this one has " + std::to_string(file_size));
+    return Fail(ErrorKind::kTooShort,
+                "a file needs at least 8 bytes, this one has " + std::to_string(file_size));
   }
   uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(first[static_cast<size_t>(i)]);
-  if (n > kMaxHeaderBytes) return Fail(ErrorKind::kHeaderTooLarge, std::to_string(n) + " bytes (limit 100000000)");
+  for (int i = 7; i >= 0; --i)
+    n = (n << 8) | static_cast<unsigned char>(first[static_cast<size_t>(i)]);
+  if (n > kMaxHeaderBytes)
+    return Fail(ErrorKind::kHeaderTooLarge, std::to_string(n) + " bytes (limit 100000000)");
   if (8 + n > file_size) {
-    return Fail(ErrorKind::kHeaderPastEnd, "header of " + std::to_string(n) + " bytes in a file of " +
-                                               std::to_string(file_size));
+    return Fail(ErrorKind::kHeaderPastEnd, "header of " + std::to_string(n) +
+                                               " bytes in a file of " + std::to_string(file_size));
   }
   return n;
 }
@@ -172,7 +183,8 @@ Result<Header> ParseHeader(std::string_view text, uint64_t file_size) {
     return true;
   };
   json doc = json::parse(text.begin(), text.end(), watch, /*allow_exceptions=*/false);
-  if (doc.is_discarded() || !doc.is_object()) return Fail(ErrorKind::kNotJsonObject, "cannot parse the header");
+  if (doc.is_discarded() || !doc.is_object())
+    return Fail(ErrorKind::kNotJsonObject, "cannot parse the header");
   if (!duplicate.empty()) return Fail(ErrorKind::kDuplicateKey, "'" + duplicate + "'");
   Header h;
   h.header_bytes = text.size();
@@ -182,7 +194,8 @@ Result<Header> ParseHeader(std::string_view text, uint64_t file_size) {
     if (name == "__metadata__") {
       if (!v.is_object()) return Fail(ErrorKind::kBadMetadata, "must be an object of strings");
       for (auto& [mk, mv] : v.items()) {
-        if (!mv.is_string()) return Fail(ErrorKind::kBadMetadata, "value of '" + mk + "' is not a string");
+        if (!mv.is_string())
+          return Fail(ErrorKind::kBadMetadata, "value of '" + mk + "' is not a string");
         h.metadata[mk] = mv.get<std::string>();
       }
       continue;
@@ -196,15 +209,19 @@ Result<Header> ParseHeader(std::string_view text, uint64_t file_size) {
   uint64_t expect = 0;
   for (size_t i = 0; i < h.tensors.size(); ++i) {
     const TensorInfo& t = h.tensors[i];
-    if (i == 0 && t.begin != 0) return Fail(ErrorKind::kFirstNotZero, "'" + t.name + "' starts at " + std::to_string(t.begin));
+    if (i == 0 && t.begin != 0)
+      return Fail(ErrorKind::kFirstNotZero,
+                  "'" + t.name + "' starts at " + std::to_string(t.begin));
     if (t.begin != expect) {
-      return Fail(ErrorKind::kGapOrOverlap, "'" + t.name + "' starts at " + std::to_string(t.begin) +
-                                                ", previous tensor ends at " + std::to_string(expect));
+      return Fail(ErrorKind::kGapOrOverlap,
+                  "'" + t.name + "' starts at " + std::to_string(t.begin) +
+                      ", previous tensor ends at " + std::to_string(expect));
     }
     expect = t.end;
   }
   if (expect != h.data_bytes) {
-    return Fail(ErrorKind::kTrailingBytes, "tensors cover " + std::to_string(expect) + " bytes, the data buffer has " +
+    return Fail(ErrorKind::kTrailingBytes, "tensors cover " + std::to_string(expect) +
+                                               " bytes, the data buffer has " +
                                                std::to_string(h.data_bytes));
   }
   return h;
@@ -222,14 +239,17 @@ Result<ShardIndex> ParseIndex(std::string_view text) {
     return Status::InvalidArgument("index: not a safetensors index (no weight_map object)");
   }
   ShardIndex idx;
-  if (doc.contains("metadata") && doc["metadata"].is_object() && doc["metadata"].contains("total_size") &&
+  if (doc.contains("metadata") && doc["metadata"].is_object() &&
+      doc["metadata"].contains("total_size") &&
       doc["metadata"]["total_size"].is_number_unsigned()) {
     idx.total_size = doc["metadata"]["total_size"].get<uint64_t>();
   }
   for (auto& [name, file] : doc["weight_map"].items()) {
-    if (!file.is_string()) return Status::InvalidArgument("index: shard of '" + name + "' is not a string");
+    if (!file.is_string())
+      return Status::InvalidArgument("index: shard of '" + name + "' is not a string");
     std::string f = file.get<std::string>();
-    if (f.empty() || f.find('/') == 0 || f.find("..") != std::string::npos || f.find('\\') != std::string::npos) {
+    if (f.empty() || f.find('/') == 0 || f.find("..") != std::string::npos ||
+        f.find('\\') != std::string::npos) {
       return Status::InvalidArgument("index: refusing shard path '" + f + "'");
     }
     idx.weight_map[name] = f;
@@ -253,7 +273,8 @@ std::string BuildHeader(const std::vector<TensorSpec>& tensors,
     uint64_t elements = 1;
     for (uint64_t d : t.shape) elements *= d;
     uint64_t bytes = elements * static_cast<uint64_t>(DTypeBits(t.dtype)) / 8;
-    doc[t.name] = {{"dtype", std::string(DTypeName(t.dtype))}, {"shape", t.shape},
+    doc[t.name] = {{"dtype", std::string(DTypeName(t.dtype))},
+                   {"shape", t.shape},
                    {"data_offsets", {offset, offset + bytes}}};
     layout->push_back({t.name, t.dtype, t.shape, offset, offset + bytes});
     offset += bytes;
@@ -262,7 +283,8 @@ std::string BuildHeader(const std::vector<TensorSpec>& tensors,
   while (text.size() % 8 != 0) text.push_back(' ');
   std::string out(8, '\0');
   uint64_t n = text.size();
-  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
+  for (int i = 0; i < 8; ++i)
+    out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
   return out + text;
 }
 

@@ -20,22 +20,22 @@ constexpr uint64_t kMaxDimension = (1ull << 48) - 1;
 
 // Which rule a file broke; the Status message starts with the rule's name.
 enum class ErrorKind {
-  kTooShort,            // fewer than 8 bytes
-  kHeaderTooLarge,      // N > 100,000,000
-  kHeaderPastEnd,       // 8 + N past the end of the file
+  kTooShort,        // fewer than 8 bytes
+  kHeaderTooLarge,  // N > 100,000,000
+  kHeaderPastEnd,   // 8 + N past the end of the file
   kNotUtf8,
   kNotJsonObject,
   kDuplicateKey,
-  kBadMetadata,         // __metadata__ not a string->string map
-  kMissingField,        // dtype, shape or data_offsets absent
+  kBadMetadata,   // __metadata__ not a string->string map
+  kMissingField,  // dtype, shape or data_offsets absent
   kUnknownDType,
-  kBadNumber,           // negative, non-integer, or beyond 2^48-1
-  kOverflow,            // arithmetic overflow in sizes
-  kBadOffsets,          // end < begin, or not two numbers
+  kBadNumber,   // negative, non-integer, or beyond 2^48-1
+  kOverflow,    // arithmetic overflow in sizes
+  kBadOffsets,  // end < begin, or not two numbers
   kFirstNotZero,
   kGapOrOverlap,
-  kTrailingBytes,       // last end != data length
-  kSizeMismatch,        // shape x bits != bytes, or not a whole number of bytes
+  kTrailingBytes,  // last end != data length
+  kSizeMismatch,   // shape x bits != bytes, or not a whole number of bytes
 };
 
 std::string_view ErrorKindName(ErrorKind kind);
@@ -52,9 +52,9 @@ struct TensorInfo {
 };
 
 struct Header {
-  uint64_t header_bytes = 0;  // N
-  uint64_t data_start = 0;    // 8 + N
-  uint64_t data_bytes = 0;    // file size - data_start
+  uint64_t header_bytes = 0;        // N
+  uint64_t data_start = 0;          // 8 + N
+  uint64_t data_bytes = 0;          // file size - data_start
   std::vector<TensorInfo> tensors;  // sorted by begin
   std::map<std::string, std::string> metadata;
 };

@@ -1,6 +1,6 @@
-#include <gtest/gtest.h>
-
 #include "safetensors/safetensors.h"
+
+#include <gtest/gtest.h>
 
 namespace mx::safetensors {
 namespace {
@@ -20,10 +20,11 @@ ErrorKind KindOf(const std::string& json, uint64_t data) {
 }
 
 TEST(SafetensorsTest, ValidFileWithEmptyAndScalarTensors) {
-  auto h = Parse(R"({"__metadata__":{"format":"pt"},"b":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},)"
-                 R"("e":{"dtype":"BF16","shape":[0,4],"data_offsets":[16,16]},"s":{"dtype":"I64","shape":[],"data_offsets":[16,24]},)"
-                 R"("f4":{"dtype":"F4","shape":[4],"data_offsets":[24,26]}}    )",
-                 26);
+  auto h = Parse(
+      R"({"__metadata__":{"format":"pt"},"b":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},)"
+      R"("e":{"dtype":"BF16","shape":[0,4],"data_offsets":[16,16]},"s":{"dtype":"I64","shape":[],"data_offsets":[16,24]},)"
+      R"("f4":{"dtype":"F4","shape":[4],"data_offsets":[24,26]}}    )",
+      26);
   ASSERT_TRUE(h.ok()) << h.status().message();
   ASSERT_EQ(h->tensors.size(), 4u);
   EXPECT_EQ(h->tensors[0].name, "b");
@@ -49,29 +50,52 @@ TEST(SafetensorsTest, EveryRuleHasItsOwnError) {
   EXPECT_EQ(KindOf(R"({"__metadata__":{"k":1}})", 0), ErrorKind::kBadMetadata);
   EXPECT_EQ(KindOf(R"({"__metadata__":[]})", 0), ErrorKind::kBadMetadata);
   EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[1]}})", 1), ErrorKind::kMissingField);
-  EXPECT_EQ(KindOf(R"({"a":{"dtype":"Q7","shape":[1],"data_offsets":[0,1]}})", 1), ErrorKind::kUnknownDType);
-  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}})", 1), ErrorKind::kBadNumber);
-  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[1.5],"data_offsets":[0,1]}})", 1), ErrorKind::kBadNumber);
-  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[281474976710656],"data_offsets":[0,1]}})", 1), ErrorKind::kBadNumber);
-  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[99999999999999999999],"data_offsets":[0,1]}})", 1), ErrorKind::kBadNumber);
-  EXPECT_EQ(KindOf(R"({"a":{"dtype":"F64","shape":[281474976710655,281474976710655],"data_offsets":[0,1]}})", 1),
-            ErrorKind::kOverflow);
-  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[1,0]}})", 1), ErrorKind::kBadOffsets);
-  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0]}})", 1), ErrorKind::kBadOffsets);
-  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})", 2), ErrorKind::kFirstNotZero);
-  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"U8","shape":[1],"data_offsets":[2,3]}})", 3),
-            ErrorKind::kGapOrOverlap);
-  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})", 2),
-            ErrorKind::kGapOrOverlap);
-  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", 2), ErrorKind::kTrailingBytes);
-  EXPECT_EQ(KindOf(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", 4), ErrorKind::kSizeMismatch);
-  EXPECT_EQ(KindOf(R"({"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}})", 1), ErrorKind::kSizeMismatch);
+  EXPECT_EQ(KindOf(R"({"a":{"dtype":"Q7","shape":[1],"data_offsets":[0,1]}})", 1),
+            ErrorKind::kUnknownDType);
+  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}})", 1),
+            ErrorKind::kBadNumber);
+  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[1.5],"data_offsets":[0,1]}})", 1),
+            ErrorKind::kBadNumber);
+  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[281474976710656],"data_offsets":[0,1]}})", 1),
+            ErrorKind::kBadNumber);
+  EXPECT_EQ(
+      KindOf(R"({"a":{"dtype":"U8","shape":[99999999999999999999],"data_offsets":[0,1]}})", 1),
+      ErrorKind::kBadNumber);
+  EXPECT_EQ(
+      KindOf(
+          R"({"a":{"dtype":"F64","shape":[281474976710655,281474976710655],"data_offsets":[0,1]}})",
+          1),
+      ErrorKind::kOverflow);
+  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[1,0]}})", 1),
+            ErrorKind::kBadOffsets);
+  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0]}})", 1),
+            ErrorKind::kBadOffsets);
+  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})", 2),
+            ErrorKind::kFirstNotZero);
+  EXPECT_EQ(
+      KindOf(
+          R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"U8","shape":[1],"data_offsets":[2,3]}})",
+          3),
+      ErrorKind::kGapOrOverlap);
+  EXPECT_EQ(
+      KindOf(
+          R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})",
+          2),
+      ErrorKind::kGapOrOverlap);
+  EXPECT_EQ(KindOf(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", 2),
+            ErrorKind::kTrailingBytes);
+  EXPECT_EQ(KindOf(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", 4),
+            ErrorKind::kSizeMismatch);
+  EXPECT_EQ(KindOf(R"({"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}})", 1),
+            ErrorKind::kSizeMismatch);
 }
 
 TEST(SafetensorsTest, BuiltHeadersParseAndAlign) {
   std::vector<TensorInfo> layout;
-  std::string image = BuildHeader({{"w", DType::kBF16, {3, 5}}, {"b", DType::kF32, {7}},
-                                   {"scalar", DType::kI64, {}}, {"empty", DType::kF16, {0}}},
+  std::string image = BuildHeader({{"w", DType::kBF16, {3, 5}},
+                                   {"b", DType::kF32, {7}},
+                                   {"scalar", DType::kI64, {}},
+                                   {"empty", DType::kF16, {0}}},
                                   {{"format", "pt"}}, &layout);
   uint64_t data = layout.back().end;
   auto n = ParseHeaderLength(image.substr(0, 8), image.size() + data);
@@ -86,7 +110,8 @@ TEST(SafetensorsTest, BuiltHeadersParseAndAlign) {
 }
 
 TEST(SafetensorsTest, Index) {
-  auto idx = ParseIndex(R"({"metadata":{"total_size":10},"weight_map":{"a":"m-1.safetensors","b":"m-2.safetensors","c":"m-1.safetensors"}})");
+  auto idx = ParseIndex(
+      R"({"metadata":{"total_size":10},"weight_map":{"a":"m-1.safetensors","b":"m-2.safetensors","c":"m-1.safetensors"}})");
   ASSERT_TRUE(idx.ok());
   EXPECT_EQ(idx->total_size, 10u);
   EXPECT_EQ(idx->Shards(), (std::vector<std::string>{"m-1.safetensors", "m-2.safetensors"}));

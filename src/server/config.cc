@@ -42,7 +42,8 @@ Result<ServerConfig> LoadServerConfig(int argc, char** argv, bool* validate_only
   app.add_option("--config", config_file, "YAML configuration file");
   app.add_flag("--validate-config", *validate_only, "Check the configuration and exit");
   auto flag = [&](const std::string& opt, const std::string& key, const std::string& help) {
-    app.add_option_function<std::string>(opt, [&s, key](const std::string& v) { s[key].flag = v; }, help);
+    app.add_option_function<std::string>(
+        opt, [&s, key](const std::string& v) { s[key].flag = v; }, help);
   };
   flag("--host", "host", "gRPC bind address (MODEL_EXPRESS_SERVER_HOST, default 0.0.0.0)");
   flag("--port", "port", "gRPC port (MODEL_EXPRESS_SERVER_PORT, default 8001)");
@@ -63,7 +64,8 @@ Result<ServerConfig> LoadServerConfig(int argc, char** argv, bool* validate_only
   flag("--reaper-interval-ms", "reaper_interval_ms", "How often stale sources are reaped (5000)");
   flag("--download-workers", "download_workers", "HTTP connections per download (16)");
   flag("--max-models", "max_models", "Evict least recently used models beyond this count");
-  flag("--max-bytes", "max_bytes", "Evict least recently used models beyond this size (e.g. 500GiB)");
+  flag("--max-bytes", "max_bytes",
+       "Evict least recently used models beyond this size (e.g. 500GiB)");
   flag("--unused-after", "unused_after", "Evict models unused for this many seconds");
   try {
     app.parse(argc, argv);
@@ -124,7 +126,8 @@ Result<ServerConfig> LoadServerConfig(int argc, char** argv, bool* validate_only
   str("backend", &c.store.backend);
   str("redis_host", &c.store.redis_host);
   MX_RETURN_IF_ERROR(num("redis_port", 1, 65535, &c.store.redis_port));
-  if (auto url = s["redis_url"].Value()) MX_RETURN_IF_ERROR(registry::ParseRedisUrl(*url, &c.store));
+  if (auto url = s["redis_url"].Value())
+    MX_RETURN_IF_ERROR(registry::ParseRedisUrl(*url, &c.store));
   str("tls_cert", &c.tls_cert);
   str("tls_key", &c.tls_key);
   str("auth_token_file", &c.auth_token_file);
@@ -189,7 +192,8 @@ std::string DescribeConfig(const ServerConfig& c) {
   d += "; metrics :" + (c.metrics_port ? std::to_string(c.metrics_port) : std::string("off"));
   d += "; cache " + c.hub.cache_dir;
   d += "; registry " + c.store.backend;
-  if (c.store.backend == "redis") d += " " + c.store.redis_host + ":" + std::to_string(c.store.redis_port);
+  if (c.store.backend == "redis")
+    d += " " + c.store.redis_host + ":" + std::to_string(c.store.redis_port);
   d += "; upstream " + c.hub.endpoint + (c.hub.offline ? " (offline)" : "");
   return d;
 }

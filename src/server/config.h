@@ -13,24 +13,24 @@
 namespace mx::server {
 
 struct ServerConfig {
-  std::string host = "0.0.0.0";      // MODEL_EXPRESS_SERVER_HOST
-  int port = 8001;                   // MODEL_EXPRESS_SERVER_PORT (gRPC)
-  int metrics_port = 9401;           // MODEL_EXPRESS_SERVER_METRICS_PORT (0 = off)
-  int mirror_port = 8002;            // MX_MIRROR_PORT (0 = off)
-  hub::HubConfig hub;                // cache dir, upstream endpoint, token, offline
-  registry::StoreConfig store;       // MX_METADATA_BACKEND, REDIS_URL, MX_REDIS_HOST/PORT
-  std::string tls_cert, tls_key;     // --tls-cert/--tls-key (both or neither)
-  std::string auth_token_file;       // --auth-token-file: bearer token clients must send
-  std::string auth_token;            // loaded from auth_token_file; never logged
-  std::string log_format = "text";   // --log-format text|json
+  std::string host = "0.0.0.0";     // MODEL_EXPRESS_SERVER_HOST
+  int port = 8001;                  // MODEL_EXPRESS_SERVER_PORT (gRPC)
+  int metrics_port = 9401;          // MODEL_EXPRESS_SERVER_METRICS_PORT (0 = off)
+  int mirror_port = 8002;           // MX_MIRROR_PORT (0 = off)
+  hub::HubConfig hub;               // cache dir, upstream endpoint, token, offline
+  registry::StoreConfig store;      // MX_METADATA_BACKEND, REDIS_URL, MX_REDIS_HOST/PORT
+  std::string tls_cert, tls_key;    // --tls-cert/--tls-key (both or neither)
+  std::string auth_token_file;      // --auth-token-file: bearer token clients must send
+  std::string auth_token;           // loaded from auth_token_file; never logged
+  std::string log_format = "text";  // --log-format text|json
   std::string log_level = "info";
-  uint32_t default_chunk_bytes = 1 << 20;   // StreamModelFiles chunk when the client says 0
-  uint32_t max_message_bytes = 16 << 20;    // gRPC send/receive limit; chunks are clamped below it
-  int download_workers = 16;                // connections per download
+  uint32_t default_chunk_bytes = 1 << 20;  // StreamModelFiles chunk when the client says 0
+  uint32_t max_message_bytes = 16 << 20;   // gRPC send/receive limit; chunks are clamped below it
+  int download_workers = 16;               // connections per download
   int64_t lease_ms = 30000;
   int64_t lease_renew_ms = 10000;
-  int64_t heartbeat_timeout_s = 90;         // MX_HEARTBEAT_TIMEOUT_SECS
-  int64_t gc_timeout_s = 3600;              // MX_GC_TIMEOUT_SECS
+  int64_t heartbeat_timeout_s = 90;  // MX_HEARTBEAT_TIMEOUT_SECS
+  int64_t gc_timeout_s = 3600;       // MX_GC_TIMEOUT_SECS
   int64_t reaper_interval_ms = 5000;
   // LRU eviction (off when all are 0).
   int max_models = 0;

@@ -20,20 +20,34 @@ namespace {
 
 const char* Reason(int status) {
   switch (status) {
-    case 200: return "OK";
-    case 206: return "Partial Content";
-    case 302: return "Found";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 416: return "Range Not Satisfiable";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    default: return "Status";
+    case 200:
+      return "OK";
+    case 206:
+      return "Partial Content";
+    case 302:
+      return "Found";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 416:
+      return "Range Not Satisfiable";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    default:
+      return "Status";
   }
 }
 
@@ -84,7 +98,9 @@ HttpResponse HttpResponse::Text(int status, std::string body, std::string type) 
 }
 
 HttpServer::HttpServer(std::string host, int port, HttpHandler handler, int max_connections)
-    : host_(std::move(host)), port_(port), handler_(std::move(handler)),
+    : host_(std::move(host)),
+      port_(port),
+      handler_(std::move(handler)),
       max_connections_(max_connections) {}
 
 HttpServer::~HttpServer() { Stop(); }
@@ -128,7 +144,8 @@ void HttpServer::AcceptLoop() {
     int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) continue;
     if (connections_.load() >= max_connections_) {
-      static const char kBusy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+      static const char kBusy[] =
+          "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
       SendAll(fd, kBusy, sizeof kBusy - 1);
       ::close(fd);
       continue;
@@ -177,7 +194,9 @@ void HttpServer::Serve(int fd) {
         size_t amp = qs.find('&', pos);
         std::string kv = qs.substr(pos, amp == std::string::npos ? std::string::npos : amp - pos);
         size_t eq = kv.find('=');
-        if (!kv.empty()) req.query[UrlDecode(kv.substr(0, eq))] = eq == std::string::npos ? "" : UrlDecode(kv.substr(eq + 1));
+        if (!kv.empty())
+          req.query[UrlDecode(kv.substr(0, eq))] =
+              eq == std::string::npos ? "" : UrlDecode(kv.substr(eq + 1));
         if (amp == std::string::npos) break;
         pos = amp + 1;
       }
@@ -206,7 +225,8 @@ void HttpServer::Serve(int fd) {
     }
     uint64_t length = resp.file_fd >= 0 ? resp.file_length : resp.body.size();
     if (req.method == "HEAD" && resp.head_length) length = *resp.head_length;
-    std::string out = "HTTP/1.1 " + std::to_string(resp.status) + " " + Reason(resp.status) + "\r\n";
+    std::string out =
+        "HTTP/1.1 " + std::to_string(resp.status) + " " + Reason(resp.status) + "\r\n";
     for (const auto& [k, v] : resp.headers) out += k + ": " + v + "\r\n";
     out += "Content-Length: " + std::to_string(length) + "\r\n";
     out += keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";

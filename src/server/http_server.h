@@ -18,8 +18,8 @@ namespace mx::server {
 
 struct HttpRequest {
   std::string method;
-  std::string path;   // decoded path, without the query
-  std::string raw_path;  // as sent
+  std::string path;                            // decoded path, without the query
+  std::string raw_path;                        // as sent
   std::map<std::string, std::string> query;    // decoded
   std::map<std::string, std::string> headers;  // names lowercased
   std::string Header(const std::string& lowercase_name) const;
@@ -38,7 +38,9 @@ struct HttpResponse {
   std::optional<uint64_t> head_length;
 
   static HttpResponse Text(int status, std::string body, std::string type = "text/plain");
-  void Add(std::string name, std::string value) { headers.emplace_back(std::move(name), std::move(value)); }
+  void Add(std::string name, std::string value) {
+    headers.emplace_back(std::move(name), std::move(value));
+  }
 };
 
 using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;

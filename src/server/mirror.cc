@@ -10,8 +10,8 @@
 #include "common/fs.h"
 #include "common/hash.h"
 #include "common/log.h"
-#include "hub/cache.h"
 #include "http/http.h"
+#include "hub/cache.h"
 
 namespace mx::server {
 
@@ -37,9 +37,7 @@ HttpResponse HubError(int status, const std::string& code, const std::string& me
 
 // Length of the git-lfs pointer file for a blob of this size (what the hub reports as
 // pointerSize): "version ...\noid sha256:<64 hex>\nsize <n>\n".
-uint64_t LfsPointerSize(uint64_t size) {
-  return 43 + 76 + 6 + std::to_string(size).size();
-}
+uint64_t LfsPointerSize(uint64_t size) { return 43 + 76 + 6 + std::to_string(size).size(); }
 
 // Splits "a/b/c" at the first '/' into ("a", "b/c").
 std::pair<std::string, std::string> FirstSegment(const std::string& s) {
@@ -52,15 +50,20 @@ std::pair<std::string, std::string> FirstSegment(const std::string& s) {
 HttpResponse ErrorResponse(const Status& st) {
   const std::string& m = st.message();
   switch (st.code()) {
-    case StatusCode::kInvalidArgument: return HubError(400, "BadRequest", m);
+    case StatusCode::kInvalidArgument:
+      return HubError(400, "BadRequest", m);
     case StatusCode::kUnauthenticated:
-    case StatusCode::kPermissionDenied: return HubError(401, "GatedRepo", m);
-    case StatusCode::kUnimplemented: return HubError(501, "NotImplemented", m);
+    case StatusCode::kPermissionDenied:
+      return HubError(401, "GatedRepo", m);
+    case StatusCode::kUnimplemented:
+      return HubError(501, "NotImplemented", m);
     case StatusCode::kNotFound:
-      if (m.find("RevisionNotFound") != std::string::npos) return HubError(404, "RevisionNotFound", m);
+      if (m.find("RevisionNotFound") != std::string::npos)
+        return HubError(404, "RevisionNotFound", m);
       if (m.find("EntryNotFound") != std::string::npos) return HubError(404, "EntryNotFound", m);
       return HubError(404, "RepoNotFound", m);
-    default: return HubError(502, "UpstreamError", m);
+    default:
+      return HubError(502, "UpstreamError", m);
   }
 }
 
@@ -74,7 +77,8 @@ Result<Mirror::Repo> Mirror::Listing(const std::string& repo_id, const std::stri
   repo.id = repo_id;
   repo.revision = revision;
   auto commit = cache.ResolveLocal(revision);
-  auto tree = commit.ok() ? cache.ReadTree(*commit) : Result<std::vector<hub::TreeEntry>>(commit.status());
+  auto tree =
+      commit.ok() ? cache.ReadTree(*commit) : Result<std::vector<hub::TreeEntry>>(commit.status());
   if (!tree.ok()) {
     if (config.hub.offline) {
       return Status::NotFound("RepoNotFound: " + repo_id + "@" + revision +
@@ -103,7 +107,8 @@ Result<LocalFile> Mirror::Fetch(const Repo& repo, const std::string& path) {
     return std::nullopt;
   };
   if (auto f = find()) return *f;
-  registry::ModelKey key{kHuggingFace, repo.id, repo.revision == "main" ? "" : repo.revision, false};
+  registry::ModelKey key{kHuggingFace, repo.id, repo.revision == "main" ? "" : repo.revision,
+                         false};
   StatusUpdate final;
   MX_RETURN_IF_ERROR(manager_->Ensure(key, [&](const StatusUpdate& u) { final = u; }));
   if (final.state != registry::ModelState::kDownloaded) return Status::Unavailable(final.message);
@@ -153,8 +158,8 @@ HttpResponse Mirror::Handle(const HttpRequest& req) {
 HttpResponse Mirror::RevisionInfo(const Repo& repo) {
   json siblings = json::array();
   for (const auto& [path, e] : repo.entries) siblings.push_back({{"rfilename", path}});
-  json body{{"id", repo.id}, {"modelId", repo.id}, {"sha", repo.commit},
-            {"siblings", siblings}, {"private", false}, {"gated", false}, {"disabled", false}};
+  json body{{"id", repo.id},    {"modelId", repo.id}, {"sha", repo.commit}, {"siblings", siblings},
+            {"private", false}, {"gated", false},     {"disabled", false}};
   return HttpResponse::Text(200, body.dump(), "application/json");
 }
 
@@ -181,7 +186,8 @@ HttpResponse Mirror::Tree(const Repo& repo, const std::string& subpath, const Ht
     }
     json item{{"type", "file"}, {"path", path}, {"size", e.size}, {"oid", e.git_oid}};
     if (e.is_lfs()) {
-      item["lfs"] = {{"oid", *e.lfs_sha256}, {"size", e.size}, {"pointerSize", LfsPointerSize(e.size)}};
+      item["lfs"] = {
+          {"oid", *e.lfs_sha256}, {"size", e.size}, {"pointerSize", LfsPointerSize(e.size)}};
     }
     items.push_back(std::move(item));
   }
@@ -199,7 +205,8 @@ HttpResponse Mirror::Tree(const Repo& repo, const std::string& subpath, const Ht
   HttpResponse r = HttpResponse::Text(200, page.dump(), "application/json");
   if (end < items.size()) {
     std::string host = req.Header("host");
-    std::string next = "http://" + host + req.raw_path + "?recursive=" + (recursive ? "true" : "false") +
+    std::string next = "http://" + host + req.raw_path +
+                       "?recursive=" + (recursive ? "true" : "false") +
                        "&cursor=" + std::to_string(end);
     r.Add("Link", "<" + next + ">; rel=\"next\"");
   }

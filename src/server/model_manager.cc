@@ -25,8 +25,8 @@ using registry::ModelState;
 
 namespace {
 
-const std::vector<std::string> kWeightPatterns = {"*.safetensors", "*.bin", "*.pt", "*.pth",
-                                                  "*.h5", "*.msgpack", "*.ckpt*", "*.gguf"};
+const std::vector<std::string> kWeightPatterns = {
+    "*.safetensors", "*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.ckpt*", "*.gguf"};
 
 std::string NewClaimId() { return UniqueTempSuffix(); }
 
@@ -76,8 +76,10 @@ Status ModelManager::RunClaimed(const ModelKey& key, const std::string& claim_id
   bool done = false;
   std::thread renewer([&] {
     std::unique_lock<std::mutex> l(mu);
-    while (!cv.wait_for(l, std::chrono::milliseconds(config_.lease_renew_ms), [&] { return done; })) {
-      Status st = Timed(metrics_, [&] { return store_->RenewLease(key, claim_id, config_.lease_ms); });
+    while (
+        !cv.wait_for(l, std::chrono::milliseconds(config_.lease_renew_ms), [&] { return done; })) {
+      Status st =
+          Timed(metrics_, [&] { return store_->RenewLease(key, claim_id, config_.lease_ms); });
       if (!st.ok()) spdlog::warn("lease renewal for {}: {}", key.name, st.message());
     }
   });
@@ -104,7 +106,8 @@ Status ModelManager::RunClaimed(const ModelKey& key, const std::string& claim_id
     spdlog::error("download of {} failed: {}", key.name, final.message);
   }
   Status st = Timed(metrics_, [&] {
-    return store_->Finish(key, claim_id, final.state, final.message, final.resolved_revision, bytes);
+    return store_->Finish(key, claim_id, final.state, final.message, final.resolved_revision,
+                          bytes);
   });
   if (!st.ok()) spdlog::warn("recording the outcome for {}: {}", key.name, st.message());
   send(final);
@@ -115,7 +118,8 @@ Status ModelManager::RunClaimed(const ModelKey& key, const std::string& claim_id
   return Status::OK();
 }
 
-Status ModelManager::Ensure(const ModelKey& key, const std::function<void(const StatusUpdate&)>& send) {
+Status ModelManager::Ensure(const ModelKey& key,
+                            const std::function<void(const StatusUpdate&)>& send) {
   if (key.provider == kNgc) {
     return Status::Unimplemented("the NGC provider is not supported by this server");
   }
@@ -132,13 +136,15 @@ Status ModelManager::Ensure(const ModelKey& key, const std::function<void(const 
     sent_initial = true;
   };
   for (;;) {
-    auto claim = Timed(metrics_, [&] { return store_->TryClaim(key, claim_id, config_.lease_ms, true); });
+    auto claim =
+        Timed(metrics_, [&] { return store_->TryClaim(key, claim_id, config_.lease_ms, true); });
     if (!claim.ok()) return claim.status();
     if (claim->won) {
       StatusUpdate u;
       u.message = claim->previous == ModelState::kError ? "previous download failed, retrying"
-                  : claim->previous == ModelState::kDownloading ? "taking over an abandoned download"
-                                                                : "download started";
+                  : claim->previous == ModelState::kDownloading
+                      ? "taking over an abandoned download"
+                      : "download started";
       initial(u);
       return RunClaimed(key, claim_id, send);
     }
@@ -171,7 +177,8 @@ Status ModelManager::Ensure(const ModelKey& key, const std::function<void(const 
           r.lease_expiry_ms >= registry::NowMs()) {
         continue;
       }
-      if (r.state == ModelState::kDownloaded || (r.state == ModelState::kError && r.claim_id == rec.claim_id)) {
+      if (r.state == ModelState::kDownloaded ||
+          (r.state == ModelState::kError && r.claim_id == rec.claim_id)) {
         send({r.state, r.state == ModelState::kDownloaded ? "model downloaded" : r.message,
               r.resolved_revision});
         return Status::OK();
@@ -192,7 +199,8 @@ Result<LocalSnapshot> ModelManager::Snapshot(const std::string& model,
   snap.dir = cache.snapshot_dir(commit);
   std::error_code ec;
   if (!fs::is_directory(snap.dir, ec)) {
-    return Status::NotFound(model + " is not in the server's cache; call EnsureModelDownloaded first");
+    return Status::NotFound(model +
+                            " is not in the server's cache; call EnsureModelDownloaded first");
   }
   fs::path root = fs::weakly_canonical(config_.hub.cache_dir, ec);
   std::string root_prefix = root.string() + "/";
@@ -211,8 +219,9 @@ Result<LocalSnapshot> ModelManager::Snapshot(const std::string& model,
     if (::stat(real.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
     snap.files.push_back({rel, real.string(), static_cast<uint64_t>(st.st_size)});
   }
-  std::sort(snap.files.begin(), snap.files.end(),
-            [](const LocalFile& a, const LocalFile& b) { return a.relative_path < b.relative_path; });
+  std::sort(snap.files.begin(), snap.files.end(), [](const LocalFile& a, const LocalFile& b) {
+    return a.relative_path < b.relative_path;
+  });
   return snap;
 }
 
@@ -224,7 +233,8 @@ Status ModelManager::Delete(const std::string& model) {
       if (r.key.name == model) (void)store_->DeleteModel(r.key);
     }
   }
-  auto removed = hub::RemoveFromCache(config_.hub.cache_dir, hub::RepoType::kModel, model, std::nullopt);
+  auto removed =
+      hub::RemoveFromCache(config_.hub.cache_dir, hub::RepoType::kModel, model, std::nullopt);
   RefreshCacheGauges();
   return removed.ok() ? Status::OK() : removed.status();
 }
@@ -288,7 +298,8 @@ int ModelManager::EvictIfNeeded() {
     if (!too_many && !too_big && !too_old) continue;
     if (c.busy) continue;  // never evict what is being downloaded or streamed
     if (Delete(c.name).ok()) {
-      spdlog::info("evicted {} ({} bytes, unused for {}s)", c.name, c.bytes, (now - c.last_used) / 1000);
+      spdlog::info("evicted {} ({} bytes, unused for {}s)", c.name, c.bytes,
+                   (now - c.last_used) / 1000);
       ++metrics_->evictions;
       ++evicted;
       total -= std::min(total, c.bytes);

@@ -47,10 +47,12 @@ class ModelManager {
   // Makes sure `key` is downloaded. Calls `send` once at once (already downloaded /
   // download in progress / previous download failed, retrying) and once with the final
   // state. Returns Unimplemented for providers this server cannot fetch from.
-  Status Ensure(const registry::ModelKey& key, const std::function<void(const StatusUpdate&)>& send);
+  Status Ensure(const registry::ModelKey& key,
+                const std::function<void(const StatusUpdate&)>& send);
 
   // The local snapshot of a model, listing only files that stay inside the cache.
-  Result<LocalSnapshot> Snapshot(const std::string& model, const std::optional<std::string>& revision,
+  Result<LocalSnapshot> Snapshot(const std::string& model,
+                                 const std::optional<std::string>& revision,
                                  bool ignore_weights) const;
 
   // Removes the model from the cache and the registry.

@@ -33,7 +33,8 @@ class Reaper {
   Reaper(const ServerConfig& c, registry::MetadataStore* store, ModelManager* manager)
       : thread_([this, &c, store, manager] {
           std::unique_lock<std::mutex> l(mu_);
-          while (!cv_.wait_for(l, std::chrono::milliseconds(c.reaper_interval_ms), [this] { return stop_; })) {
+          while (!cv_.wait_for(l, std::chrono::milliseconds(c.reaper_interval_ms),
+                               [this] { return stop_; })) {
             auto r = store->ReapSources(c.heartbeat_timeout_s * 1000, c.gc_timeout_s * 1000,
                                         model_express::p2p::SOURCE_STATUS_STALE);
             if (r.ok() && (r->first || r->second)) {
@@ -105,7 +106,8 @@ int ServerMain(int argc, char** argv) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int grpc_port = 0;
-  builder.AddListeningPort(config.host + ":" + std::to_string(config.port), Credentials(config), &grpc_port);
+  builder.AddListeningPort(config.host + ":" + std::to_string(config.port), Credentials(config),
+                           &grpc_port);
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   builder.RegisterService(&health);
@@ -122,18 +124,19 @@ int ServerMain(int argc, char** argv) {
   Mirror mirror(&manager, &metrics);
   std::unique_ptr<HttpServer> mirror_http, metrics_http;
   if (config.mirror_port > 0) {
-    mirror_http = std::make_unique<HttpServer>(config.host, config.mirror_port,
-                                               [&](const HttpRequest& r) { return mirror.Handle(r); });
+    mirror_http = std::make_unique<HttpServer>(
+        config.host, config.mirror_port, [&](const HttpRequest& r) { return mirror.Handle(r); });
     if (Status st = mirror_http->Start(); !st.ok()) {
       spdlog::error("HF mirror: {}", st.message());
       return 1;
     }
   }
   if (config.metrics_port > 0) {
-    metrics_http = std::make_unique<HttpServer>(config.host, config.metrics_port, [&](const HttpRequest& r) {
-      if (r.path != "/metrics") return HttpResponse::Text(404, "try /metrics\n");
-      return HttpResponse::Text(200, metrics.Render(), "text/plain; version=0.0.4");
-    });
+    metrics_http =
+        std::make_unique<HttpServer>(config.host, config.metrics_port, [&](const HttpRequest& r) {
+          if (r.path != "/metrics") return HttpResponse::Text(404, "try /metrics\n");
+          return HttpResponse::Text(200, metrics.Render(), "text/plain; version=0.0.4");
+        });
     if (Status st = metrics_http->Start(); !st.ok()) {
       spdlog::error("metrics: {}", st.message());
       return 1;

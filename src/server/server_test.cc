@@ -39,8 +39,9 @@ TEST(SourceIdTest, SpecTestVectors) {
   qwen.set_pipeline_parallel_size(1);
   qwen.set_expert_parallel_size(1);
   qwen.set_dtype("bfloat16");
-  EXPECT_EQ(CanonicalIdentityJson(qwen),
-            R"({"backend_framework":1,"dtype":"bfloat16","expert_parallel_size":1,"extra_parameters":{},"model_name":"qwen/qwen3-0.6b","mx_source_type":0,"mx_version":"0.5.0","pipeline_parallel_size":1,"quantization":"","revision":"","tensor_parallel_size":1})");
+  EXPECT_EQ(
+      CanonicalIdentityJson(qwen),
+      R"({"backend_framework":1,"dtype":"bfloat16","expert_parallel_size":1,"extra_parameters":{},"model_name":"qwen/qwen3-0.6b","mx_source_type":0,"mx_version":"0.5.0","pipeline_parallel_size":1,"quantization":"","revision":"","tensor_parallel_size":1})");
   EXPECT_EQ(ComputeSourceId(qwen), "a222b41983f1f988");
 
   SourceIdentity llama;

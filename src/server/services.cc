@@ -18,24 +18,49 @@ grpc::Status ToGrpc(const Status& st) {
   using grpc::StatusCode;
   StatusCode code = StatusCode::UNKNOWN;
   switch (st.code()) {
-    case mx::StatusCode::kOk: return grpc::Status::OK;
-    case mx::StatusCode::kInvalidArgument: code = StatusCode::INVALID_ARGUMENT; break;
-    case mx::StatusCode::kNotFound: code = StatusCode::NOT_FOUND; break;
-    case mx::StatusCode::kPermissionDenied: code = StatusCode::PERMISSION_DENIED; break;
-    case mx::StatusCode::kUnauthenticated: code = StatusCode::UNAUTHENTICATED; break;
-    case mx::StatusCode::kUnavailable: code = StatusCode::UNAVAILABLE; break;
-    case mx::StatusCode::kDataLoss: code = StatusCode::DATA_LOSS; break;
-    case mx::StatusCode::kResourceExhausted: code = StatusCode::RESOURCE_EXHAUSTED; break;
-    case mx::StatusCode::kFailedPrecondition: code = StatusCode::FAILED_PRECONDITION; break;
-    case mx::StatusCode::kAlreadyExists: code = StatusCode::ALREADY_EXISTS; break;
-    case mx::StatusCode::kUnimplemented: code = StatusCode::UNIMPLEMENTED; break;
-    case mx::StatusCode::kCancelled: code = StatusCode::CANCELLED; break;
-    default: code = StatusCode::INTERNAL;
+    case mx::StatusCode::kOk:
+      return grpc::Status::OK;
+    case mx::StatusCode::kInvalidArgument:
+      code = StatusCode::INVALID_ARGUMENT;
+      break;
+    case mx::StatusCode::kNotFound:
+      code = StatusCode::NOT_FOUND;
+      break;
+    case mx::StatusCode::kPermissionDenied:
+      code = StatusCode::PERMISSION_DENIED;
+      break;
+    case mx::StatusCode::kUnauthenticated:
+      code = StatusCode::UNAUTHENTICATED;
+      break;
+    case mx::StatusCode::kUnavailable:
+      code = StatusCode::UNAVAILABLE;
+      break;
+    case mx::StatusCode::kDataLoss:
+      code = StatusCode::DATA_LOSS;
+      break;
+    case mx::StatusCode::kResourceExhausted:
+      code = StatusCode::RESOURCE_EXHAUSTED;
+      break;
+    case mx::StatusCode::kFailedPrecondition:
+      code = StatusCode::FAILED_PRECONDITION;
+      break;
+    case mx::StatusCode::kAlreadyExists:
+      code = StatusCode::ALREADY_EXISTS;
+      break;
+    case mx::StatusCode::kUnimplemented:
+      code = StatusCode::UNIMPLEMENTED;
+      break;
+    case mx::StatusCode::kCancelled:
+      code = StatusCode::CANCELLED;
+      break;
+    default:
+      code = StatusCode::INTERNAL;
   }
   return grpc::Status(code, st.message());
 }
 
-grpc::Status CheckAuth(const grpc::ServerContext* context, const ServerConfig& config, Metrics* metrics) {
+grpc::Status CheckAuth(const grpc::ServerContext* context, const ServerConfig& config,
+                       Metrics* metrics) {
   if (config.auth_token.empty()) return grpc::Status::OK;
   const auto& md = context->client_metadata();
   auto it = md.find("authorization");
@@ -43,7 +68,8 @@ grpc::Status CheckAuth(const grpc::ServerContext* context, const ServerConfig& c
   bool ok = false;
   if (it != md.end() && it->second.size() == expected.size()) {
     unsigned char diff = 0;  // constant time: no early exit on the first wrong byte
-    for (size_t i = 0; i < expected.size(); ++i) diff |= static_cast<unsigned char>(it->second.data()[i] ^ expected[i]);
+    for (size_t i = 0; i < expected.size(); ++i)
+      diff |= static_cast<unsigned char>(it->second.data()[i] ^ expected[i]);
     ok = diff == 0;
   }
   if (ok) return grpc::Status::OK;
@@ -52,22 +78,25 @@ grpc::Status CheckAuth(const grpc::ServerContext* context, const ServerConfig& c
                       "missing or wrong bearer token (send 'authorization: Bearer <token>')");
 }
 
-#define MX_REQUIRE_AUTH(ctx, config, metrics)                     \
-  do {                                                            \
-    grpc::Status _auth = CheckAuth((ctx), (config), (metrics));   \
-    if (!_auth.ok()) return _auth;                                \
+#define MX_REQUIRE_AUTH(ctx, config, metrics)                   \
+  do {                                                          \
+    grpc::Status _auth = CheckAuth((ctx), (config), (metrics)); \
+    if (!_auth.ok()) return _auth;                              \
   } while (0)
 
-grpc::Status HealthServiceImpl::GetHealth(grpc::ServerContext*, const model_express::health::HealthRequest*,
+grpc::Status HealthServiceImpl::GetHealth(grpc::ServerContext*,
+                                          const model_express::health::HealthRequest*,
                                           model_express::health::HealthResponse* response) {
   response->set_version("0.1.0");
   response->set_status("ok");
   response->set_uptime(static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - start_).count()));
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - start_)
+          .count()));
   return grpc::Status::OK;
 }
 
-grpc::Status ApiServiceImpl::SendRequest(grpc::ServerContext* ctx, const model_express::api::ApiRequest* req,
+grpc::Status ApiServiceImpl::SendRequest(grpc::ServerContext* ctx,
+                                         const model_express::api::ApiRequest* req,
                                          model_express::api::ApiResponse* resp) {
   MX_REQUIRE_AUTH(ctx, config_, metrics_);
   if (req->action() == "ping") {
@@ -82,9 +111,9 @@ grpc::Status ApiServiceImpl::SendRequest(grpc::ServerContext* ctx, const model_e
 
 // --- ModelService -----------------------------------------------------------------------
 
-grpc::Status ModelServiceImpl::EnsureModelDownloaded(grpc::ServerContext* ctx,
-                                                     const mm::ModelDownloadRequest* req,
-                                                     grpc::ServerWriter<mm::ModelStatusUpdate>* writer) {
+grpc::Status ModelServiceImpl::EnsureModelDownloaded(
+    grpc::ServerContext* ctx, const mm::ModelDownloadRequest* req,
+    grpc::ServerWriter<mm::ModelStatusUpdate>* writer) {
   MX_REQUIRE_AUTH(ctx, manager_->config(), metrics_);
   registry::ModelKey key{static_cast<int>(req->provider()), req->model_name(),
                          req->has_revision() ? req->revision() : "", req->ignore_weights()};
@@ -104,13 +133,15 @@ Result<std::vector<LocalFile>> ModelServiceImpl::SelectFiles(const mm::ModelFile
                                                              std::string* commit) {
   std::optional<std::string> revision;
   if (req.has_revision() && !req.revision().empty()) revision = req.revision();
-  MX_ASSIGN_OR_RETURN(LocalSnapshot snap, manager_->Snapshot(req.model_name(), revision, req.ignore_weights()));
+  MX_ASSIGN_OR_RETURN(LocalSnapshot snap,
+                      manager_->Snapshot(req.model_name(), revision, req.ignore_weights()));
   *commit = snap.commit;
   if (req.file_selector().paths().empty()) return snap.files;
   std::vector<LocalFile> out;
   for (const auto& path : req.file_selector().paths()) {
     if (!IsSafeRelativePath(path)) {
-      return Status::InvalidArgument("refusing path '" + path + "': must be relative, without '..'");
+      return Status::InvalidArgument("refusing path '" + path +
+                                     "': must be relative, without '..'");
     }
     auto it = std::find_if(snap.files.begin(), snap.files.end(),
                            [&](const LocalFile& f) { return f.relative_path == path; });
@@ -123,7 +154,8 @@ Result<std::vector<LocalFile>> ModelServiceImpl::SelectFiles(const mm::ModelFile
   return out;
 }
 
-grpc::Status ModelServiceImpl::StreamModelFiles(grpc::ServerContext* ctx, const mm::ModelFilesRequest* req,
+grpc::Status ModelServiceImpl::StreamModelFiles(grpc::ServerContext* ctx,
+                                                const mm::ModelFilesRequest* req,
                                                 grpc::ServerWriter<mm::FileChunk>* writer) {
   MX_REQUIRE_AUTH(ctx, manager_->config(), metrics_);
   std::string commit;
@@ -172,7 +204,8 @@ grpc::Status ModelServiceImpl::StreamModelFiles(grpc::ServerContext* ctx, const 
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
           ::close(fd);
-          return grpc::Status(grpc::StatusCode::DATA_LOSS, f.relative_path + " shrank while streaming");
+          return grpc::Status(grpc::StatusCode::DATA_LOSS,
+                              f.relative_path + " shrank while streaming");
         }
         got += static_cast<size_t>(n);
       }
@@ -199,7 +232,8 @@ grpc::Status ModelServiceImpl::StreamModelFiles(grpc::ServerContext* ctx, const 
   return grpc::Status::OK;
 }
 
-grpc::Status ModelServiceImpl::ListModelFiles(grpc::ServerContext* ctx, const mm::ModelFilesRequest* req,
+grpc::Status ModelServiceImpl::ListModelFiles(grpc::ServerContext* ctx,
+                                              const mm::ModelFilesRequest* req,
                                               mm::ModelFileList* resp) {
   MX_REQUIRE_AUTH(ctx, manager_->config(), metrics_);
   std::string commit;
@@ -217,7 +251,8 @@ grpc::Status ModelServiceImpl::ListModelFiles(grpc::ServerContext* ctx, const mm
   return grpc::Status::OK;
 }
 
-grpc::Status ModelServiceImpl::DeleteModel(grpc::ServerContext* ctx, const mm::DeleteModelRequest* req,
+grpc::Status ModelServiceImpl::DeleteModel(grpc::ServerContext* ctx,
+                                           const mm::DeleteModelRequest* req,
                                            mm::DeleteModelResponse* resp) {
   MX_REQUIRE_AUTH(ctx, manager_->config(), metrics_);
   Status st = manager_->Delete(req->model_name());
@@ -242,7 +277,8 @@ std::optional<uint64_t> ExtraNumber(const p2p::SourceIdentity& id, const char* k
 
 }  // namespace
 
-grpc::Status P2pServiceImpl::PublishMetadata(grpc::ServerContext* ctx, const p2p::PublishMetadataRequest* req,
+grpc::Status P2pServiceImpl::PublishMetadata(grpc::ServerContext* ctx,
+                                             const p2p::PublishMetadataRequest* req,
                                              p2p::PublishMetadataResponse* resp) {
   MX_REQUIRE_AUTH(ctx, config_, metrics_);
   auto reject = [&](const char* why) {
@@ -259,8 +295,9 @@ grpc::Status P2pServiceImpl::PublishMetadata(grpc::ServerContext* ctx, const p2p
   rec.worker_id = req->worker_id();
   rec.model_name = req->identity().model_name();
   rec.worker_rank = req->worker().worker_rank();
-  rec.status = req->worker().status() == p2p::SOURCE_STATUS_UNKNOWN ? p2p::SOURCE_STATUS_INITIALIZING
-                                                                   : req->worker().status();
+  rec.status = req->worker().status() == p2p::SOURCE_STATUS_UNKNOWN
+                   ? p2p::SOURCE_STATUS_INITIALIZING
+                   : req->worker().status();
   rec.updated_at_ms = registry::NowMs();
   rec.accelerator = req->worker().accelerator();
   p2p::WorkerMetadata worker = req->worker();
@@ -277,7 +314,8 @@ grpc::Status P2pServiceImpl::PublishMetadata(grpc::ServerContext* ctx, const p2p
   return grpc::Status::OK;
 }
 
-grpc::Status P2pServiceImpl::ListSources(grpc::ServerContext* ctx, const p2p::ListSourcesRequest* req,
+grpc::Status P2pServiceImpl::ListSources(grpc::ServerContext* ctx,
+                                         const p2p::ListSourcesRequest* req,
                                          p2p::ListSourcesResponse* resp) {
   MX_REQUIRE_AUTH(ctx, config_, metrics_);
   registry::SourceFilter f;
@@ -313,7 +351,8 @@ grpc::Status P2pServiceImpl::ListSources(grpc::ServerContext* ctx, const p2p::Li
   return grpc::Status::OK;
 }
 
-grpc::Status P2pServiceImpl::GetMetadata(grpc::ServerContext* ctx, const p2p::GetMetadataRequest* req,
+grpc::Status P2pServiceImpl::GetMetadata(grpc::ServerContext* ctx,
+                                         const p2p::GetMetadataRequest* req,
                                          p2p::GetMetadataResponse* resp) {
   MX_REQUIRE_AUTH(ctx, config_, metrics_);
   auto s = store_->GetSource(req->mx_source_id(), req->worker_id());
@@ -334,7 +373,8 @@ grpc::Status P2pServiceImpl::GetMetadata(grpc::ServerContext* ctx, const p2p::Ge
   return grpc::Status::OK;
 }
 
-grpc::Status P2pServiceImpl::UpdateStatus(grpc::ServerContext* ctx, const p2p::UpdateStatusRequest* req,
+grpc::Status P2pServiceImpl::UpdateStatus(grpc::ServerContext* ctx,
+                                          const p2p::UpdateStatusRequest* req,
                                           p2p::UpdateStatusResponse* resp) {
   MX_REQUIRE_AUTH(ctx, config_, metrics_);
   std::vector<std::string> workers;

@@ -16,7 +16,8 @@
 namespace mx::server {
 
 // OK when no token is configured or the call carries "authorization: Bearer <token>".
-grpc::Status CheckAuth(const grpc::ServerContext* context, const ServerConfig& config, Metrics* metrics);
+grpc::Status CheckAuth(const grpc::ServerContext* context, const ServerConfig& config,
+                       Metrics* metrics);
 
 class HealthServiceImpl final : public model_express::health::HealthService::Service {
  public:
@@ -29,7 +30,8 @@ class HealthServiceImpl final : public model_express::health::HealthService::Ser
 
 class ApiServiceImpl final : public model_express::api::ApiService::Service {
  public:
-  ApiServiceImpl(const ServerConfig& config, Metrics* metrics) : config_(config), metrics_(metrics) {}
+  ApiServiceImpl(const ServerConfig& config, Metrics* metrics)
+      : config_(config), metrics_(metrics) {}
   grpc::Status SendRequest(grpc::ServerContext*, const model_express::api::ApiRequest*,
                            model_express::api::ApiResponse*) override;
 
@@ -40,10 +42,13 @@ class ApiServiceImpl final : public model_express::api::ApiService::Service {
 
 class ModelServiceImpl final : public model_express::model::ModelService::Service {
  public:
-  ModelServiceImpl(ModelManager* manager, Metrics* metrics) : manager_(manager), metrics_(metrics) {}
-  grpc::Status EnsureModelDownloaded(grpc::ServerContext*, const model_express::model::ModelDownloadRequest*,
-                                     grpc::ServerWriter<model_express::model::ModelStatusUpdate>*) override;
-  grpc::Status StreamModelFiles(grpc::ServerContext*, const model_express::model::ModelFilesRequest*,
+  ModelServiceImpl(ModelManager* manager, Metrics* metrics)
+      : manager_(manager), metrics_(metrics) {}
+  grpc::Status EnsureModelDownloaded(
+      grpc::ServerContext*, const model_express::model::ModelDownloadRequest*,
+      grpc::ServerWriter<model_express::model::ModelStatusUpdate>*) override;
+  grpc::Status StreamModelFiles(grpc::ServerContext*,
+                                const model_express::model::ModelFilesRequest*,
                                 grpc::ServerWriter<model_express::model::FileChunk>*) override;
   grpc::Status ListModelFiles(grpc::ServerContext*, const model_express::model::ModelFilesRequest*,
                               model_express::model::ModelFileList*) override;
@@ -61,7 +66,8 @@ class P2pServiceImpl final : public model_express::p2p::P2pService::Service {
  public:
   P2pServiceImpl(const ServerConfig& config, registry::MetadataStore* store, Metrics* metrics)
       : config_(config), store_(store), metrics_(metrics) {}
-  grpc::Status PublishMetadata(grpc::ServerContext*, const model_express::p2p::PublishMetadataRequest*,
+  grpc::Status PublishMetadata(grpc::ServerContext*,
+                               const model_express::p2p::PublishMetadataRequest*,
                                model_express::p2p::PublishMetadataResponse*) override;
   grpc::Status ListSources(grpc::ServerContext*, const model_express::p2p::ListSourcesRequest*,
                            model_express::p2p::ListSourcesResponse*) override;

@@ -1,8 +1,7 @@
 #include "server/source_id.h"
 
-#include <nlohmann/json.hpp>
-
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "common/hash.h"
 #include "modelexpress/p2p.pb.h"
@@ -32,7 +31,8 @@ std::string CanonicalIdentityJson(const model_express::p2p::SourceIdentity& id) 
   j["quantization"] = Lower(id.quantization());
   j["revision"] = Lower(id.revision());
   // Original keys in byte order; on a case collision the first one wins.
-  std::map<std::string, std::string> original(id.extra_parameters().begin(), id.extra_parameters().end());
+  std::map<std::string, std::string> original(id.extra_parameters().begin(),
+                                              id.extra_parameters().end());
   nlohmann::json extra = nlohmann::json::object();
   for (const auto& [k, v] : original) {
     std::string key = Lower(k);

@@ -17,9 +17,9 @@ constexpr const char* kApiVersion = "2021-08-06";
 
 struct AzureConfig {
   std::string account;
-  std::string key;          // decoded account key
-  std::string sas;          // without the leading '?'
-  std::string endpoint;     // https://<account>.blob.core.windows.net or an emulator URL
+  std::string key;       // decoded account key
+  std::string sas;       // without the leading '?'
+  std::string endpoint;  // https://<account>.blob.core.windows.net or an emulator URL
 };
 
 Result<AzureConfig> ConfigFromEnvironment() {
@@ -29,7 +29,8 @@ Result<AzureConfig> ConfigFromEnvironment() {
     size_t pos = 0;
     while (pos < cs->size()) {
       size_t semi = cs->find(';', pos);
-      std::string part = cs->substr(pos, semi == std::string::npos ? std::string::npos : semi - pos);
+      std::string part =
+          cs->substr(pos, semi == std::string::npos ? std::string::npos : semi - pos);
       size_t eq = part.find('=');
       if (eq != std::string::npos) {
         std::string k = part.substr(0, eq), v = part.substr(eq + 1);
@@ -48,7 +49,8 @@ Result<AzureConfig> ConfigFromEnvironment() {
   if (auto v = GetEnv("AZURE_STORAGE_BLOB_ENDPOINT"); v && !v->empty()) c.endpoint = *v;
   if (!c.sas.empty() && c.sas.front() == '?') c.sas.erase(0, 1);
   if (c.account.empty()) {
-    return Status::InvalidArgument("az:// needs AZURE_STORAGE_ACCOUNT (or AZURE_STORAGE_CONNECTION_STRING)");
+    return Status::InvalidArgument(
+        "az:// needs AZURE_STORAGE_ACCOUNT (or AZURE_STORAGE_CONNECTION_STRING)");
   }
   if (!encoded_key.empty()) {
     auto key = Base64Decode(encoded_key);
@@ -68,14 +70,16 @@ std::string PathOf(const std::string& url) {
 
 class AzureStorage : public Storage {
  public:
-  AzureStorage(AzureConfig c, const StorageOptions& o) : c_(std::move(c)), engine_(StartEngine(o.connections)) {}
+  AzureStorage(AzureConfig c, const StorageOptions& o)
+      : c_(std::move(c)), engine_(StartEngine(o.connections)) {}
 
   Result<std::vector<ObjectInfo>> List(const std::string& uri) override {
     std::string container, path;
     MX_RETURN_IF_ERROR(SplitBucketKey(uri, 5, &container, &path));
     MX_ASSIGN_OR_RETURN(auto blobs, ListPrefix(container, path, uri));
     for (const auto& [name, size] : blobs) {
-      if (name == path) return std::vector<ObjectInfo>{{uri, name.substr(name.rfind('/') + 1), size}};
+      if (name == path)
+        return std::vector<ObjectInfo>{{uri, name.substr(name.rfind('/') + 1), size}};
     }
     std::string prefix = path.empty() || path.back() == '/' ? path : path + "/";
     std::vector<ObjectInfo> out;
@@ -84,8 +88,10 @@ class AzureStorage : public Storage {
         out.push_back({"az://" + container + "/" + name, name.substr(prefix.size()), size});
       }
     }
-    if (out.empty()) return Status::NotFound("no blobs at " + uri + " (check the container and path)");
-    std::sort(out.begin(), out.end(), [](const ObjectInfo& a, const ObjectInfo& b) { return a.name < b.name; });
+    if (out.empty())
+      return Status::NotFound("no blobs at " + uri + " (check the container and path)");
+    std::sort(out.begin(), out.end(),
+              [](const ObjectInfo& a, const ObjectInfo& b) { return a.name < b.name; });
     return out;
   }
 
@@ -107,10 +113,12 @@ class AzureStorage : public Storage {
            " and the container's access";
   }
 
-  std::vector<std::string> Sign(const std::string& path, const std::vector<std::pair<std::string, std::string>>& query,
+  std::vector<std::string> Sign(const std::string& path,
+                                const std::vector<std::pair<std::string, std::string>>& query,
                                 const std::string& range) const {
     std::string date = HttpDate(std::time(nullptr));
-    std::vector<std::string> headers = {"x-ms-date: " + date, std::string("x-ms-version: ") + kApiVersion};
+    std::vector<std::string> headers = {"x-ms-date: " + date,
+                                        std::string("x-ms-version: ") + kApiVersion};
     if (c_.key.empty()) return headers;  // SAS (in the URL) or anonymous
     AzureRequest r;
     r.account = c_.account;
@@ -128,13 +136,15 @@ class AzureStorage : public Storage {
     std::vector<std::pair<std::string, uint64_t>> out;
     std::string marker;
     for (int page = 0; page < 100000; ++page) {
-      std::vector<std::pair<std::string, std::string>> q = {{"restype", "container"}, {"comp", "list"}};
+      std::vector<std::pair<std::string, std::string>> q = {{"restype", "container"},
+                                                            {"comp", "list"}};
       if (!prefix.empty()) q.emplace_back("prefix", prefix);
       if (!marker.empty()) q.emplace_back("marker", marker);
       std::string url = c_.endpoint + "/" + container;
       std::string path = PathOf(url);
       std::string query;
-      for (const auto& [k, v] : q) query += (query.empty() ? "?" : "&") + k + "=" + AwsUriEncode(v, false);
+      for (const auto& [k, v] : q)
+        query += (query.empty() ? "?" : "&") + k + "=" + AwsUriEncode(v, false);
       if (!c_.sas.empty()) query += "&" + c_.sas;
       http::Request req;
       req.url = url + query;
@@ -144,9 +154,12 @@ class AzureStorage : public Storage {
         size_t p = 0;
         std::string code;
         NextXmlElement(r.body, "Code", &p, &code);
-        std::string what = where + ": HTTP " + std::to_string(r.status) + (code.empty() ? "" : " " + code);
-        if (code == "ContainerNotFound") return Status::NotFound(what + ": the container does not exist");
-        if (r.status == 401 || r.status == 403) return Status::PermissionDenied(what + ": " + Hint());
+        std::string what =
+            where + ": HTTP " + std::to_string(r.status) + (code.empty() ? "" : " " + code);
+        if (code == "ContainerNotFound")
+          return Status::NotFound(what + ": the container does not exist");
+        if (r.status == 401 || r.status == 403)
+          return Status::PermissionDenied(what + ": " + Hint());
         return Status::Unavailable(what);
       }
       size_t pos = 0;

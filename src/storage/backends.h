@@ -13,7 +13,8 @@ namespace mx::storage {
 
 Result<std::unique_ptr<Storage>> OpenLocalStorage(const StorageOptions& options);
 Result<std::unique_ptr<Storage>> OpenHttpStorage(const StorageOptions& options);
-Result<std::unique_ptr<Storage>> OpenS3Storage(const std::string& scheme, const StorageOptions& options);
+Result<std::unique_ptr<Storage>> OpenS3Storage(const std::string& scheme,
+                                               const StorageOptions& options);
 Result<std::unique_ptr<Storage>> OpenAzureStorage(const StorageOptions& options);
 
 // Signs one ranged GET of an object: the request headers for bytes [begin, end).
@@ -30,6 +31,7 @@ std::unique_ptr<http::RangeEngine> StartEngine(int connections);
 bool NextXmlElement(const std::string& xml, const std::string& tag, size_t* pos, std::string* text);
 
 // Splits "scheme://bucket/key" into bucket and key.
-Status SplitBucketKey(const std::string& uri, size_t scheme_len, std::string* bucket, std::string* key);
+Status SplitBucketKey(const std::string& uri, size_t scheme_len, std::string* bucket,
+                      std::string* key);
 
 }  // namespace mx::storage

@@ -18,7 +18,8 @@ constexpr uint64_t kDirectAlign = 4096;
 
 class LocalReader : public RangeReader {
  public:
-  LocalReader(ObjectInfo info, int fd, bool direct) : info_(std::move(info)), fd_(fd), direct_(direct) {}
+  LocalReader(ObjectInfo info, int fd, bool direct)
+      : info_(std::move(info)), fd_(fd), direct_(direct) {}
   ~LocalReader() override { ::close(fd_); }
   const ObjectInfo& info() const override { return info_; }
   uint64_t alignment() const override { return direct_ ? kDirectAlign : 1; }
@@ -42,17 +43,20 @@ class LocalReader : public RangeReader {
     uintptr_t start = reinterpret_cast<uintptr_t>(data) / page * page;
     size_t length = reinterpret_cast<uintptr_t>(data) + len - start;
 #ifdef MADV_POPULATE_READ
-    if (::madvise(reinterpret_cast<void*>(start), length, MADV_POPULATE_READ) == 0) return Status::OK();
+    if (::madvise(reinterpret_cast<void*>(start), length, MADV_POPULATE_READ) == 0)
+      return Status::OK();
     if (errno == EFAULT || errno == EIO) return Status::FromErrno(errno, "read " + info_.uri);
 #endif
     // Older kernels: touch one byte a page.
     volatile char sink = 0;
-    for (uintptr_t a = start; a < start + length; a += page) sink = sink + *reinterpret_cast<const char*>(a);
+    for (uintptr_t a = start; a < start + length; a += page)
+      sink = sink + *reinterpret_cast<const char*>(a);
     return Status::OK();
   }
 
   Status ReadAt(uint64_t offset, uint64_t len, char* dst) override {
-    if (offset + len > info_.size) return Status::InvalidArgument(info_.uri + ": read past the end");
+    if (offset + len > info_.size)
+      return Status::InvalidArgument(info_.uri + ": read past the end");
     if (!direct_) return PreadFully(offset, len, dst);
     uint64_t begin = offset / kDirectAlign * kDirectAlign;
     uint64_t end = (offset + len + kDirectAlign - 1) / kDirectAlign * kDirectAlign;
@@ -64,15 +68,18 @@ class LocalReader : public RangeReader {
     if (::posix_memalign(&bounce, kDirectAlign, end - begin) != 0) {
       return Status::ResourceExhausted("no memory for an O_DIRECT buffer");
     }
-    Status st = PreadFully(begin, std::min(end, RoundUp(info_.size)) - begin, static_cast<char*>(bounce),
-                           /*allow_short=*/true);
+    Status st =
+        PreadFully(begin, std::min(end, RoundUp(info_.size)) - begin, static_cast<char*>(bounce),
+                   /*allow_short=*/true);
     if (st.ok()) std::memcpy(dst, static_cast<char*>(bounce) + (offset - begin), len);
     std::free(bounce);
     return st;
   }
 
  private:
-  static uint64_t RoundUp(uint64_t n) { return (n + kDirectAlign - 1) / kDirectAlign * kDirectAlign; }
+  static uint64_t RoundUp(uint64_t n) {
+    return (n + kDirectAlign - 1) / kDirectAlign * kDirectAlign;
+  }
 
   Status PreadFully(uint64_t offset, uint64_t len, char* dst, bool allow_short = false) {
     uint64_t done = 0;
@@ -108,12 +115,14 @@ class LocalStorage : public Storage {
       out.push_back({path, fs::path(path).filename(), fs::file_size(path)});
       return out;
     }
-    for (auto it = fs::recursive_directory_iterator(path, ec); !ec && it != fs::recursive_directory_iterator();
-         it.increment(ec)) {
+    for (auto it = fs::recursive_directory_iterator(path, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
       if (!it->is_regular_file()) continue;  // follows symlinks (HF snapshots are symlinks)
-      out.push_back({it->path().string(), it->path().lexically_relative(path).string(), it->file_size()});
+      out.push_back(
+          {it->path().string(), it->path().lexically_relative(path).string(), it->file_size()});
     }
-    std::sort(out.begin(), out.end(), [](const ObjectInfo& a, const ObjectInfo& b) { return a.name < b.name; });
+    std::sort(out.begin(), out.end(),
+              [](const ObjectInfo& a, const ObjectInfo& b) { return a.name < b.name; });
     if (out.empty()) return Status::NotFound("no files under " + path);
     return out;
   }

@@ -10,14 +10,18 @@ class RemoteReader : public RangeReader {
  public:
   RemoteReader(ObjectInfo info, std::string url, RangeSigner signer, std::string auth_hint,
                http::RangeEngine* engine)
-      : info_(std::move(info)), url_(std::move(url)), signer_(std::move(signer)),
-        auth_hint_(std::move(auth_hint)), engine_(engine) {}
+      : info_(std::move(info)),
+        url_(std::move(url)),
+        signer_(std::move(signer)),
+        auth_hint_(std::move(auth_hint)),
+        engine_(engine) {}
 
   const ObjectInfo& info() const override { return info_; }
 
   Status ReadAt(uint64_t offset, uint64_t len, char* dst) override {
     if (len == 0) return Status::OK();
-    if (offset + len > info_.size) return Status::InvalidArgument(info_.uri + ": read past the end");
+    if (offset + len > info_.size)
+      return Status::InvalidArgument(info_.uri + ": read past the end");
     std::promise<Status> done;
     std::future<Status> result = done.get_future();
     http::FetchJob job;
@@ -61,7 +65,8 @@ std::unique_ptr<http::RangeEngine> StartEngine(int connections) {
   return engine;
 }
 
-bool NextXmlElement(const std::string& xml, const std::string& tag, size_t* pos, std::string* text) {
+bool NextXmlElement(const std::string& xml, const std::string& tag, size_t* pos,
+                    std::string* text) {
   std::string open = "<" + tag + ">", close = "</" + tag + ">";
   size_t a = xml.find(open, *pos);
   if (a == std::string::npos) return false;
@@ -91,7 +96,8 @@ bool NextXmlElement(const std::string& xml, const std::string& tag, size_t* pos,
   return true;
 }
 
-Status SplitBucketKey(const std::string& uri, size_t scheme_len, std::string* bucket, std::string* key) {
+Status SplitBucketKey(const std::string& uri, size_t scheme_len, std::string* bucket,
+                      std::string* key) {
   std::string rest = uri.substr(scheme_len);
   size_t slash = rest.find('/');
   *bucket = rest.substr(0, slash);

@@ -12,7 +12,7 @@ namespace mx::storage {
 namespace {
 
 struct S3Config {
-  std::string scheme;  // "s3" or "gs"
+  std::string scheme;    // "s3" or "gs"
   std::string endpoint;  // scheme://host[:port], no trailing slash
   bool path_style = true;
   std::string region = "us-east-1";
@@ -36,7 +36,8 @@ S3Config ConfigFromEnvironment(const std::string& scheme) {
     c.region = "auto";
     c.access_key = FirstEnv({"GCS_HMAC_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"});
     c.secret_key = FirstEnv({"GCS_HMAC_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"});
-    c.bearer_token = FirstEnv({"GCS_OAUTH_TOKEN", "CLOUDSDK_AUTH_ACCESS_TOKEN", "GOOGLE_OAUTH_ACCESS_TOKEN"});
+    c.bearer_token =
+        FirstEnv({"GCS_OAUTH_TOKEN", "CLOUDSDK_AUTH_ACCESS_TOKEN", "GOOGLE_OAUTH_ACCESS_TOKEN"});
     c.path_style = true;
   } else {
     c.region = FirstEnv({"AWS_REGION", "AWS_DEFAULT_REGION"});
@@ -63,7 +64,8 @@ std::string HostOf(const std::string& endpoint) {
 
 class S3Storage : public Storage {
  public:
-  S3Storage(S3Config c, const StorageOptions& o) : c_(std::move(c)), engine_(StartEngine(o.connections)) {}
+  S3Storage(S3Config c, const StorageOptions& o)
+      : c_(std::move(c)), engine_(StartEngine(o.connections)) {}
 
   Result<std::vector<ObjectInfo>> List(const std::string& uri) override {
     std::string bucket, key;
@@ -80,8 +82,10 @@ class S3Storage : public Storage {
         out.push_back(Info(bucket, k, size, prefix));
       }
     }
-    if (out.empty()) return Status::NotFound("no objects at " + uri + " (check the bucket and the key/prefix)");
-    std::sort(out.begin(), out.end(), [](const ObjectInfo& a, const ObjectInfo& b) { return a.name < b.name; });
+    if (out.empty())
+      return Status::NotFound("no objects at " + uri + " (check the bucket and the key/prefix)");
+    std::sort(out.begin(), out.end(),
+              [](const ObjectInfo& a, const ObjectInfo& b) { return a.name < b.name; });
     return out;
   }
 
@@ -90,22 +94,26 @@ class S3Storage : public Storage {
     MX_RETURN_IF_ERROR(SplitBucketKey(object.uri, c_.scheme.size() + 3, &bucket, &key));
     std::string path = ObjectPath(bucket, key);
     std::string url = BaseUrl(bucket) + path;
-    RangeSigner signer = [this, bucket, path](uint64_t, uint64_t) { return Sign(bucket, path, {}); };
+    RangeSigner signer = [this, bucket, path](uint64_t, uint64_t) {
+      return Sign(bucket, path, {});
+    };
     return MakeRemoteReader(object, url, signer, Hint(), engine_.get());
   }
 
  private:
-  ObjectInfo Info(const std::string& bucket, const std::string& key, uint64_t size, const std::string& base) {
+  ObjectInfo Info(const std::string& bucket, const std::string& key, uint64_t size,
+                  const std::string& base) {
     std::string name = key.substr(std::min(base.size(), key.size()));
     if (name.empty()) name = key.substr(key.rfind('/') + 1);
     return {c_.scheme + "://" + bucket + "/" + key, name, size};
   }
 
   std::string Hint() const {
-    return c_.scheme == "gs" ? "check the HMAC keys (GCS_HMAC_ACCESS_KEY_ID/GCS_HMAC_SECRET_ACCESS_KEY) or "
-                               "GCS_OAUTH_TOKEN, and the bucket's permissions"
-                             : "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN and the "
-                               "bucket policy";
+    return c_.scheme == "gs"
+               ? "check the HMAC keys (GCS_HMAC_ACCESS_KEY_ID/GCS_HMAC_SECRET_ACCESS_KEY) or "
+                 "GCS_OAUTH_TOKEN, and the bucket's permissions"
+               : "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN and the "
+                 "bucket policy";
   }
 
   std::string BaseUrl(const std::string& bucket) const {
@@ -119,8 +127,9 @@ class S3Storage : public Storage {
     return c_.path_style ? "/" + bucket + path : path;
   }
 
-  std::vector<std::string> Sign(const std::string& bucket, const std::string& path,
-                                const std::vector<std::pair<std::string, std::string>>& query) const {
+  std::vector<std::string> Sign(
+      const std::string& bucket, const std::string& path,
+      const std::vector<std::pair<std::string, std::string>>& query) const {
     if (!c_.bearer_token.empty()) return {"Authorization: Bearer " + c_.bearer_token};
     if (c_.access_key.empty() || c_.secret_key.empty()) return {};  // anonymous (public bucket)
     SigV4Request r;
@@ -128,7 +137,8 @@ class S3Storage : public Storage {
     r.query = query;
     std::string host = HostOf(BaseUrl(bucket));
     std::string date = AmzDate(std::time(nullptr));
-    r.headers = {{"host", host}, {"x-amz-content-sha256", "UNSIGNED-PAYLOAD"}, {"x-amz-date", date}};
+    r.headers = {
+        {"host", host}, {"x-amz-content-sha256", "UNSIGNED-PAYLOAD"}, {"x-amz-date", date}};
     if (!c_.session_token.empty()) r.headers["x-amz-security-token"] = c_.session_token;
     r.payload_hash = "UNSIGNED-PAYLOAD";
     std::vector<std::string> out = {
@@ -151,7 +161,9 @@ class S3Storage : public Storage {
       std::string query;
       std::vector<std::pair<std::string, std::string>> sorted = q;
       std::sort(sorted.begin(), sorted.end());
-      for (const auto& [k, v] : sorted) query += (query.empty() ? "?" : "&") + AwsUriEncode(k, false) + "=" + AwsUriEncode(v, false);
+      for (const auto& [k, v] : sorted)
+        query +=
+            (query.empty() ? "?" : "&") + AwsUriEncode(k, false) + "=" + AwsUriEncode(v, false);
       http::Request req;
       req.url = BaseUrl(bucket) + path + query;
       req.headers = Sign(bucket, path, q);
@@ -184,14 +196,16 @@ class S3Storage : public Storage {
     NextXmlElement(r.body, "Code", &p, &code);
     p = 0;
     NextXmlElement(r.body, "Message", &p, &message);
-    std::string what = where + ": HTTP " + std::to_string(r.status) + (code.empty() ? "" : " " + code);
+    std::string what =
+        where + ": HTTP " + std::to_string(r.status) + (code.empty() ? "" : " " + code);
     if (code == "NoSuchBucket") return Status::NotFound(what + ": the bucket does not exist");
     if (code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch" || code == "AccessDenied" ||
         r.status == 401 || r.status == 403) {
       return Status::PermissionDenied(what + ": " + Hint());
     }
     if (code == "PermanentRedirect" || code == "AuthorizationHeaderMalformed" || r.status == 301) {
-      return Status::FailedPrecondition(what + ": wrong region? set AWS_REGION to the bucket's region");
+      return Status::FailedPrecondition(what +
+                                        ": wrong region? set AWS_REGION to the bucket's region");
     }
     return Status::Unavailable(what + (message.empty() ? "" : ": " + message));
   }
@@ -202,7 +216,8 @@ class S3Storage : public Storage {
 
 }  // namespace
 
-Result<std::unique_ptr<Storage>> OpenS3Storage(const std::string& scheme, const StorageOptions& options) {
+Result<std::unique_ptr<Storage>> OpenS3Storage(const std::string& scheme,
+                                               const StorageOptions& options) {
   return std::unique_ptr<Storage>(new S3Storage(ConfigFromEnvironment(scheme), options));
 }
 

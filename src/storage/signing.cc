@@ -52,19 +52,20 @@ std::string SigV4Authorization(const SigV4Request& r, const std::string& access_
     canonical_headers += k + ":" + v + "\n";
     signed_headers += (signed_headers.empty() ? "" : ";") + k;
   }
-  std::string canonical = r.method + "\n" + r.canonical_uri + "\n" + query + "\n" + canonical_headers +
-                          "\n" + signed_headers + "\n" + r.payload_hash;
+  std::string canonical = r.method + "\n" + r.canonical_uri + "\n" + query + "\n" +
+                          canonical_headers + "\n" + signed_headers + "\n" + r.payload_hash;
   const std::string& amz_date = r.headers.at("x-amz-date");
   std::string day = amz_date.substr(0, 8);
   std::string scope = day + "/" + region + "/" + service + "/aws4_request";
-  std::string to_sign = "AWS4-HMAC-SHA256\n" + amz_date + "\n" + scope + "\n" + Sha256Hex(canonical);
+  std::string to_sign =
+      "AWS4-HMAC-SHA256\n" + amz_date + "\n" + scope + "\n" + Sha256Hex(canonical);
   std::string k = HmacSha256("AWS4" + secret_key, day);
   k = HmacSha256(k, region);
   k = HmacSha256(k, service);
   k = HmacSha256(k, "aws4_request");
   std::string signature = HexEncode(HmacSha256(k, to_sign));
-  return "AWS4-HMAC-SHA256 Credential=" + access_key + "/" + scope + ", SignedHeaders=" + signed_headers +
-         ", Signature=" + signature;
+  return "AWS4-HMAC-SHA256 Credential=" + access_key + "/" + scope +
+         ", SignedHeaders=" + signed_headers + ", Signature=" + signature;
 }
 
 std::string AzureSharedKeyAuthorization(const AzureRequest& r, const std::string& key) {
@@ -74,10 +75,11 @@ std::string AzureSharedKeyAuthorization(const AzureRequest& r, const std::string
   };
   std::string content_length = h("content-length");
   if (content_length == "0") content_length.clear();
-  std::string to_sign = r.method + "\n" + h("content-encoding") + "\n" + h("content-language") + "\n" +
-                        content_length + "\n" + h("content-md5") + "\n" + h("content-type") + "\n" +
-                        h("date") + "\n" + h("if-modified-since") + "\n" + h("if-match") + "\n" +
-                        h("if-none-match") + "\n" + h("if-unmodified-since") + "\n" + h("range") + "\n";
+  std::string to_sign = r.method + "\n" + h("content-encoding") + "\n" + h("content-language") +
+                        "\n" + content_length + "\n" + h("content-md5") + "\n" + h("content-type") +
+                        "\n" + h("date") + "\n" + h("if-modified-since") + "\n" + h("if-match") +
+                        "\n" + h("if-none-match") + "\n" + h("if-unmodified-since") + "\n" +
+                        h("range") + "\n";
   for (const auto& [k, v] : r.headers) {
     if (k.rfind("x-ms-", 0) == 0) to_sign += k + ":" + v + "\n";
   }

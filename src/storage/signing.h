@@ -12,7 +12,7 @@ namespace mx::storage {
 
 struct SigV4Request {
   std::string method = "GET";
-  std::string canonical_uri = "/";  // already percent-encoded, as sent
+  std::string canonical_uri = "/";                         // already percent-encoded, as sent
   std::vector<std::pair<std::string, std::string>> query;  // raw (unencoded) name/value
   std::map<std::string, std::string> headers;  // lowercase names; must include host, x-amz-date
   std::string payload_hash;                    // hex sha256 of the body, or UNSIGNED-PAYLOAD
@@ -30,9 +30,9 @@ std::string AwsUriEncode(const std::string& s, bool keep_slash);
 struct AzureRequest {
   std::string method = "GET";
   std::string account;
-  std::string canonical_path;  // URL path as sent, starting with '/'
+  std::string canonical_path;                              // URL path as sent, starting with '/'
   std::vector<std::pair<std::string, std::string>> query;  // raw name/value
-  std::map<std::string, std::string> headers;  // lowercase names (x-ms-*, range, ...)
+  std::map<std::string, std::string> headers;              // lowercase names (x-ms-*, range, ...)
 };
 // "SharedKey <account>:<signature>"; `key` is the decoded account key.
 std::string AzureSharedKeyAuthorization(const AzureRequest& request, const std::string& key);

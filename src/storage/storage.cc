@@ -22,9 +22,11 @@ class HttpStorage : public Storage {
     req.url = uri;
     MX_ASSIGN_OR_RETURN(http::Response r, http::Fetch(req));
     if (r.status == 404) return Status::NotFound(RedactUrl(uri) + ": HTTP 404 (no such file)");
-    if (r.status != 200) return Status::Unavailable(RedactUrl(uri) + ": HTTP " + std::to_string(r.status));
+    if (r.status != 200)
+      return Status::Unavailable(RedactUrl(uri) + ": HTTP " + std::to_string(r.status));
     auto len = r.Header("content-length");
-    if (!len) return Status::FailedPrecondition(RedactUrl(uri) + ": the server does not say the size");
+    if (!len)
+      return Status::FailedPrecondition(RedactUrl(uri) + ": the server does not say the size");
     std::string path = uri.substr(0, uri.find('?'));
     final_url_ = r.effective_url;
     return std::vector<ObjectInfo>{{RedactUrl(uri), path.substr(path.rfind('/') + 1),
@@ -32,7 +34,8 @@ class HttpStorage : public Storage {
   }
 
   Result<std::unique_ptr<RangeReader>> Open(const ObjectInfo& object) override {
-    return MakeRemoteReader(object, final_url_.empty() ? object.uri : final_url_, nullptr, "", engine_.get());
+    return MakeRemoteReader(object, final_url_.empty() ? object.uri : final_url_, nullptr, "",
+                            engine_.get());
   }
 
  private:
@@ -51,17 +54,20 @@ Result<std::string> HubCachePath(const std::string& uri) {
   hub::RepoCache cache(hub::HubConfig::FromEnvironment().cache_dir, hub::RepoType::kModel, repo);
   auto commit = cache.ResolveLocal(revision);
   if (!commit.ok()) {
-    return Status::NotFound(repo + "@" + revision + " is not in the local HF cache (" + cache.root() +
-                            "); run: mx download " + repo);
+    return Status::NotFound(repo + "@" + revision + " is not in the local HF cache (" +
+                            cache.root() + "); run: mx download " + repo);
   }
   return cache.snapshot_dir(*commit);
 }
 
 class LocalAlias : public Storage {
  public:
-  LocalAlias(std::unique_ptr<Storage> local, std::string path) : local_(std::move(local)), path_(std::move(path)) {}
+  LocalAlias(std::unique_ptr<Storage> local, std::string path)
+      : local_(std::move(local)), path_(std::move(path)) {}
   Result<std::vector<ObjectInfo>> List(const std::string&) override { return local_->List(path_); }
-  Result<std::unique_ptr<RangeReader>> Open(const ObjectInfo& o) override { return local_->Open(o); }
+  Result<std::unique_ptr<RangeReader>> Open(const ObjectInfo& o) override {
+    return local_->Open(o);
+  }
 
  private:
   std::unique_ptr<Storage> local_;
@@ -70,7 +76,8 @@ class LocalAlias : public Storage {
 
 }  // namespace
 
-Result<std::unique_ptr<Storage>> OpenStorage(const std::string& uri, const StorageOptions& options) {
+Result<std::unique_ptr<Storage>> OpenStorage(const std::string& uri,
+                                             const StorageOptions& options) {
   if (uri.rfind("s3://", 0) == 0) return OpenS3Storage("s3", options);
   if (uri.rfind("gs://", 0) == 0) return OpenS3Storage("gs", options);
   if (uri.rfind("az://", 0) == 0) return OpenAzureStorage(options);

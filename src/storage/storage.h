@@ -47,8 +47,8 @@ class RangeReader {
 };
 
 struct StorageOptions {
-  int connections = 16;     // remote: parallel HTTP connections
-  bool direct_io = false;   // local: O_DIRECT
+  int connections = 16;    // remote: parallel HTTP connections
+  bool direct_io = false;  // local: O_DIRECT
 };
 
 class Storage {

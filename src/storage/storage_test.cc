@@ -12,7 +12,8 @@ TEST(SigV4Test, AwsTestSuiteGetVanilla) {
   SigV4Request r;
   r.headers = {{"host", "example.amazonaws.com"}, {"x-amz-date", "20150830T123600Z"}};
   r.payload_hash = Sha256Hex("");
-  EXPECT_EQ(SigV4Authorization(r, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "us-east-1", "service"),
+  EXPECT_EQ(SigV4Authorization(r, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                               "us-east-1", "service"),
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, "
             "SignedHeaders=host;x-amz-date, "
             "Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31");
@@ -24,7 +25,8 @@ TEST(SigV4Test, QueryIsSortedAndEncoded) {
   r.query = {{"Param2", "value2"}, {"Param1", "value1"}};
   r.headers = {{"host", "example.amazonaws.com"}, {"x-amz-date", "20150830T123600Z"}};
   r.payload_hash = Sha256Hex("");
-  EXPECT_NE(SigV4Authorization(r, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "us-east-1", "service")
+  EXPECT_NE(SigV4Authorization(r, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                               "us-east-1", "service")
                 .find("Signature=b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500"),
             std::string::npos);
   EXPECT_EQ(AwsUriEncode("a b/c+d", true), "a%20b/c%2Bd");
@@ -39,11 +41,13 @@ TEST(AzureTest, SharedKeyStringToSignCoversRangeAndHeaders) {
   a.headers = {{"x-ms-date", "d"}, {"x-ms-version", "v"}, {"range", "bytes=0-9"}};
   AzureRequest b = a;
   b.headers["range"] = "bytes=10-19";
-  std::string ka = AzureSharedKeyAuthorization(a, "key"), kb = AzureSharedKeyAuthorization(b, "key");
+  std::string ka = AzureSharedKeyAuthorization(a, "key"),
+              kb = AzureSharedKeyAuthorization(b, "key");
   EXPECT_EQ(ka.rfind("SharedKey acct:", 0), 0u);
   EXPECT_NE(ka, kb);
   // The signature is HMAC-SHA256 of the documented string-to-sign.
-  std::string to_sign = "GET\n\n\n\n\n\n\n\n\n\n\nbytes=0-9\nx-ms-date:d\nx-ms-version:v\n/acct/c/b";
+  std::string to_sign =
+      "GET\n\n\n\n\n\n\n\n\n\n\nbytes=0-9\nx-ms-date:d\nx-ms-version:v\n/acct/c/b";
   EXPECT_EQ(ka, "SharedKey acct:" + Base64Encode(HmacSha256("key", to_sign)));
 }
 

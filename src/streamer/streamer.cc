@@ -36,8 +36,8 @@ struct Batch {
   uint64_t buf_bytes = 0;
   char* buffer = nullptr;
   enum class Kind { kPooled, kMapped, kCaller } kind = Kind::kPooled;
-  uint64_t capacity = 0;        // pooled: the buffer's size
-  void* map_base = nullptr;     // mapped: what to munmap
+  uint64_t capacity = 0;     // pooled: the buffer's size
+  void* map_base = nullptr;  // mapped: what to munmap
   size_t map_len = 0;
   std::atomic<int> pieces_left{0};
 };
@@ -46,7 +46,7 @@ struct Piece {
   Batch* batch;
   uint64_t offset;  // absolute in the file
   uint64_t len;
-  char* dst;        // where the bytes go (mapped batches: where they already are)
+  char* dst;  // where the bytes go (mapped batches: where they already are)
 };
 
 // The pipeline's memory: every byte it has mapped (buffers in use, buffers kept for reuse,
@@ -157,7 +157,8 @@ Result<int64_t> EnvInt(const char* name, int64_t fallback, int64_t min) {
 }
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 class Pipeline {
@@ -220,11 +221,13 @@ Status Pipeline::OpenAll(const std::vector<std::string>& uris) {
       std::string text(index->size, '\0');
       MX_RETURN_IF_ERROR(reader->ReadAt(0, index->size, text.data()));
       MX_ASSIGN_OR_RETURN(auto idx, safetensors::ParseIndex(text));
-      std::string dir = index->name.substr(0, index->name.size() - std::string("model.safetensors.index.json").size());
+      std::string dir = index->name.substr(
+          0, index->name.size() - std::string("model.safetensors.index.json").size());
       for (const auto& shard : idx.Shards()) {
         auto it = std::find_if(objects.begin(), objects.end(),
                                [&](const storage::ObjectInfo& o) { return o.name == dir + shard; });
-        if (it == objects.end()) return Status::NotFound(uri + ": the index names " + shard + ", which is missing");
+        if (it == objects.end())
+          return Status::NotFound(uri + ": the index names " + shard + ", which is missing");
         chosen.push_back(*it);
       }
     } else {
@@ -270,21 +273,24 @@ Status Pipeline::Plan() {
   for (const auto& f : files_) alignment_ = std::max(alignment_, f.reader->alignment());
   // Rounding a batch out to the device's alignment, or to pages when it is mapped.
   uint64_t slack = 2 * std::max<uint64_t>(alignment_, 4096);
-  uint64_t limit = options_.memory_limit < 0 ? UINT64_MAX
+  uint64_t limit = options_.memory_limit < 0    ? UINT64_MAX
                    : options_.memory_limit == 0 ? largest + slack
                                                 : static_cast<uint64_t>(options_.memory_limit);
   memory_ = std::make_shared<Memory>(limit);
-  uint64_t batch_limit = std::min<uint64_t>(options_.chunk_bytes, limit > slack ? limit - slack : 1);
-  window_ = std::max<uint64_t>(2 * static_cast<uint64_t>(options_.concurrency) * options_.chunk_bytes, largest + slack);
+  uint64_t batch_limit =
+      std::min<uint64_t>(options_.chunk_bytes, limit > slack ? limit - slack : 1);
+  window_ = std::max<uint64_t>(
+      2 * static_cast<uint64_t>(options_.concurrency) * options_.chunk_bytes, largest + slack);
   for (size_t fi = 0; fi < files_.size(); ++fi) {
     const auto& h = files_[fi].header;
     Batch* current = nullptr;
     for (size_t ti = 0; ti < h.tensors.size(); ++ti) {
       const TensorInfo& t = h.tensors[ti];
       if (t.bytes() + slack > limit) {
-        return Status::ResourceExhausted(files_[fi].name + ": tensor '" + t.name + "' needs " + FormatBytes(t.bytes()) +
-                                         ", more than the memory limit of " + FormatBytes(limit) +
-                                         "; raise RUNAI_STREAMER_MEMORY_LIMIT (0 = the largest tensor)");
+        return Status::ResourceExhausted(
+            files_[fi].name + ": tensor '" + t.name + "' needs " + FormatBytes(t.bytes()) +
+            ", more than the memory limit of " + FormatBytes(limit) +
+            "; raise RUNAI_STREAMER_MEMORY_LIMIT (0 = the largest tensor)");
       }
       uint64_t abs_begin = h.data_start + t.begin, abs_end = h.data_start + t.end;
       // Caller-owned destinations take one tensor per batch: each lands in its own memory.
@@ -364,7 +370,9 @@ void Pipeline::Produce() {
       b->buf_bytes = std::max(buf_end, b->buf_begin) - b->buf_begin;
       {
         std::unique_lock<std::mutex> l(mu_);
-        window_cv_.wait(l, [&] { return stop_ || undelivered_ == 0 || undelivered_ + b->buf_bytes <= window_; });
+        window_cv_.wait(l, [&] {
+          return stop_ || undelivered_ == 0 || undelivered_ + b->buf_bytes <= window_;
+        });
         if (stop_) return;
         undelivered_ += b->buf_bytes;
       }
@@ -372,7 +380,8 @@ void Pipeline::Produce() {
         uint64_t cap = 0;
         b->buffer = memory_->Get(b->buf_bytes, &cap);
         if (b->buffer == nullptr) {
-          Fail(Status::ResourceExhausted("cannot map " + FormatBytes(b->buf_bytes) + " for tensors"));
+          Fail(Status::ResourceExhausted("cannot map " + FormatBytes(b->buf_bytes) +
+                                         " for tensors"));
           return;
         }
         b->kind = Batch::Kind::kPooled;
@@ -515,8 +524,10 @@ Result<StreamStats> Pipeline::Run(const std::vector<std::string>& uris) {
   for (auto& w : workers) w.join();
   // Batches read but never delivered (after an error) still own their memory.
   for (auto& b : batches_) {
-    if (b->kind == Batch::Kind::kPooled && b->buffer != nullptr) memory_->Put(b->buffer, b->capacity);
-    if (b->kind == Batch::Kind::kMapped && b->map_base != nullptr) ::munmap(b->map_base, b->map_len);
+    if (b->kind == Batch::Kind::kPooled && b->buffer != nullptr)
+      memory_->Put(b->buffer, b->capacity);
+    if (b->kind == Batch::Kind::kMapped && b->map_base != nullptr)
+      ::munmap(b->map_base, b->map_len);
   }
   if (!st.ok()) return st;
   stats_.seconds = std::chrono::duration<double>(Clock::now() - start_).count();
@@ -528,7 +539,8 @@ Result<StreamStats> Pipeline::Run(const std::vector<std::string>& uris) {
 Result<StreamOptions> StreamOptions::FromEnvironment() {
   StreamOptions o;
   MX_ASSIGN_OR_RETURN(int64_t c, EnvInt("RUNAI_STREAMER_CONCURRENCY", o.concurrency, 1));
-  MX_ASSIGN_OR_RETURN(int64_t chunk, EnvInt("RUNAI_STREAMER_CHUNK_BYTESIZE", static_cast<int64_t>(o.chunk_bytes), 1));
+  MX_ASSIGN_OR_RETURN(int64_t chunk, EnvInt("RUNAI_STREAMER_CHUNK_BYTESIZE",
+                                            static_cast<int64_t>(o.chunk_bytes), 1));
   MX_ASSIGN_OR_RETURN(int64_t limit, EnvInt("RUNAI_STREAMER_MEMORY_LIMIT", o.memory_limit, -1));
   o.concurrency = static_cast<int>(c);
   o.chunk_bytes = static_cast<uint64_t>(chunk);

@@ -25,7 +25,7 @@ struct StreamOptions {
   uint64_t chunk_bytes = 8ull << 20;  // RUNAI_STREAMER_CHUNK_BYTESIZE: bytes per read
   // RUNAI_STREAMER_MEMORY_LIMIT: -1 unlimited, 0 = the largest tensor, N bytes.
   int64_t memory_limit = -1;
-  bool direct_io = false;             // local files: O_DIRECT (cold reads, no page cache)
+  bool direct_io = false;  // local files: O_DIRECT (cold reads, no page cache)
 
   // Defaults overridden by the RUNAI_STREAMER_* variables. InvalidArgument on bad values.
   static Result<StreamOptions> FromEnvironment();
@@ -34,17 +34,19 @@ struct StreamOptions {
 struct Tensor {
   const std::string& file;  // object name ("model-00001-of-00002.safetensors")
   const safetensors::TensorInfo& info;
-  const char* data;         // info.bytes() bytes
+  const char* data;  // info.bytes() bytes
 };
 
 // Called on the caller's thread, one tensor at a time. `data` stays valid until the
 // callback returns, or for as long as the consumer keeps a copy of `hold`.
 // A non-OK return stops the stream with that status.
-using TensorCallback = std::function<Status(const Tensor& tensor, const std::shared_ptr<void>& hold)>;
+using TensorCallback =
+    std::function<Status(const Tensor& tensor, const std::shared_ptr<void>& hold)>;
 
 // When set, tensors are read straight into caller-owned memory (the loader's tensors):
 // returns where tensor `info` of `file` goes (info.bytes() bytes). No budget applies.
-using Destination = std::function<char*(const std::string& file, const safetensors::TensorInfo& info)>;
+using Destination =
+    std::function<char*(const std::string& file, const safetensors::TensorInfo& info)>;
 
 struct StreamStats {
   size_t files = 0;
@@ -62,6 +64,7 @@ struct ModelFile {
 };
 
 Result<StreamStats> StreamModel(const std::vector<std::string>& uris, const StreamOptions& options,
-                                const TensorCallback& on_tensor, const Destination& destination = nullptr);
+                                const TensorCallback& on_tensor,
+                                const Destination& destination = nullptr);
 
 }  // namespace mx::streamer

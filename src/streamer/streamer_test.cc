@@ -1,3 +1,5 @@
+#include "streamer/streamer.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -7,7 +9,6 @@
 #include <random>
 
 #include "safetensors/safetensors.h"
-#include "streamer/streamer.h"
 
 namespace mx::streamer {
 namespace {
@@ -15,7 +16,8 @@ namespace {
 using safetensors::DType;
 
 // Writes a shard with deterministic tensor bytes; returns name -> expected bytes.
-std::map<std::string, std::string> WriteShard(const std::string& path, const std::vector<safetensors::TensorSpec>& specs,
+std::map<std::string, std::string> WriteShard(const std::string& path,
+                                              const std::vector<safetensors::TensorSpec>& specs,
                                               int seed) {
   std::vector<safetensors::TensorInfo> layout;
   std::string image = safetensors::BuildHeader(specs, {{"format", "pt"}}, &layout);
@@ -37,8 +39,11 @@ class StreamerTest : public ::testing::Test {
     char tmpl[] = "/tmp/mx_streamer_test_XXXXXX";
     dir_ = ::mkdtemp(tmpl);
     auto a = WriteShard(dir_ + "/model-00001-of-00002.safetensors",
-                        {{"big", DType::kF32, {700, 1000}}, {"bias", DType::kBF16, {333}},
-                         {"scalar", DType::kI64, {}}, {"empty", DType::kF16, {0, 5}}}, 1);
+                        {{"big", DType::kF32, {700, 1000}},
+                         {"bias", DType::kBF16, {333}},
+                         {"scalar", DType::kI64, {}},
+                         {"empty", DType::kF16, {0, 5}}},
+                        1);
     auto b = WriteShard(dir_ + "/model-00002-of-00002.safetensors",
                         {{"w2", DType::kF16, {1024, 513}}, {"flag", DType::kBool, {3}}}, 2);
     for (auto& [k, v] : a) expected_["model-00001-of-00002.safetensors/" + k] = v;
@@ -82,8 +87,10 @@ TEST_F(StreamerTest, EveryTensorArrivesIntactWithAnySettings) {
     seen[t.file + "/" + t.info.name] = std::string(t.data, t.info.bytes());
     return Status::OK();
   });
-  if (st.ok()) EXPECT_EQ(seen, expected_);  // tmpfs has no O_DIRECT: then the error is clear
-  else EXPECT_NE(st.status().message().find("O_DIRECT"), std::string::npos) << st.status().message();
+  if (st.ok())
+    EXPECT_EQ(seen, expected_);  // tmpfs has no O_DIRECT: then the error is clear
+  else
+    EXPECT_NE(st.status().message().find("O_DIRECT"), std::string::npos) << st.status().message();
 }
 
 TEST_F(StreamerTest, MemoryLimitIsHonouredAndHeldMemoryIsNotReused) {
@@ -95,14 +102,16 @@ TEST_F(StreamerTest, MemoryLimitIsHonouredAndHeldMemoryIsNotReused) {
   std::vector<std::pair<std::shared_ptr<void>, std::pair<const char*, std::string>>> held;
   o.memory_limit = 8 << 20;
   auto stats = StreamModel({dir_}, o, [&](const Tensor& t, const std::shared_ptr<void>& hold) {
-    if (t.info.name == "bias") held.push_back({hold, {t.data, std::string(t.data, t.info.bytes())}});
+    if (t.info.name == "bias")
+      held.push_back({hold, {t.data, std::string(t.data, t.info.bytes())}});
     return Status::OK();
   });
   ASSERT_TRUE(stats.ok());
   ASSERT_EQ(held.size(), 1u);
   EXPECT_EQ(std::string(held[0].second.first, held[0].second.second.size()), held[0].second.second);
   o.memory_limit = 1 << 20;  // smaller than the largest tensor
-  auto too_small = StreamModel({dir_}, o, [](const Tensor&, const std::shared_ptr<void>&) { return Status::OK(); });
+  auto too_small = StreamModel(
+      {dir_}, o, [](const Tensor&, const std::shared_ptr<void>&) { return Status::OK(); });
   ASSERT_FALSE(too_small.ok());
   EXPECT_NE(too_small.status().message().find("RUNAI_STREAMER_MEMORY_LIMIT"), std::string::npos);
 }
@@ -110,7 +119,8 @@ TEST_F(StreamerTest, MemoryLimitIsHonouredAndHeldMemoryIsNotReused) {
 TEST_F(StreamerTest, CallerOwnedDestination) {
   std::map<std::string, std::string> dest;
   auto stats = StreamModel(
-      {dir_}, StreamOptions{}, [](const Tensor&, const std::shared_ptr<void>&) { return Status::OK(); },
+      {dir_}, StreamOptions{},
+      [](const Tensor&, const std::shared_ptr<void>&) { return Status::OK(); },
       [&](const std::string& file, const safetensors::TensorInfo& t) {
         std::string& s = dest[file + "/" + t.name];
         s.resize(t.bytes());
@@ -121,12 +131,16 @@ TEST_F(StreamerTest, CallerOwnedDestination) {
 }
 
 TEST_F(StreamerTest, BadFilesGiveClearErrors) {
-  std::ofstream(dir_ + "/model-00002-of-00002.safetensors", std::ios::binary) << std::string("\x05\0\0\0\0\0\0\0{}", 10);
-  auto st = StreamModel({dir_}, StreamOptions{}, [](const Tensor&, const std::shared_ptr<void>&) { return Status::OK(); });
+  std::ofstream(dir_ + "/model-00002-of-00002.safetensors", std::ios::binary)
+      << std::string("\x05\0\0\0\0\0\0\0{}", 10);
+  auto st = StreamModel({dir_}, StreamOptions{},
+                        [](const Tensor&, const std::shared_ptr<void>&) { return Status::OK(); });
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.status().message().find("model-00002-of-00002.safetensors"), std::string::npos);
   EXPECT_NE(st.status().message().find("header past end"), std::string::npos);
-  auto missing = StreamModel({dir_ + "/nope"}, StreamOptions{}, [](const Tensor&, const std::shared_ptr<void>&) { return Status::OK(); });
+  auto missing =
+      StreamModel({dir_ + "/nope"}, StreamOptions{},
+                  [](const Tensor&, const std::shared_ptr<void>&) { return Status::OK(); });
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
 }
 
