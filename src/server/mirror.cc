@@ -150,14 +150,29 @@ HttpResponse Mirror::Handle(const HttpRequest& req) {
   std::string revision = UrlDecode(rev_raw);
   auto repo = Listing(repo_part, revision.empty() ? "main" : revision);
   if (!repo.ok()) return ErrorResponse(repo.status());
-  if (kind == "/revision/") return RevisionInfo(*repo);
+  if (kind == "/revision/") {
+    auto b = req.query.find("blobs");
+    return RevisionInfo(*repo, b != req.query.end() && (b->second == "true" || b->second == "1" ||
+                                                        b->second == "True"));
+  }
   if (kind == "/tree/") return Tree(*repo, UrlDecode(tail), req);
   return Resolve(*repo, UrlDecode(tail), req);
 }
 
-HttpResponse Mirror::RevisionInfo(const Repo& repo) {
+HttpResponse Mirror::RevisionInfo(const Repo& repo, bool blobs) {
   json siblings = json::array();
-  for (const auto& [path, e] : repo.entries) siblings.push_back({{"rfilename", path}});
+  for (const auto& [path, e] : repo.entries) {
+    json sibling{{"rfilename", path}};
+    if (blobs) {  // ?blobs=true: what huggingface_hub's files_metadata asks for
+      sibling["size"] = e.size;
+      sibling["blobId"] = e.git_oid;
+      if (e.is_lfs()) {
+        sibling["lfs"] = {
+            {"sha256", *e.lfs_sha256}, {"size", e.size}, {"pointerSize", LfsPointerSize(e.size)}};
+      }
+    }
+    siblings.push_back(std::move(sibling));
+  }
   json body{{"id", repo.id},    {"modelId", repo.id}, {"sha", repo.commit}, {"siblings", siblings},
             {"private", false}, {"gated", false},     {"disabled", false}};
   return HttpResponse::Text(200, body.dump(), "application/json");

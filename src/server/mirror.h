@@ -24,7 +24,7 @@ class Mirror {
   Result<Repo> Listing(const std::string& repo_id, const std::string& revision);
   // The cached file, pulling the repo through (single-flight) when it is not there yet.
   Result<LocalFile> Fetch(const Repo& repo, const std::string& path);
-  HttpResponse RevisionInfo(const Repo& repo);
+  HttpResponse RevisionInfo(const Repo& repo, bool blobs);
   HttpResponse Tree(const Repo& repo, const std::string& subpath, const HttpRequest& request);
   HttpResponse Resolve(const Repo& repo, const std::string& path, const HttpRequest& request);
 

@@ -409,6 +409,10 @@ class MirrorTest(ServerTestBase):
             info = json.loads(r.read())
         self.assertEqual(info["sha"], self.commit)
         self.assertEqual(sorted(s["rfilename"] for s in info["siblings"]), sorted(FILES))
+        with urllib.request.urlopen(f"{srv.mirror}/api/models/org/m/revision/main?blobs=true") as r:
+            sib = {s["rfilename"]: s for s in json.loads(r.read())["siblings"]}
+        self.assertEqual({k: v["size"] for k, v in sib.items()}, FILES)
+        self.assertEqual(len(sib["model-00001-of-00002.safetensors"]["lfs"]["sha256"]), 64)
         with urllib.request.urlopen(f"{srv.mirror}/api/models/org/m/tree/main?recursive=true") as r:
             tree = json.loads(r.read())
         files = {t["path"]: t for t in tree if t["type"] == "file"}
