@@ -9,6 +9,7 @@
 #include <random>
 
 #include "safetensors/safetensors.h"
+#include "streamer/cuda_upload.h"
 
 namespace mx::streamer {
 namespace {
@@ -142,6 +143,27 @@ TEST_F(StreamerTest, BadFilesGiveClearErrors) {
       StreamModel({dir_ + "/nope"}, StreamOptions{},
                   [](const Tensor&, const std::shared_ptr<void>&) { return Status::OK(); });
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+}
+
+TEST(CudaUploaderTest, RoundTripsBytesOrSaysWhyNot) {
+  auto up = CudaUploader::Create(0, 1 << 20, 2);
+  if (!up.ok()) {
+    // Without a CUDA build or device: a clear error, never a crash.
+    EXPECT_NE(up.status().message().find(CudaCompiledIn() ? "CUDA device" : "without CUDA"),
+              std::string::npos)
+        << up.status().message();
+    GTEST_SKIP() << up.status().message();
+  }
+  std::string data((3 << 20) + 5, '\0');
+  std::mt19937 rng(7);
+  for (auto& c : data) c = static_cast<char>(rng());
+  auto dev = (*up)->Upload(data.data(), data.size());  // spans several staging slots
+  ASSERT_TRUE(dev.ok()) << dev.status().message();
+  ASSERT_TRUE((*up)->Synchronize().ok());
+  std::string back(data.size(), '\0');
+  ASSERT_TRUE((*up)->Download(*dev, back.size(), back.data()).ok());
+  EXPECT_EQ(back, data);
+  CudaUploader::FreeDevice(*dev);
 }
 
 TEST(StreamOptionsTest, RunaiEnvironment) {

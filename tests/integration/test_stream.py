@@ -62,6 +62,17 @@ class StreamTest(unittest.TestCase):
             self.check(self.stream(f"{ng.base_url}/{shard}"), only)
         self.check(self.stream(f"s3://{self.s3.bucket}/org/model/{shard}", env=self.s3.env()), only)
 
+    def test_cuda_device_or_a_clear_error(self):
+        r = self.stream(str(self.model), "--device", "cuda:0", ok=False)
+        if r.returncode == 0:  # a GPU machine: tensors went through pinned staging to the GPU
+            report = json.loads(r.stdout.strip().splitlines()[-1])
+            self.check(report)
+            self.assertEqual(report["device"], "cuda:0")
+        else:
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("CUDA", r.stderr)
+        self.assertEqual(self.stream(str(self.model), "--device", "tpu", ok=False).returncode, 2)
+
     def test_hub_id_from_the_local_cache(self):
         with HubStub(self.tmp, {"org/m": {"revisions": {"main": self.model}}}) as hub:
             cache = self.tmp / "hf-cache"
