@@ -60,11 +60,12 @@ class Verifier {
     }
     return Status::OK();
   }
-  Status Check(const streamer::Tensor& t, uint64_t data_start) {
+  Status Check(const streamer::Tensor& t) {
     auto it = readers_.find(t.file);
     if (it == readers_.end()) return Status::Internal("verify: no reader for " + t.file);
     std::string plain(t.info.bytes(), '\0');
-    MX_RETURN_IF_ERROR(it->second->ReadAt(data_start + t.info.begin, t.info.bytes(), plain.data()));
+    MX_RETURN_IF_ERROR(
+        it->second->ReadAt(t.data_start + t.info.begin, t.info.bytes(), plain.data()));
     if (std::memcmp(plain.data(), t.data, plain.size()) != 0) {
       return Status::DataLoss("verify: tensor '" + t.info.name + "' of " + t.file +
                               " differs from a plain sequential read");
@@ -103,28 +104,6 @@ int RunStream(const StreamArgs& a, const GlobalFlags& flags) {
   if (a.verify) {
     if (Status st = verifier.Open(a.uris); !st.ok()) return ReportError(st);
   }
-  // Header offsets per file, for the verifier (data_start is not in TensorInfo).
-  std::map<std::string, uint64_t> data_start;
-  if (a.verify) {
-    for (const auto& uri : a.uris) {
-      storage::StorageOptions so;
-      auto store = storage::OpenStorage(uri, so);
-      if (!store.ok()) return ReportError(store.status());
-      auto objects = (*store)->List(uri);
-      if (!objects.ok()) return ReportError(objects.status());
-      for (const auto& o : *objects) {
-        if (o.size < 8) continue;
-        auto r = (*store)->Open(o);
-        if (!r.ok()) return ReportError(r.status());
-        char first[8];
-        if ((*r)->ReadAt(0, 8, first).ok()) {
-          uint64_t n = 0;
-          for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(first[i]);
-          data_start[o.name] = 8 + n;
-        }
-      }
-    }
-  }
   auto started = std::chrono::steady_clock::now();
   std::unique_ptr<streamer::CudaUploader> gpu;
   std::vector<void*> device_tensors;
@@ -142,7 +121,7 @@ int RunStream(const StreamArgs& a, const GlobalFlags& flags) {
       a.uris, *options, [&](const streamer::Tensor& t, const std::shared_ptr<void>&) {
         if (a.digests)
           digests[t.file + "/" + t.info.name] = Sha256Hex(std::string_view(t.data, t.info.bytes()));
-        if (a.verify) return verifier.Check(t, data_start[t.file]);
+        if (a.verify) return verifier.Check(t);
         return Status::OK();
       });
   if (gpu) {

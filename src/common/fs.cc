@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
+#include <ctime>
 #include <random>
 #include <string>
 
@@ -128,6 +129,15 @@ std::optional<TempOwner> ParseTempOwner(std::string_view suffix) {
 bool TempOwnerIsDead(const TempOwner& owner) {
   if (owner.host != HostForSuffix()) return false;  // cannot tell across hosts
   return ::kill(owner.pid, 0) != 0 && errno == ESRCH;
+}
+
+bool TempFileIsOrphaned(const std::string& path, std::string_view owner_suffix) {
+  constexpr int kStaleSeconds = 600;
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return false;
+  if (std::time(nullptr) - st.st_mtime > kStaleSeconds) return true;
+  auto owner = ParseTempOwner(owner_suffix);
+  return owner && TempOwnerIsDead(*owner);
 }
 
 mode_t DefaultFileMode() {

@@ -40,6 +40,11 @@ std::optional<TempOwner> ParseTempOwner(std::string_view suffix);
 // True when the owner is certainly dead: same host and no such process.
 bool TempOwnerIsDead(const TempOwner& owner);
 
+// The one rule for adopting or removing another writer's temp file: its owner (the
+// UniqueTempSuffix in its name) is dead on this host, or nobody has touched it for 10
+// minutes (a writer on another host that died). False when the file is gone.
+bool TempFileIsOrphaned(const std::string& path, std::string_view owner_suffix);
+
 // The mode a new regular file gets in any directory: 0666 & ~umask.
 mode_t DefaultFileMode();
 

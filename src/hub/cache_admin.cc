@@ -19,8 +19,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr int kStaleTempSeconds = 600;
-
 std::vector<std::string> ListDir(const std::string& dir) {
   std::vector<std::string> out;
   std::error_code ec;
@@ -76,17 +74,11 @@ bool IsTempName(const std::string& name) {
          name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0;
 }
 
-// True if a temp file's writer is certainly gone (dead on this host, or silent too long).
+// True if a temp file's writer is gone: "<name>.<owner suffix>.incomplete|tmp".
 bool TempIsStale(const std::string& dir, const std::string& name) {
-  struct stat st;
-  if (::lstat((dir + "/" + name).c_str(), &st) != 0) return false;
-  if (std::time(nullptr) - st.st_mtime > kStaleTempSeconds) return true;
   size_t mx = name.find(".mx-");
-  if (mx == std::string::npos) return false;
-  std::string owner = name.substr(mx + 1);
-  owner = owner.substr(0, owner.find('.'));
-  auto parsed = ParseTempOwner(owner);
-  return parsed && TempOwnerIsDead(*parsed);
+  std::string owner = mx == std::string::npos ? "" : name.substr(mx + 1);
+  return TempFileIsOrphaned(dir + "/" + name, owner.substr(0, owner.find('.')));
 }
 
 Status RemoveUnreferencedBlobs(const std::string& repo_dir, RemoveReport* report) {

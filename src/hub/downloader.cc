@@ -33,8 +33,6 @@ constexpr int kMaxFileAttempts = 3;
 constexpr uint64_t kHashStepBytes = 4ull << 20;  // whole-file refetches after a hash mismatch
 constexpr uint64_t kMaxChunkBytes = 16ull << 20;
 constexpr uint64_t kMinChunkBytes = 1ull << 20;
-// A temp file untouched this long belongs to a dead process even on another host.
-constexpr int kStaleTempSeconds = 600;
 
 double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
@@ -270,12 +268,8 @@ bool Downloader::AdoptOrphan(Target& t) {
     std::string owner_text =
         name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
     std::string path = t.temp_dir + "/" + name;
-    struct stat st;
-    if (::stat(path.c_str(), &st) != 0) continue;
-    auto owner = ParseTempOwner(owner_text);
-    bool dead = owner && TempOwnerIsDead(*owner);
-    bool stale = std::time(nullptr) - st.st_mtime > kStaleTempSeconds;
-    if (!dead && !stale) continue;  // a live writer (possibly on another host) owns it
+    // A live writer (possibly on another host) owns it.
+    if (!TempFileIsOrphaned(path, owner_text)) continue;
     // rename() is atomic: of several adopters exactly one wins, the others get ENOENT.
     if (::rename(path.c_str(), t.temp_path.c_str()) != 0) continue;
     std::string new_progress = t.temp_path + ".progress";

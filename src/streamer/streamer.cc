@@ -490,7 +490,7 @@ Status Pipeline::Consume() {
       if (stats_.tensors == 0) {
         stats_.first_tensor_seconds = std::chrono::duration<double>(Clock::now() - start_).count();
       }
-      Status st = on_tensor_(Tensor{f.name, t, data}, hold);
+      Status st = on_tensor_(Tensor{f.name, t, f.header.data_start, data}, hold);
       if (!st.ok()) return st;
       ++stats_.tensors;
       stats_.bytes += t.bytes();

@@ -34,7 +34,8 @@ struct StreamOptions {
 struct Tensor {
   const std::string& file;  // object name ("model-00001-of-00002.safetensors")
   const safetensors::TensorInfo& info;
-  const char* data;  // info.bytes() bytes
+  uint64_t data_start;  // the file's data offset: the tensor sits at data_start + info.begin
+  const char* data;     // info.bytes() bytes
 };
 
 // Called on the caller's thread, one tensor at a time. `data` stays valid until the
