@@ -50,7 +50,8 @@ class Verifier {
   Status Open(const std::vector<std::string>& uris) {
     storage::StorageOptions so;
     so.connections = 1;
-    for (const auto& uri : uris) {
+    for (const auto& named : uris) {
+      MX_ASSIGN_OR_RETURN(std::string uri, streamer::ResolveModelUri(named));
       MX_ASSIGN_OR_RETURN(auto store, storage::OpenStorage(uri, so));
       MX_ASSIGN_OR_RETURN(auto objects, store->List(uri));
       for (const auto& o : objects) {
@@ -82,7 +83,11 @@ int RunStream(const StreamArgs& a, const GlobalFlags& flags) {
   InitLogging(flags.json ? "warn" : "info");
   auto options = streamer::StreamOptions::FromEnvironment();
   if (!options.ok()) return ReportError(options.status());
-  if (!a.concurrency.empty()) options->concurrency = std::atoi(a.concurrency.c_str());
+  if (!a.concurrency.empty()) {
+    auto c = ParseIntInRange("--concurrency", a.concurrency, 1, 1024);
+    if (!c.ok()) return ReportError(c.status());
+    options->concurrency = static_cast<int>(*c);
+  }
   if (!a.chunk_size.empty()) {
     auto v = ParseByteSize(a.chunk_size);
     if (!v.ok()) return ReportError(v.status());
@@ -90,10 +95,13 @@ int RunStream(const StreamArgs& a, const GlobalFlags& flags) {
   }
   if (!a.memory_limit.empty()) {
     if (a.memory_limit == "-1" || a.memory_limit == "0") {
-      options->memory_limit = std::atoi(a.memory_limit.c_str());
+      options->memory_limit = a.memory_limit == "-1" ? -1 : 0;
     } else {
       auto v = ParseByteSize(a.memory_limit);
       if (!v.ok()) return ReportError(v.status());
+      if (*v > static_cast<uint64_t>(INT64_MAX)) {
+        return ReportError(Status::InvalidArgument("--memory-limit is out of range"));
+      }
       options->memory_limit = static_cast<int64_t>(*v);
     }
   }
@@ -105,32 +113,51 @@ int RunStream(const StreamArgs& a, const GlobalFlags& flags) {
     if (Status st = verifier.Open(a.uris); !st.ok()) return ReportError(st);
   }
   auto started = std::chrono::steady_clock::now();
-  std::unique_ptr<streamer::CudaUploader> gpu;
-  std::vector<void*> device_tensors;
+  // --device cuda:N: every tensor goes on to GPU memory through the CUDA destination,
+  // which owns that memory until this function returns (on every path).
+  std::unique_ptr<streamer::CudaDestination> gpu;
   if (!a.device.empty()) {
-    if (a.device.rfind("cuda:", 0) != 0) {
+    auto index = a.device.rfind("cuda:", 0) == 0
+                     ? ParseIntInRange("--device", std::string_view(a.device).substr(5), 0, 1023)
+                     : Result<int64_t>(Status::InvalidArgument(""));
+    if (!index.ok()) {
       return ReportError(
-          Status::InvalidArgument("--device must be cuda:N, not '" + a.device + "'"));
+          Status::InvalidArgument("--device must be cuda:N, not '" + a.device.substr(0, 64) + "'"));
     }
-    auto up = streamer::CudaUploader::Create(std::atoi(a.device.c_str() + 5));
-    if (!up.ok()) return ReportError(up.status());
-    gpu = std::move(*up);
+    auto dest = streamer::CudaDestination::Create(static_cast<int>(*index));
+    if (!dest.ok()) return ReportError(dest.status());
+    gpu = std::move(*dest);
   }
   std::map<std::string, std::string> digests;
   auto stats = streamer::StreamModel(
       a.uris, *options, [&](const streamer::Tensor& t, const std::shared_ptr<void>&) {
-        if (a.digests)
+        if (a.digests && !gpu)
           digests[t.file + "/" + t.info.name] = Sha256Hex(std::string_view(t.data, t.info.bytes()));
-        if (a.verify) return verifier.Check(t);
+        if (a.verify) MX_RETURN_IF_ERROR(verifier.Check(t));
+        if (gpu) return gpu->Add(t);
         return Status::OK();
       });
-  if (gpu) {
-    Status synced = gpu->Synchronize();
-    if (stats.ok() && !synced.ok()) stats = synced;
-    if (stats.ok())
+  uint64_t device_bytes = 0;
+  if (gpu && stats.ok()) {
+    // The time includes the last copies landing on the device.
+    Status synced = gpu->Finish();
+    if (!synced.ok()) stats = synced;
+    if (stats.ok()) {
       stats->seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    for (void* p : device_tensors) streamer::CudaUploader::FreeDevice(p);
+      device_bytes = gpu->uploader().bytes_uploaded();
+    }
+    // With --device, digests are of the bytes read back from GPU memory: they prove what
+    // is on the device, not what passed through host buffers.
+    for (const auto& [key, placed] : gpu->tensors()) {
+      if (!stats.ok() || !a.digests) break;
+      auto back = gpu->ReadBack(key);
+      if (!back.ok()) {
+        stats = back.status();
+        break;
+      }
+      digests[key] = Sha256Hex(*back);
+    }
   }
   if (!stats.ok()) return ReportError(stats.status());
   uint64_t rss = PeakRssBytes();
@@ -151,7 +178,8 @@ int RunStream(const StreamArgs& a, const GlobalFlags& flags) {
                    {"gb_per_second", gbps},
                    {"peak_rss_bytes", rss},
                    {"verified", a.verify},
-                   {"device", a.device.empty() ? "cpu" : a.device}};
+                   {"device", a.device.empty() ? "cpu" : a.device},
+                   {"device_bytes", device_bytes}};
   if (a.digests) j["tensor_sha256"] = digests;
   std::printf("%s\n", j.dump().c_str());
   return 0;
@@ -180,7 +208,9 @@ void RegisterStream(CLI::App& app, GlobalFlags& flags, int& exit_code) {
   cmd->add_option(
       "--device", args->device,
       "cuda:N: copy every tensor on to that GPU (pinned staging, overlapped with reads)");
-  cmd->add_flag("--tensor-digests", args->digests, "Add each tensor's sha256 to the JSON summary");
+  cmd->add_flag("--tensor-digests", args->digests,
+                "Add each tensor's sha256 to the JSON summary (with --device: of the bytes read "
+                "back from GPU memory)");
   cmd->add_flag("--json", flags.json, "Only the JSON summary");
   cmd->callback([args, &flags, &exit_code] {
     if (args->uris.empty()) {

@@ -17,8 +17,17 @@ std::optional<std::string> GetEnv(const char* name);
 bool IsTruthy(std::string_view value);
 bool EnvIsTruthy(const char* name);
 
+// The one integer parser for flags, environment variables and configuration: the whole of
+// `text` must be a base-10 integer (no sign for ParseUint64, no spaces, no suffix) that
+// fits the type. InvalidArgument otherwise, quoting (a bounded prefix of) the text.
+Result<uint64_t> ParseUint64(std::string_view text);
+Result<int64_t> ParseInt64(std::string_view text);
+// ParseInt64 restricted to [lo, hi]; the error names `what` and the range.
+Result<int64_t> ParseIntInRange(std::string_view what, std::string_view text, int64_t lo,
+                                int64_t hi);
+
 // "256MiB", "2GB", "1048576", "1.5GiB" -> bytes. Binary (KiB/MiB/GiB/TiB, K/M/G/T) and
-// decimal (kB/MB/GB/TB) suffixes.
+// decimal (kB/MB/GB/TB) suffixes. InvalidArgument when the value does not fit 64 bits.
 Result<uint64_t> ParseByteSize(std::string_view text);
 // 1536 -> "1.5 KiB".
 std::string FormatBytes(double bytes);

@@ -7,11 +7,17 @@
 
 #include <atomic>
 #include <cerrno>
+#include <charconv>
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <ctime>
+#include <limits>
+#include <mutex>
 #include <random>
+#include <set>
 #include <string>
+#include <thread>
 
 namespace mx {
 
@@ -30,23 +36,27 @@ Status MakeDirs(const std::string& path, mode_t mode) {
   return Status::OK();
 }
 
-Result<std::string> ReadFile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+void ScopedFd::Reset(int fd) {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = fd;
+}
+
+Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) {
+  ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  if (!fd.valid()) return Status::FromErrno(errno, "open " + path);
   std::string out;
   char buf[65536];
   for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      Status st = Status::FromErrno(errno, "read " + path);
-      ::close(fd);
-      return st;
-    }
+    if (n < 0) return Status::FromErrno(errno, "read " + path);
     if (n == 0) break;
+    if (out.size() + static_cast<uint64_t>(n) > max_bytes) {
+      return Status::ResourceExhausted(path + " is larger than " + std::to_string(max_bytes) +
+                                       " bytes");
+    }
     out.append(buf, static_cast<size_t>(n));
   }
-  ::close(fd);
   return out;
 }
 
@@ -120,9 +130,17 @@ std::optional<TempOwner> ParseTempOwner(std::string_view suffix) {
   if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos) {
     return std::nullopt;
   }
+  // from_chars, not stol: a hostile or corrupt name ("...-99999999999999999999-...") must
+  // read as "not ours", never throw.
+  long long pid = 0;
+  auto [end, ec] = std::from_chars(pid_text.data(), pid_text.data() + pid_text.size(), pid);
+  if (ec != std::errc() || end != pid_text.data() + pid_text.size() || pid <= 0 ||
+      pid > std::numeric_limits<pid_t>::max()) {
+    return std::nullopt;
+  }
   TempOwner owner;
   owner.host = std::string(suffix.substr(3, pid_dash - 3));
-  owner.pid = static_cast<pid_t>(std::stol(pid_text));
+  owner.pid = static_cast<pid_t>(pid);
   return owner;
 }
 
@@ -131,22 +149,112 @@ bool TempOwnerIsDead(const TempOwner& owner) {
   return ::kill(owner.pid, 0) != 0 && errno == ESRCH;
 }
 
+namespace {
+
+// Temp files threads of this process are writing (OwnedTempFile).
+std::mutex& OwnedMu() {
+  static std::mutex mu;
+  return mu;
+}
+std::multiset<std::string>& OwnedPaths() {
+  static std::multiset<std::string> paths;
+  return paths;
+}
+
+}  // namespace
+
+OwnedTempFile::OwnedTempFile(std::string path) : path_(std::move(path)) {
+  std::lock_guard<std::mutex> l(OwnedMu());
+  OwnedPaths().insert(path_);
+}
+
+OwnedTempFile::~OwnedTempFile() { Release(); }
+
+OwnedTempFile::OwnedTempFile(OwnedTempFile&& other) noexcept : path_(std::move(other.path_)) {
+  other.path_.clear();
+}
+
+OwnedTempFile& OwnedTempFile::operator=(OwnedTempFile&& other) noexcept {
+  if (this != &other) {
+    Release();
+    path_ = std::move(other.path_);
+    other.path_.clear();
+  }
+  return *this;
+}
+
+void OwnedTempFile::Release() {
+  if (path_.empty()) return;
+  std::lock_guard<std::mutex> l(OwnedMu());
+  auto it = OwnedPaths().find(path_);
+  if (it != OwnedPaths().end()) OwnedPaths().erase(it);
+  path_.clear();
+}
+
+bool IsOwnedTempFile(const std::string& path) {
+  std::lock_guard<std::mutex> l(OwnedMu());
+  return OwnedPaths().count(path) > 0;
+}
+
 bool TempFileIsOrphaned(const std::string& path, std::string_view owner_suffix) {
   constexpr int kStaleSeconds = 600;
+  // A temp file's ".progress" sidecar belongs to whoever owns the temp file.
+  constexpr std::string_view kSidecar = ".progress";
+  std::string_view main_path = path;
+  if (main_path.size() > kSidecar.size() &&
+      main_path.substr(main_path.size() - kSidecar.size()) == kSidecar) {
+    main_path.remove_suffix(kSidecar.size());
+  }
+  if (IsOwnedTempFile(std::string(main_path))) return false;  // a thread of ours writes it
   struct stat st;
   if (::lstat(path.c_str(), &st) != 0) return false;
   if (std::time(nullptr) - st.st_mtime > kStaleSeconds) return true;
   auto owner = ParseTempOwner(owner_suffix);
-  return owner && TempOwnerIsDead(*owner);
+  if (!owner) return false;
+  // Ours, yet no thread of ours writes it: left by an earlier attempt of this process.
+  if (owner->host == HostForSuffix() && owner->pid == ::getpid()) return true;
+  return TempOwnerIsDead(*owner);
 }
 
+namespace {
+
+// "Umask:\t0022" from /proc/self/status; nullopt without /proc (or on kernels < 4.7).
+std::optional<mode_t> UmaskFromProc() {
+  int fd = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  char buf[4096];
+  std::string text;
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  size_t at = text.find("\nUmask:");
+  if (at == std::string::npos) return std::nullopt;
+  size_t begin = text.find_first_of("01234567", at + 7);
+  if (begin == std::string::npos) return std::nullopt;
+  unsigned value = 0;
+  auto [end, ec] = std::from_chars(text.data() + begin, text.data() + text.size(), value, 8);
+  if (ec != std::errc() || value > 0777) return std::nullopt;
+  return static_cast<mode_t>(value);
+}
+
+// Computed during static initialization, before main() can start threads: the one moment
+// when reading the umask by setting it cannot race with another thread creating a file.
+const mode_t kStartupUmask = [] {
+  if (auto mask = UmaskFromProc()) return *mask;
+  mode_t mask = ::umask(022);
+  ::umask(mask);
+  return mask;
+}();
+
+}  // namespace
+
 mode_t DefaultFileMode() {
-  static const mode_t mode = [] {
-    mode_t mask = ::umask(022);
-    ::umask(mask);
-    return static_cast<mode_t>(0666 & ~mask);
-  }();
-  return mode;
+  mode_t mask = UmaskFromProc().value_or(kStartupUmask);
+  return static_cast<mode_t>(0666 & ~mask);
 }
 
 static bool FlockDisabledForTests() {
@@ -183,23 +291,40 @@ bool FileLock::TryLockFd(int fd) {
   return ::flock(fd, LOCK_EX | LOCK_NB) == 0;
 }
 
-Result<FileLock> FileLock::TryAcquire(const std::string& path) {
+Result<FileLock> FileLock::TryAcquire(const std::string& path, LockMode mode) {
   FileLock lock;
   if (FlockDisabledForTests()) {
     lock.held_ = true;
     return lock;
   }
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0664);
+  if (fd >= 0) {
+    ::fchmod(fd, 0664);  // group-writable so other users of a shared cache can lock too
+  } else if (errno == EACCES || errno == EROFS) {
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);  // flock needs no write access
+  }
   if (fd < 0) return Status::FromErrno(errno, "open lock " + path);
-  ::fchmod(fd, 0664);  // group-writable so other users of a shared cache can lock too
   lock.fd_ = fd;
-  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
+  int op = (mode == LockMode::kShared ? LOCK_SH : LOCK_EX) | LOCK_NB;
+  int rc;
+  do {
+    rc = ::flock(fd, op);
+  } while (rc != 0 && errno == EINTR);
+  if (rc == 0) {
     lock.held_ = true;
   } else if (errno != EWOULDBLOCK) {
-    Status st = Status::FromErrno(errno, "flock " + path);
-    return st;
+    return Status::FromErrno(errno, "flock " + path);  // `lock` closes fd
   }
   return lock;
+}
+
+Result<FileLock> FileLock::Acquire(const std::string& path, LockMode mode, int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    MX_ASSIGN_OR_RETURN(FileLock lock, TryAcquire(path, mode));
+    if (lock.held() || std::chrono::steady_clock::now() >= deadline) return lock;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 bool IsSafeRelativePath(std::string_view path) {

@@ -17,7 +17,10 @@ namespace mx {
 // mkdir -p. OK if the directory exists.
 Status MakeDirs(const std::string& path, mode_t mode = 0755);
 
-Result<std::string> ReadFile(const std::string& path);
+// Reads a whole file. Fails with ResourceExhausted, before reading more, when the file holds
+// more than `max_bytes` (refs, tokens and listings are small; a path that leads to
+// /dev/zero or a huge file must not exhaust memory).
+Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes = 64ull << 20);
 
 // Writes `contents` to `path` so a reader sees either the old file or the whole new one:
 // a process-unique temp file beside it, fsync, rename. Mode is 0666 & ~umask.
@@ -42,15 +45,77 @@ bool TempOwnerIsDead(const TempOwner& owner);
 
 // The one rule for adopting or removing another writer's temp file: its owner (the
 // UniqueTempSuffix in its name) is dead on this host, or nobody has touched it for 10
-// minutes (a writer on another host that died). False when the file is gone.
+// minutes (a writer on another host that died), or the owner is this very process and no
+// thread of it has the file registered as being written (see OwnedTempFile): a server that
+// retries a failed download resumes its own earlier temp file at once. False when the
+// file is gone.
 bool TempFileIsOrphaned(const std::string& path, std::string_view owner_suffix);
 
-// The mode a new regular file gets in any directory: 0666 & ~umask.
+// Registers `path` as a temp file a thread of this process is writing, for as long as the
+// object lives (movable, not copyable). TempFileIsOrphaned never calls a registered file
+// orphaned, even with flock a no-op; an unregistered file named after this process is.
+class OwnedTempFile {
+ public:
+  OwnedTempFile() = default;
+  explicit OwnedTempFile(std::string path);
+  ~OwnedTempFile();
+  OwnedTempFile(OwnedTempFile&& other) noexcept;
+  OwnedTempFile& operator=(OwnedTempFile&& other) noexcept;
+  OwnedTempFile(const OwnedTempFile&) = delete;
+  OwnedTempFile& operator=(const OwnedTempFile&) = delete;
+
+  // Unregisters now (the file was renamed away, removed, or abandoned for a later rerun).
+  void Release();
+
+ private:
+  std::string path_;
+};
+// True while some OwnedTempFile of this process holds `path`.
+bool IsOwnedTempFile(const std::string& path);
+
+// The mode a new regular file gets in any directory: 0666 & ~umask. Reads the umask from
+// /proc/self/status without changing it (umask(2) can only be read by setting it, which
+// would race with other threads creating files); without /proc, the umask the process
+// had when it started.
 mode_t DefaultFileMode();
 
-// Holds an exclusive flock on a lock file (created 0664). Releases on destruction.
-// MX_TEST_DISABLE_FLOCK=1 turns every lock into a no-op that "succeeds", to test that
-// correctness does not depend on locking (as on some network filesystems).
+enum class LockMode { kExclusive, kShared };
+
+// Owns a file descriptor and closes it on destruction: every early return of a function
+// that opened a file closes it.
+class ScopedFd {
+ public:
+  ScopedFd() = default;
+  explicit ScopedFd(int fd) : fd_(fd) {}
+  ~ScopedFd() { Reset(); }
+  ScopedFd(ScopedFd&& other) noexcept : fd_(other.Release()) {}
+  ScopedFd& operator=(ScopedFd&& other) noexcept {
+    if (this != &other) Reset(other.Release());
+    return *this;
+  }
+  ScopedFd(const ScopedFd&) = delete;
+  ScopedFd& operator=(const ScopedFd&) = delete;
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  // Gives up ownership without closing.
+  int Release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  // Closes the current descriptor (if any) and owns `fd`.
+  void Reset(int fd = -1);
+
+ private:
+  int fd_ = -1;
+};
+
+// Holds a flock (exclusive or shared) on a lock file (created 0664). Releases on
+// destruction. MX_TEST_DISABLE_FLOCK=1 turns every lock into a no-op that "succeeds", to
+// test that correctness does not depend on locking (as on some network filesystems).
+// A lock file must never be deleted while it may be locked: two processes could then
+// "hold" locks on two different inodes of the same name.
 class FileLock {
  public:
   FileLock() = default;
@@ -60,9 +125,13 @@ class FileLock {
   FileLock(const FileLock&) = delete;
   FileLock& operator=(const FileLock&) = delete;
 
-  // Non-blocking: returns a held lock, or nullopt-like unheld lock when another holder
-  // has it (held() == false). IoError only when the lock file cannot be opened.
-  static Result<FileLock> TryAcquire(const std::string& path);
+  // Non-blocking: returns a held lock, or an unheld lock (held() == false) when another
+  // holder has it in a conflicting mode. IoError only when the lock file cannot be opened
+  // (a read-only cache falls back to opening it read-only, which flock allows).
+  static Result<FileLock> TryAcquire(const std::string& path, LockMode mode = LockMode::kExclusive);
+  // Like TryAcquire, but retries for up to `timeout_ms` (polling, so a caller can bound its
+  // wait); unheld when the time ran out.
+  static Result<FileLock> Acquire(const std::string& path, LockMode mode, int timeout_ms);
   // Locks an already-open descriptor without blocking (does not take ownership of fd).
   static bool TryLockFd(int fd);
 

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "common/fs.h"
+
 namespace mx {
 
 struct Hasher::Impl {
@@ -32,13 +34,7 @@ std::string Hasher::FinalHex() {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_DigestFinal_ex(impl_->ctx, md, &len);
-  static const char kHex[] = "0123456789abcdef";
-  std::string out(len * 2, '0');
-  for (unsigned i = 0; i < len; ++i) {
-    out[2 * i] = kHex[md[i] >> 4];
-    out[2 * i + 1] = kHex[md[i] & 15];
-  }
-  return out;
+  return HexEncode(std::string_view(reinterpret_cast<const char*>(md), len));
 }
 
 std::string Sha256Hex(std::string_view data) {
@@ -54,25 +50,20 @@ std::string GitSha1Hex(std::string_view data) {
 }
 
 Result<std::string> HashFile(const std::string& path, HashKind kind) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::FromErrno(errno, "open " + path);
-  off_t size = ::lseek(fd, 0, SEEK_END);
-  ::lseek(fd, 0, SEEK_SET);
-  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno(errno, "open " + path);
+  off_t size = ::lseek(fd.get(), 0, SEEK_END);
+  ::lseek(fd.get(), 0, SEEK_SET);
+  ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
   Hasher hasher(kind, static_cast<uint64_t>(size));
   std::vector<char> buf(1 << 20);
   for (;;) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      Status st = Status::FromErrno(errno, "read " + path);
-      ::close(fd);
-      return st;
-    }
+    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Status::FromErrno(errno, "read " + path);
     if (n == 0) break;
     hasher.Update(buf.data(), static_cast<size_t>(n));
   }
-  ::close(fd);
   return hasher.FinalHex();
 }
 
@@ -84,8 +75,8 @@ std::string HmacSha256(std::string_view key, std::string_view data) {
   return std::string(reinterpret_cast<char*>(out), len);
 }
 
-std::string HexEncode(std::string_view bytes) {
-  static const char kHex[] = "0123456789abcdef";
+std::string HexEncode(std::string_view bytes, bool uppercase) {
+  const char* kHex = uppercase ? "0123456789ABCDEF" : "0123456789abcdef";
   std::string out;
   out.reserve(bytes.size() * 2);
   for (unsigned char c : bytes) {

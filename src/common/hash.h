@@ -39,7 +39,8 @@ Result<std::string> HashFile(const std::string& path, HashKind kind);
 
 // HMAC-SHA256 (raw 32 bytes), for request signatures (SigV4, Azure SharedKey).
 std::string HmacSha256(std::string_view key, std::string_view data);
-std::string HexEncode(std::string_view bytes);
+// The one hex encoder: lowercase by default (digests), uppercase for percent-encoding.
+std::string HexEncode(std::string_view bytes, bool uppercase = false);
 std::string Base64Encode(std::string_view bytes);
 // NotFound-free: InvalidArgument when `text` is not base64.
 Result<std::string> Base64Decode(std::string_view text);

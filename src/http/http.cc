@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "common/env.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "http/curl_util.h"
 
@@ -102,8 +103,20 @@ std::optional<std::string> Response::Header(std::string_view lowercase_name) con
 
 namespace {
 
+struct BodySink {
+  Response* response;
+  size_t limit;  // 0: none
+};
+
 size_t CollectBody(char* data, size_t size, size_t n, void* user) {
-  static_cast<std::string*>(user)->append(data, size * n);
+  auto* sink = static_cast<BodySink*>(user);
+  std::string& body = sink->response->body;
+  if (sink->limit != 0 && body.size() + size * n > sink->limit) {
+    body.append(data, sink->limit - body.size());
+    sink->response->body_truncated = true;
+    return 0;  // aborts the transfer (CURLE_WRITE_ERROR)
+  }
+  body.append(data, size * n);
   return size * n;
 }
 
@@ -135,8 +148,9 @@ static Result<Response> FetchOnce(const Request& request) {
   curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, request.follow_redirects ? 1L : 0L);
   curl_easy_setopt(easy, CURLOPT_TIMEOUT, request.timeout_seconds);
   if (request.method == "HEAD") curl_easy_setopt(easy, CURLOPT_NOBODY, 1L);
+  BodySink sink{&response, request.max_body_bytes};
   curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, CollectBody);
-  curl_easy_setopt(easy, CURLOPT_WRITEDATA, &response.body);
+  curl_easy_setopt(easy, CURLOPT_WRITEDATA, &sink);
   curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, CollectHeader);
   curl_easy_setopt(easy, CURLOPT_HEADERDATA, &response.headers);
   char errbuf[CURL_ERROR_SIZE] = {0};
@@ -148,6 +162,7 @@ static Result<Response> FetchOnce(const Request& request) {
   if (effective) response.effective_url = effective;
   curl_slist_free_all(headers);
   curl_easy_cleanup(easy);
+  if (rc == CURLE_WRITE_ERROR && response.body_truncated) return response;  // asked for
   if (rc != CURLE_OK) {
     std::string why = errbuf[0] ? errbuf : curl_easy_strerror(rc);
     return Status::Unavailable(request.method + " " + RedactUrl(request.url) + ": " + why);
@@ -194,6 +209,12 @@ std::string OriginOf(std::string_view url) {
   return out;
 }
 
+bool IsSameHttpOrigin(std::string_view a, std::string_view b) {
+  std::string oa = OriginOf(a);
+  bool http = oa.rfind("http://", 0) == 0 || oa.rfind("https://", 0) == 0;
+  return http && oa == OriginOf(b);
+}
+
 std::string ResolveUrl(std::string_view base, std::string_view location) {
   CURLU* u = curl_url();
   std::string out(location);
@@ -208,7 +229,6 @@ std::string ResolveUrl(std::string_view base, std::string_view location) {
 }
 
 std::string UrlQuote(std::string_view text, std::string_view safe) {
-  static const char kHex[] = "0123456789ABCDEF";
   std::string out;
   for (unsigned char c : text) {
     bool unreserved = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -216,9 +236,8 @@ std::string UrlQuote(std::string_view text, std::string_view safe) {
     if (unreserved || safe.find(static_cast<char>(c)) != std::string_view::npos) {
       out.push_back(static_cast<char>(c));
     } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
+      char byte = static_cast<char>(c);
+      out += '%' + HexEncode(std::string_view(&byte, 1), /*uppercase=*/true);
     }
   }
   return out;

@@ -37,6 +37,9 @@ struct Request {
   std::vector<std::string> headers;
   bool follow_redirects = true;
   long timeout_seconds = 60;
+  // Stop reading the body past this many bytes (0: no limit); the response then has
+  // body_truncated set. Probes use it so a server that ignores Range cannot send gigabytes.
+  size_t max_body_bytes = 0;
 };
 
 struct Response {
@@ -44,6 +47,7 @@ struct Response {
   std::string body;
   std::vector<std::pair<std::string, std::string>> headers;  // final response, names lowercased
   std::string effective_url;
+  bool body_truncated = false;  // the body reached Request::max_body_bytes
 
   // First header with this (lowercase) name.
   std::optional<std::string> Header(std::string_view lowercase_name) const;
@@ -56,9 +60,13 @@ Result<Response> Fetch(const Request& request, const RetryPolicy& policy = {});
 
 // scheme://host:port of a URL, lowercased; empty if unparsable.
 std::string OriginOf(std::string_view url);
+// True when both URLs are http(s) and share scheme, host and port: the test before a
+// credential goes to a URL that a response named (a Link header, a redirect).
+bool IsSameHttpOrigin(std::string_view a, std::string_view b);
 // Resolves a (possibly relative) Location against the URL it came from.
 std::string ResolveUrl(std::string_view base, std::string_view location);
-// Percent-encodes everything but unreserved characters and those in `safe`.
+// The one percent-encoder (RFC 3986; also S3's and Azure's URI encoding): everything but
+// unreserved characters (A-Z a-z 0-9 - _ . ~) and those in `safe`, as uppercase %XX.
 std::string UrlQuote(std::string_view text, std::string_view safe = "");
 
 // The User-Agent every request carries.

@@ -42,5 +42,24 @@ TEST(HttpTest, UrlHelpers) {
   EXPECT_EQ(ResolveUrl("http://a:1/x/y", "http://b:2/c"), "http://b:2/c");
 }
 
+TEST(HttpTest, SameOriginForCredentials) {
+  EXPECT_TRUE(IsSameHttpOrigin("http://127.0.0.1:8/api/a", "HTTP://127.0.0.1:8/api/b?c=1"));
+  EXPECT_TRUE(IsSameHttpOrigin("https://hub.example/x", "https://hub.example:443/y"));
+  EXPECT_FALSE(IsSameHttpOrigin("http://127.0.0.1:8/a", "http://127.0.0.2:8/a"));   // host
+  EXPECT_FALSE(IsSameHttpOrigin("http://127.0.0.1:8/a", "http://127.0.0.1:9/a"));   // port
+  EXPECT_FALSE(IsSameHttpOrigin("https://hub.example/a", "http://hub.example/a"));  // scheme
+  EXPECT_FALSE(IsSameHttpOrigin("http://hub.example/a", "http://hub.example.evil/a"));
+  EXPECT_FALSE(IsSameHttpOrigin("http://hub.example/a", "http://hub.example@evil/a"));
+  EXPECT_FALSE(IsSameHttpOrigin("ftp://h/a", "ftp://h/b"));  // only http(s)
+  EXPECT_FALSE(IsSameHttpOrigin("file:///etc/passwd", "file:///etc/passwd"));
+  EXPECT_FALSE(IsSameHttpOrigin("", ""));
+}
+
+TEST(HttpTest, PercentEncoderIsUppercaseRfc3986) {
+  EXPECT_EQ(UrlQuote(std::string("\xff\x00~-._", 6)), "%FF%00~-._");
+  EXPECT_EQ(UrlQuote("a=b&c"), "a%3Db%26c");
+  EXPECT_EQ(UrlQuote("a=b", "="), "a=b");
+}
+
 }  // namespace
 }  // namespace mx::http

@@ -108,6 +108,8 @@ struct RangeEngine::Impl {
 
   static size_t OnHeader(char* data, size_t size, size_t n, void* user);
   static size_t OnBody(char* data, size_t size, size_t n, void* user);
+  static int OnXferInfo(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t);
+  bool Cancelled() const { return options.cancel && options.cancel->load(); }
   bool Validate(Transfer* t);
   void Start(Work work);
   // Both return true when the range went back into the queue (still outstanding).
@@ -193,6 +195,14 @@ size_t RangeEngine::Impl::OnBody(char* data, size_t size, size_t n, void* user) 
   return len;
 }
 
+// libcurl calls this at least once a second, even while a transfer is stalled.
+int RangeEngine::Impl::OnXferInfo(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  auto* t = static_cast<Transfer*>(user);
+  if (!static_cast<Impl*>(t->engine)->Cancelled()) return 0;
+  t->fatal = Status::Cancelled(t->work.job->job.display_name + ": download cancelled");
+  return 1;  // CURLE_ABORTED_BY_CALLBACK
+}
+
 void RangeEngine::Impl::Start(Work work) {
   CURL* easy;
   if (!idle_handles.empty()) {
@@ -229,6 +239,11 @@ void RangeEngine::Impl::Start(Work work) {
   curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &Impl::OnBody);
   curl_easy_setopt(easy, CURLOPT_WRITEDATA, t);
   curl_easy_setopt(easy, CURLOPT_PRIVATE, t);
+  if (options.cancel) {
+    curl_easy_setopt(easy, CURLOPT_XFERINFOFUNCTION, &Impl::OnXferInfo);
+    curl_easy_setopt(easy, CURLOPT_XFERINFODATA, t);
+    curl_easy_setopt(easy, CURLOPT_NOPROGRESS, 0L);
+  }
   t->errbuf[0] = 0;
   curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, t->errbuf);
   curl_multi_add_handle(multi, easy);
@@ -387,6 +402,10 @@ Status RangeEngine::Impl::Loop() {
         stopping = stop_requested;
       }
       for (auto& job : arrived) Admit(std::move(job));
+    }
+    if (Cancelled()) {
+      // Queued ranges are dropped below; transfers in flight abort in OnXferInfo.
+      for (auto& [js, owned] : jobs) FinishJob(js, Status::Cancelled("download cancelled"));
     }
     auto now = Clock::now();
     auto next_ready = Clock::time_point::max();

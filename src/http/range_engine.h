@@ -11,6 +11,7 @@
 // Content is not verified here: callers hash whole files (see hub/downloader).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -58,6 +59,9 @@ struct EngineOptions {
   RetryPolicy retry{8, 0.25, 20.0};
   long buffer_bytes = 512 * 1024;                    // libcurl receive buffer per transfer
   std::function<void(uint64_t new_bytes)> on_bytes;  // engine thread, for progress display
+  // When set and it turns true, Run fails every unfinished job with Cancelled within about
+  // a second (transfers in flight, stalled ones included, are aborted) and returns.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 class RangeEngine {

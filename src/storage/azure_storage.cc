@@ -98,7 +98,7 @@ class AzureStorage : public Storage {
   Result<std::unique_ptr<RangeReader>> Open(const ObjectInfo& object) override {
     std::string container, name;
     MX_RETURN_IF_ERROR(SplitBucketKey(object.uri, 5, &container, &name));
-    std::string url = c_.endpoint + "/" + container + "/" + AwsUriEncode(name, true);
+    std::string url = c_.endpoint + "/" + container + "/" + http::UrlQuote(name, "/");
     std::string path = PathOf(url);
     if (!c_.sas.empty()) url += "?" + c_.sas;
     RangeSigner signer = [this, path](uint64_t begin, uint64_t end) {
@@ -144,7 +144,7 @@ class AzureStorage : public Storage {
       std::string path = PathOf(url);
       std::string query;
       for (const auto& [k, v] : q)
-        query += (query.empty() ? "?" : "&") + k + "=" + AwsUriEncode(v, false);
+        query += (query.empty() ? "?" : "&") + k + "=" + http::UrlQuote(v);
       if (!c_.sas.empty()) query += "&" + c_.sas;
       http::Request req;
       req.url = url + query;
@@ -170,7 +170,9 @@ class AzureStorage : public Storage {
         if (!NextXmlElement(blob, "Name", &p, &name)) continue;
         p = 0;
         NextXmlElement(blob, "Content-Length", &p, &size);
-        out.emplace_back(name, std::strtoull(size.c_str(), nullptr, 10));
+        auto n = ParseUint64(size);
+        if (!n.ok()) return n.status().WithContext(where + ": listing size of " + name);
+        out.emplace_back(name, *n);
       }
       size_t p = 0;
       if (!NextXmlElement(r.body, "NextMarker", &p, &marker) || marker.empty()) return out;

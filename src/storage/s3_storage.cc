@@ -123,7 +123,7 @@ class S3Storage : public Storage {
   }
 
   std::string ObjectPath(const std::string& bucket, const std::string& key) const {
-    std::string path = "/" + AwsUriEncode(key, true);
+    std::string path = "/" + http::UrlQuote(key, "/");
     return c_.path_style ? "/" + bucket + path : path;
   }
 
@@ -162,8 +162,7 @@ class S3Storage : public Storage {
       std::vector<std::pair<std::string, std::string>> sorted = q;
       std::sort(sorted.begin(), sorted.end());
       for (const auto& [k, v] : sorted)
-        query +=
-            (query.empty() ? "?" : "&") + AwsUriEncode(k, false) + "=" + AwsUriEncode(v, false);
+        query += (query.empty() ? "?" : "&") + http::UrlQuote(k) + "=" + http::UrlQuote(v);
       http::Request req;
       req.url = BaseUrl(bucket) + path + query;
       req.headers = Sign(bucket, path, q);
@@ -177,7 +176,9 @@ class S3Storage : public Storage {
         if (NextXmlElement(contents, "Key", &p, &key)) {
           p = 0;
           NextXmlElement(contents, "Size", &p, &size);
-          out.emplace_back(key, std::strtoull(size.c_str(), nullptr, 10));
+          auto n = ParseUint64(size);
+          if (!n.ok()) return n.status().WithContext(where + ": listing size of " + key);
+          out.emplace_back(key, *n);
         }
       }
       size_t p = 0;

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "common/hash.h"
+#include "http/http.h"
 
 namespace mx::storage {
 
@@ -22,28 +23,11 @@ std::string HttpDate(std::time_t t) {
   return buf;
 }
 
-std::string AwsUriEncode(const std::string& s, bool keep_slash) {
-  static const char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    bool unreserved = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                      c == '-' || c == '_' || c == '.' || c == '~';
-    if (unreserved || (keep_slash && c == '/')) {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
-  return out;
-}
-
 std::string SigV4Authorization(const SigV4Request& r, const std::string& access_key,
                                const std::string& secret_key, const std::string& region,
                                const std::string& service) {
   std::vector<std::pair<std::string, std::string>> q;
-  for (const auto& [k, v] : r.query) q.emplace_back(AwsUriEncode(k, false), AwsUriEncode(v, false));
+  for (const auto& [k, v] : r.query) q.emplace_back(http::UrlQuote(k), http::UrlQuote(v));
   std::sort(q.begin(), q.end());
   std::string query;
   for (const auto& [k, v] : q) query += (query.empty() ? "" : "&") + k + "=" + v;

@@ -24,8 +24,6 @@ std::string SigV4Authorization(const SigV4Request& request, const std::string& a
                                const std::string& service);
 // "20150830T123600Z"
 std::string AmzDate(std::time_t t);
-// S3's URI encoding: everything but unreserved characters, '/' kept when `keep_slash`.
-std::string AwsUriEncode(const std::string& s, bool keep_slash);
 
 struct AzureRequest {
   std::string method = "GET";

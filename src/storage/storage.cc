@@ -2,35 +2,61 @@
 
 #include <ctime>
 
+#include "common/env.h"
 #include "common/log.h"
 #include "http/http.h"
-#include "hub/cache.h"
-#include "hub/hub_client.h"
 #include "storage/backends.h"
 
 namespace mx::storage {
 namespace {
 
-// One object served over plain HTTP(S) ranges; its size comes from a HEAD.
+// The object size from a 206's "Content-Range: bytes 0-0/<size>".
+Result<uint64_t> SizeFromContentRange(const std::string& value) {
+  size_t slash = value.rfind('/');
+  if (value.rfind("bytes ", 0) != 0 || slash == std::string::npos) {
+    return Status::DataLoss("malformed Content-Range '" + value.substr(0, 64) + "'");
+  }
+  auto size = ParseUint64(std::string_view(value).substr(slash + 1));
+  if (!size.ok())
+    return Status::DataLoss("Content-Range without a size: " + size.status().message());
+  return *size;
+}
+
+// One object served over plain HTTP(S) ranges. Its size comes from a 1-byte ranged GET,
+// not a HEAD: a presigned S3/GCS URL is signed for GET only and answers HEAD with 403.
 class HttpStorage : public Storage {
  public:
   explicit HttpStorage(const StorageOptions& o) : engine_(StartEngine(o.connections)) {}
 
   Result<std::vector<ObjectInfo>> List(const std::string& uri) override {
     http::Request req;
-    req.method = "HEAD";
     req.url = uri;
+    req.headers = {"Range: bytes=0-0"};
+    req.max_body_bytes = 64 << 10;
     MX_ASSIGN_OR_RETURN(http::Response r, http::Fetch(req));
-    if (r.status == 404) return Status::NotFound(RedactUrl(uri) + ": HTTP 404 (no such file)");
-    if (r.status != 200)
-      return Status::Unavailable(RedactUrl(uri) + ": HTTP " + std::to_string(r.status));
-    auto len = r.Header("content-length");
-    if (!len)
-      return Status::FailedPrecondition(RedactUrl(uri) + ": the server does not say the size");
+    std::string where = RedactUrl(uri);
+    if (r.status == 404) return Status::NotFound(where + ": HTTP 404 (no such file)");
+    uint64_t size = 0;
+    if (r.status == 206) {
+      auto range = r.Header("content-range");
+      if (!range) return Status::DataLoss(where + ": a 206 without Content-Range");
+      auto parsed = SizeFromContentRange(*range);
+      if (!parsed.ok()) return parsed.status().WithContext(where);
+      size = *parsed;
+    } else if (r.status == 416) {
+      size = 0;  // "bytes 0-0" is unsatisfiable only for an empty object
+    } else if (r.status == 200) {
+      return Status::FailedPrecondition(where +
+                                        ": the server ignores Range requests (HTTP 200 to a "
+                                        "ranged GET); streaming needs ranged reads");
+    } else {
+      return Status::Unavailable(
+          where + ": HTTP " + std::to_string(r.status) +
+          (r.status == 403 ? " (forbidden: expired or wrong signature?)" : ""));
+    }
     std::string path = uri.substr(0, uri.find('?'));
     final_url_ = r.effective_url;
-    return std::vector<ObjectInfo>{{RedactUrl(uri), path.substr(path.rfind('/') + 1),
-                                    std::strtoull(len->c_str(), nullptr, 10)}};
+    return std::vector<ObjectInfo>{{where, path.substr(path.rfind('/') + 1), size}};
   }
 
   Result<std::unique_ptr<RangeReader>> Open(const ObjectInfo& object) override {
@@ -41,37 +67,6 @@ class HttpStorage : public Storage {
  private:
   std::unique_ptr<http::RangeEngine> engine_;
   std::string final_url_;
-};
-
-// "org/name[@rev]" resolved to a snapshot directory of the local HF cache.
-Result<std::string> HubCachePath(const std::string& uri) {
-  std::string repo = uri, revision = "main";
-  if (size_t at = uri.find('@'); at != std::string::npos) {
-    repo = uri.substr(0, at);
-    revision = uri.substr(at + 1);
-  }
-  MX_RETURN_IF_ERROR(hub::ValidateRepoId(repo));
-  hub::RepoCache cache(hub::HubConfig::FromEnvironment().cache_dir, hub::RepoType::kModel, repo);
-  auto commit = cache.ResolveLocal(revision);
-  if (!commit.ok()) {
-    return Status::NotFound(repo + "@" + revision + " is not in the local HF cache (" +
-                            cache.root() + "); run: mx download " + repo);
-  }
-  return cache.snapshot_dir(*commit);
-}
-
-class LocalAlias : public Storage {
- public:
-  LocalAlias(std::unique_ptr<Storage> local, std::string path)
-      : local_(std::move(local)), path_(std::move(path)) {}
-  Result<std::vector<ObjectInfo>> List(const std::string&) override { return local_->List(path_); }
-  Result<std::unique_ptr<RangeReader>> Open(const ObjectInfo& o) override {
-    return local_->Open(o);
-  }
-
- private:
-  std::unique_ptr<Storage> local_;
-  std::string path_;
 };
 
 }  // namespace
@@ -92,9 +87,11 @@ Result<std::unique_ptr<Storage>> OpenStorage(const std::string& uri,
     return Status::InvalidArgument("unsupported URI scheme in '" + RedactUrl(uri) +
                                    "' (use a path, http(s)://, s3://, gs://, az:// or org/name)");
   }
-  MX_ASSIGN_OR_RETURN(std::string path, HubCachePath(uri));
-  MX_ASSIGN_OR_RETURN(auto local, OpenLocalStorage(options));
-  return std::unique_ptr<Storage>(new LocalAlias(std::move(local), path));
+  // Hub ids (org/name) are the streamer's to resolve to a cache path: storage knows bytes,
+  // not the hub's cache layout.
+  return Status::InvalidArgument("'" + uri.substr(0, 256) +
+                                 "' is not a path or a URI (a hub id must be resolved to its "
+                                 "cache directory first)");
 }
 
 }  // namespace mx::storage

@@ -4,7 +4,8 @@
 //   s3://bucket/key-or-prefix           S3 (SigV4; path-style or virtual-hosted)
 //   gs://bucket/key-or-prefix           GCS XML API (HMAC keys via SigV4, or a bearer token)
 //   az://container/path-or-prefix       Azure Blob (SharedKey or SAS)
-//   org/name[@revision]                 a hub repo already in the local HF cache
+// (A hub id, org/name[@revision], is resolved to its cache directory by the streamer:
+// storage does not depend on the hub.)
 // Remote reads all go through one shared RangeEngine (connection pool, 206 and
 // Content-Range checks, per-range retries). Errors name the bucket/key/URL, the HTTP
 // status and the likely cause; never a secret.

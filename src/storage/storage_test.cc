@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "common/hash.h"
+#include "http/http.h"
 #include "storage/backends.h"
 #include "storage/signing.h"
 
@@ -29,7 +30,7 @@ TEST(SigV4Test, QueryIsSortedAndEncoded) {
                                "us-east-1", "service")
                 .find("Signature=b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500"),
             std::string::npos);
-  EXPECT_EQ(AwsUriEncode("a b/c+d", true), "a%20b/c%2Bd");
+  EXPECT_EQ(http::UrlQuote("a b/c+d", "/"), "a%20b/c%2Bd");  // S3 encoding is UrlQuote
   EXPECT_EQ(AmzDate(0), "19700101T000000Z");
   EXPECT_EQ(HttpDate(0), "Thu, 01 Jan 1970 00:00:00 GMT");
 }
@@ -60,6 +61,15 @@ TEST(XmlTest, ElementsAndEntities) {
   ASSERT_TRUE(NextXmlElement(xml, "Key", &pos, &v));
   EXPECT_EQ(v, "z");
   EXPECT_FALSE(NextXmlElement(xml, "Key", &pos, &v));
+}
+
+TEST(OpenStorageTest, HubIdsAreNotStoragesBusiness) {
+  // org/name is resolved to a cache directory by the streamer; storage refuses it clearly.
+  auto st = OpenStorage("org/name", StorageOptions{});
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.status().message().find("hub id"), std::string::npos);
+  EXPECT_TRUE(OpenStorage("/tmp", StorageOptions{}).ok());
 }
 
 }  // namespace

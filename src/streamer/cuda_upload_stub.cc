@@ -10,7 +10,14 @@ bool CudaCompiledIn() { return false; }
 CudaUploader::CudaUploader(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CudaUploader::~CudaUploader() = default;
 
-Result<std::unique_ptr<CudaUploader>> CudaUploader::Create(int, size_t, int) {
+Result<std::unique_ptr<CudaUploader>> CudaUploader::Create(int,
+                                                           const CudaUploaderOptions& options) {
+  // The same argument check as the CUDA build, so both answer alike.
+  if (options.slots < 1 || options.slot_bytes == 0 || options.block_bytes == 0) {
+    return Status::InvalidArgument(
+        "the CUDA uploader needs at least one staging slot of at "
+        "least one byte and a non-empty pool block");
+  }
   return Status::Unimplemented(
       "this mx was built without CUDA (no CUDA toolkit was found at build time)");
 }
@@ -19,6 +26,7 @@ Status CudaUploader::Synchronize() { return Status::Unimplemented("no CUDA"); }
 Status CudaUploader::Download(const void*, size_t, char*) {
   return Status::Unimplemented("no CUDA");
 }
-void CudaUploader::FreeDevice(void*) {}
+uint64_t CudaUploader::device_bytes_reserved() const { return 0; }
+uint64_t CudaUploader::bytes_uploaded() const { return 0; }
 
 }  // namespace mx::streamer

@@ -14,6 +14,8 @@
 #include "common/env.h"
 #include "common/fs.h"
 #include "common/log.h"
+#include "hub/cache.h"
+#include "hub/hub_client.h"
 #include "storage/storage.h"
 
 namespace mx::streamer {
@@ -143,17 +145,13 @@ class Memory {
   bool aborted_ = false;
 };
 
-Result<int64_t> EnvInt(const char* name, int64_t fallback, int64_t min) {
+// More readers than this only adds threads: no storage serves one client faster.
+constexpr int64_t kMaxConcurrency = 1024;
+
+Result<int64_t> EnvInt(const char* name, int64_t fallback, int64_t min, int64_t max = INT64_MAX) {
   auto v = GetEnv(name);
   if (!v || v->empty()) return fallback;
-  try {
-    size_t pos = 0;
-    long long n = std::stoll(*v, &pos);
-    if (pos != v->size() || n < min) throw std::out_of_range(name);
-    return static_cast<int64_t>(n);
-  } catch (...) {
-    return Status::InvalidArgument(std::string(name) + "='" + *v + "' is not a valid number");
-  }
+  return ParseIntInRange(name, *v, min, max);
 }
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
@@ -207,7 +205,8 @@ Status Pipeline::OpenAll(const std::vector<std::string>& uris) {
   storage::StorageOptions so;
   so.connections = options_.concurrency;
   so.direct_io = options_.direct_io;
-  for (const auto& uri : uris) {
+  for (const auto& named : uris) {
+    MX_ASSIGN_OR_RETURN(std::string uri, ResolveModelUri(named));
     MX_ASSIGN_OR_RETURN(auto store, storage::OpenStorage(uri, so));
     MX_ASSIGN_OR_RETURN(auto objects, store->List(uri));
     std::vector<storage::ObjectInfo> chosen;
@@ -538,7 +537,8 @@ Result<StreamStats> Pipeline::Run(const std::vector<std::string>& uris) {
 
 Result<StreamOptions> StreamOptions::FromEnvironment() {
   StreamOptions o;
-  MX_ASSIGN_OR_RETURN(int64_t c, EnvInt("RUNAI_STREAMER_CONCURRENCY", o.concurrency, 1));
+  MX_ASSIGN_OR_RETURN(int64_t c,
+                      EnvInt("RUNAI_STREAMER_CONCURRENCY", o.concurrency, 1, kMaxConcurrency));
   MX_ASSIGN_OR_RETURN(int64_t chunk, EnvInt("RUNAI_STREAMER_CHUNK_BYTESIZE",
                                             static_cast<int64_t>(o.chunk_bytes), 1));
   MX_ASSIGN_OR_RETURN(int64_t limit, EnvInt("RUNAI_STREAMER_MEMORY_LIMIT", o.memory_limit, -1));
@@ -546,6 +546,26 @@ Result<StreamOptions> StreamOptions::FromEnvironment() {
   o.chunk_bytes = static_cast<uint64_t>(chunk);
   o.memory_limit = limit;
   return o;
+}
+
+Result<std::string> ResolveModelUri(const std::string& uri) {
+  bool is_path = uri.rfind("/", 0) == 0 || uri.rfind("./", 0) == 0 || uri.rfind("../", 0) == 0;
+  if (is_path || uri.find("://") != std::string::npos) return uri;
+  std::string repo = uri, revision = "main";
+  if (size_t at = uri.find('@'); at != std::string::npos) {
+    repo = uri.substr(0, at);
+    revision = uri.substr(at + 1);
+  }
+  MX_RETURN_IF_ERROR(hub::ValidateRepoId(repo));
+  MX_RETURN_IF_ERROR(hub::ValidateRevision(revision));
+  hub::RepoCache cache(hub::HubConfig::FromEnvironment().cache_dir, hub::RepoType::kModel, repo);
+  auto commit = cache.ResolveLocal(revision);
+  if (!commit.ok()) {
+    return Status::NotFound(repo + "@" + revision.substr(0, 256) +
+                            " is not in the local HF cache (" + cache.root() +
+                            "); run: mx download " + repo);
+  }
+  return cache.snapshot_dir(*commit);
 }
 
 Result<StreamStats> StreamModel(const std::vector<std::string>& uris, const StreamOptions& options,

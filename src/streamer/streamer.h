@@ -64,6 +64,11 @@ struct ModelFile {
   uint64_t size = 0;
 };
 
+// The storage URI for what the user named: a hub id, org/name[@revision], becomes its
+// snapshot directory in the local HF cache (NotFound, naming the fix, when absent); any
+// path or scheme:// URI comes back unchanged. StreamModel applies it to every URI.
+Result<std::string> ResolveModelUri(const std::string& uri);
+
 Result<StreamStats> StreamModel(const std::vector<std::string>& uris, const StreamOptions& options,
                                 const TensorCallback& on_tensor,
                                 const Destination& destination = nullptr);
