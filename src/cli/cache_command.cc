@@ -17,6 +17,7 @@ struct CacheArgs {
   std::string repo;  // REPO or REPO@REV
   std::string revision;
   bool revisions = false;
+  int64_t grace_seconds = hub::kCacheGraceSeconds;  // prune
 };
 
 std::string CacheRoot(const CacheArgs& a) {
@@ -151,9 +152,12 @@ int RunRm(const CacheArgs& a) {
 }
 
 int RunPrune(const CacheArgs& a) {
-  auto report = hub::PruneCache(CacheRoot(a));
+  auto report = hub::PruneCache(CacheRoot(a), a.grace_seconds);
   if (!report.ok()) return ReportError(report.status());
   PrintRemoved(*report);
+  if (report->repos_in_use > 0) {
+    std::printf("left %zu repo(s) in use (a download or a stream) alone\n", report->repos_in_use);
+  }
   return 0;
 }
 
@@ -195,6 +199,11 @@ void RegisterCache(CLI::App& app, GlobalFlags& flags, int& exit_code) {
   CLI::App* prune =
       cache->add_subcommand("prune", "Remove unreferenced revisions, blobs and stale temp files");
   common(prune);
+  prune
+      ->add_option("--grace", args->grace_seconds,
+                   "Keep revisions and blobs changed in the last SECONDS (default 600): a "
+                   "download may be adding them where file locks do not work")
+      ->check(CLI::NonNegativeNumber);
   prune->callback([args, &exit_code] { exit_code = RunPrune(*args); });
 }
 

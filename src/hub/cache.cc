@@ -7,8 +7,14 @@
 
 #include "common/fs.h"
 #include "common/hash.h"
+#include "common/text.h"
 
 namespace mx::hub {
+
+namespace {
+// A ref holds a 40-hex commit; anything much longer is not a ref.
+constexpr uint64_t kMaxRefBytes = 256;
+}  // namespace
 
 std::string RepoFolderName(RepoType type, const std::string& repo_id) {
   std::string folder = RepoTypePlural(type);
@@ -61,6 +67,48 @@ Status ValidateRepoId(const std::string& repo_id) {
   return Status::OK();
 }
 
+Status ValidateRevision(const std::string& revision) {
+  auto bad = [&](const std::string& why) {
+    std::string shown = revision.size() > 64 ? revision.substr(0, 64) + "..." : revision;
+    for (char& c : shown) {
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+    }
+    return Status::InvalidArgument("invalid revision '" + shown + "': " + why +
+                                   " (expected a branch, a tag or a 40-hex commit)");
+  };
+  if (revision.empty()) return bad("empty");
+  if (revision.size() > 255) return bad("longer than 255 bytes");
+  if (!IsValidUtf8(revision)) return bad("not UTF-8");
+  if (revision == "@") return bad("'@' alone is not a ref name");
+  if (revision.find("..") != std::string::npos) return bad("'..' is not allowed");
+  if (revision.find("@{") != std::string::npos) return bad("'@{' is not allowed");
+  if (revision.front() == '/' || revision.back() == '/' ||
+      revision.find("//") != std::string::npos) {
+    return bad("leading, trailing or double '/'");
+  }
+  if (revision.back() == '.') return bad("ends with '.'");
+  for (char ch : revision) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c == 0x7f) return bad("control character");
+    if (std::string_view(" ~^:?*[\\").find(ch) != std::string_view::npos) {
+      return bad(std::string("'") + ch + "' is not allowed");
+    }
+  }
+  size_t start = 0;
+  while (start <= revision.size()) {
+    size_t slash = revision.find('/', start);
+    std::string_view part(revision.data() + start,
+                          (slash == std::string::npos ? revision.size() : slash) - start);
+    if (part.front() == '.') return bad("a component starts with '.'");
+    if (part.size() >= 5 && part.substr(part.size() - 5) == ".lock") {
+      return bad("a component ends with '.lock'");
+    }
+    if (slash == std::string::npos) break;
+    start = slash + 1;
+  }
+  return Status::OK();
+}
+
 RepoCache::RepoCache(std::string root, RepoType type, const std::string& repo_id)
     : root_(std::move(root)), folder_(RepoFolderName(type, repo_id)) {
   repo_dir_ = root_ + "/" + folder_;
@@ -68,6 +116,32 @@ RepoCache::RepoCache(std::string root, RepoType type, const std::string& repo_id
 
 std::string RepoCache::lock_path(const std::string& etag) const {
   return root_ + "/.locks/" + folder_ + "/" + etag + ".lock";
+}
+
+std::string RepoCache::repo_lock_path() const {
+  return root_ + "/.locks/" + folder_ + "/.repo.lock";
+}
+
+Result<FileLock> RepoCache::LockForUse(int timeout_ms) const {
+  MX_RETURN_IF_ERROR(MakeDirs(DirName(repo_lock_path())));
+  MX_ASSIGN_OR_RETURN(FileLock lock,
+                      FileLock::Acquire(repo_lock_path(), LockMode::kShared, timeout_ms));
+  if (!lock.held()) {
+    return Status::Unavailable(folder_ + " is being cleaned up (mx cache rm/prune or eviction)" +
+                               "; try again later");
+  }
+  return lock;
+}
+
+Result<FileLock> RepoCache::LockForCleanup() const {
+  MX_RETURN_IF_ERROR(MakeDirs(DirName(repo_lock_path())));
+  MX_ASSIGN_OR_RETURN(FileLock lock, FileLock::TryAcquire(repo_lock_path(), LockMode::kExclusive));
+  if (!lock.held()) {
+    return Status::FailedPrecondition(folder_ +
+                                      " is in use (a download or a stream holds it); try again "
+                                      "later");
+  }
+  return lock;
 }
 
 std::string RepoCache::snapshot_dir(const std::string& commit) const {
@@ -79,7 +153,9 @@ std::string RepoCache::snapshot_path(const std::string& commit, const std::strin
 }
 
 Result<std::string> RepoCache::ResolveLocal(const std::string& revision) const {
-  auto ref = ReadFile(repo_dir_ + "/refs/" + revision);
+  // Never build a path from an unchecked revision: "../../x" would read outside the cache.
+  MX_RETURN_IF_ERROR(ValidateRevision(revision));
+  auto ref = ReadFile(repo_dir_ + "/refs/" + revision, kMaxRefBytes);
   if (ref.ok()) {
     std::string commit = *ref;
     while (!commit.empty() && (commit.back() == '\n' || commit.back() == ' ')) commit.pop_back();
@@ -92,8 +168,10 @@ Result<std::string> RepoCache::ResolveLocal(const std::string& revision) const {
 
 Status RepoCache::WriteRef(const std::string& revision, const std::string& commit) const {
   if (revision == commit) return Status::OK();
+  MX_RETURN_IF_ERROR(ValidateRevision(revision));
+  if (!IsLowerHex(commit, 40)) return Status::InvalidArgument("not a commit: " + commit);
   std::string path = repo_dir_ + "/refs/" + revision;
-  auto existing = ReadFile(path);
+  auto existing = ReadFile(path, kMaxRefBytes);
   if (existing.ok() && *existing == commit) return Status::OK();
   MX_RETURN_IF_ERROR(MakeDirs(DirName(path)));
   return WriteFileAtomic(path, commit);

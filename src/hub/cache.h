@@ -8,23 +8,74 @@
 //   <root>/models--org--name/snapshots/<commit>/<path>  -> ../../blobs/<etag>
 //   <root>/models--org--name/.no_exist/<commit>/<path>  known-missing marker
 //   <root>/models--org--name/trees/<commit>.json        listing cache
-//   <root>/.locks/models--org--name/<etag>.lock
+//   <root>/.locks/models--org--name/<etag>.lock         one writer per blob
+//   <root>/.locks/models--org--name/.repo.lock          the repo lock (below)
+//
+// THE PROTOCOL FOR CHANGING THE CACHE. Every process that adds to, reads from or removes
+// from a cache (mx download, mx cache, every mx-server replica on every host sharing the
+// volume) follows it; nothing else deletes anything published.
+//
+// 1. Two roles. Users add or read: downloads (RepoCache writers) and readers that need
+//    files to stay put (mx-server streams: ModelManager::Pin .. Unpin). Cleaners remove:
+//    `mx cache prune`, `mx cache rm`, mx-server DeleteModel and eviction. Users never
+//    delete anything but their own temp files; cleaners never create anything.
+// 2. The repo lock, <root>/.locks/<repo folder>/.repo.lock (LockRepoForUse /
+//    LockRepoForCleanup). Users hold it SHARED (flock LOCK_SH) for their whole duration: a
+//    download from before it resolves the revision until after it wrote the ref, a stream
+//    for the whole stream. Cleaners take it EXCLUSIVE without blocking and, when a user
+//    holds it, leave the repo alone: prune skips it, rm / DeleteModel / eviction fail with
+//    FailedPrecondition ("in use"). DeleteModel of a model this or any other replica is
+//    streaming is therefore refused, never deferred; the caller may retry later. A
+//    download waits (bounded, kRepoLockWaitMs) for a cleaner that holds it. The flock is
+//    visible to every process on the volume, so it is the cross-replica in-use lease. The
+//    lock file is never deleted (not even by `rm` of the repo): two processes could
+//    otherwise lock two different inodes of one name.
+// 3. Publish order. A download renames a verified blob into blobs/, then at once points
+//    every snapshot path with that etag at it, and writes refs/<revision> last, after
+//    checking that every selected snapshot entry resolves (a blob a cleaner removed is
+//    fetched again). So no verified blob stays unreferenced longer than one rename plus
+//    one symlink, and a ref never names an incomplete snapshot. A snapshot without a ref
+//    is either a detached revision or a download in progress.
+// 4. Correct without locks. flock is a no-op on some NFS mounts (MX_TEST_DISABLE_FLOCK=1
+//    simulates it), so cleaners are conservative on their own:
+//    - a repo with a live temp file (*.incomplete or *.tmp, or their .progress record,
+//      whose owner is alive on this host or that changed in the last 10 minutes; see
+//      TempFileIsOrphaned) has a download in progress: prune removes no revision and no
+//      blob there, rm / DeleteModel / eviction refuse it;
+//    - prune never removes a blob, nor a snapshot, that has an entry modified within the
+//      grace period (kCacheGraceSeconds, `mx cache prune --grace`), which covers the
+//      moments between a download's temp files (symlinking, writing the ref).
+//    Without working locks a stream can still lose its files to rm on another host; that
+//    is the one guarantee that needs flock.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "common/fs.h"
 #include "common/status.h"
 #include "hub/hub_client.h"
 
 namespace mx::hub {
 
+// How long prune leaves a blob or snapshot alone after its last change (protocol rule 4).
+constexpr int64_t kCacheGraceSeconds = 600;
+// How long a download waits for a cleaner that holds the repo lock exclusively.
+constexpr int kRepoLockWaitMs = 120000;
 // "models--org--name" for ("org/name", kModel).
 std::string RepoFolderName(RepoType type, const std::string& repo_id);
 // Inverse of RepoFolderName; InvalidArgument for names that are not repo folders.
 Status ParseRepoFolderName(const std::string& folder, RepoType* type, std::string* repo_id);
 // Checks a repo id: "name" or "org/name", no path tricks.
 Status ValidateRepoId(const std::string& repo_id);
+// Checks a revision before it reaches a path or a URL: a 40-hex commit, or a branch/tag
+// name by git's ref-name rules (git check-ref-format --allow-onelevel: no "..", no
+// component starting with '.' or ending in ".lock", no control characters, space, ~ ^ : ?
+// * [ \, no "@{", not "@", no leading, trailing or double '/', no trailing '.'), valid
+// UTF-8, at most 255 bytes. "refs/pr/1" is a valid revision; "../x" and "a/../b" are not.
+Status ValidateRevision(const std::string& revision);
 
 class RepoCache {
  public:
@@ -35,6 +86,8 @@ class RepoCache {
   std::string blobs_dir() const { return repo_dir_ + "/blobs"; }
   std::string blob_path(const std::string& etag) const { return blobs_dir() + "/" + etag; }
   std::string lock_path(const std::string& etag) const;
+  // <root>/.locks/<repo folder>/.repo.lock (protocol rule 2).
+  std::string repo_lock_path() const;
   std::string snapshot_dir(const std::string& commit) const;
   std::string snapshot_path(const std::string& commit, const std::string& path) const;
 
@@ -57,6 +110,13 @@ class RepoCache {
   Status WriteTree(const std::string& commit, const std::vector<TreeEntry>& files) const;
   // Reads trees/<commit>.json back. NotFound when absent.
   Result<std::vector<TreeEntry>> ReadTree(const std::string& commit) const;
+
+  // The repo lock, shared, for a user (download or reader); waits up to `timeout_ms` for a
+  // cleaner. Unavailable when a cleaner held it all that time.
+  Result<FileLock> LockForUse(int timeout_ms = kRepoLockWaitMs) const;
+  // The repo lock, exclusive, for a cleaner; never waits. FailedPrecondition ("in use")
+  // when a user (any process on the volume) holds it.
+  Result<FileLock> LockForCleanup() const;
 
  private:
   std::string root_;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "hub/cache.h"
 #include "hub/hub_client.h"
 
 namespace mx::hub {
@@ -47,14 +48,21 @@ struct RemoveReport {
   size_t revisions_removed = 0;
   size_t blobs_removed = 0;
   uint64_t bytes_freed = 0;
+  size_t repos_in_use = 0;  // prune: repos left (partly) alone because they were in use
 };
 // Removes the whole repo, or one revision (its snapshot and the refs to it) and then the
-// blobs nothing references any more.
+// blobs nothing references any more. A cleaner under the protocol in hub/cache.h:
+// FailedPrecondition, and nothing removed, while a download or a stream (any process on
+// the volume) uses the repo.
 Result<RemoveReport> RemoveFromCache(const std::string& root, RepoType type,
                                      const std::string& repo_id,
                                      const std::optional<std::string>& revision);
 // Removes revisions no ref points to, blobs nothing references, and temp files whose
-// owner is gone, in every repo.
-Result<RemoveReport> PruneCache(const std::string& root);
+// owner is gone, in every repo; a cleaner under the protocol in hub/cache.h: repos in use
+// are skipped (counted in repos_in_use), and no revision or blob changed in the last
+// `grace_seconds` is removed. Filesystem errors (EACCES, ...) come back as a Status after
+// the other repos were pruned; a repo that cannot be read completely loses nothing.
+Result<RemoveReport> PruneCache(const std::string& root,
+                                int64_t grace_seconds = kCacheGraceSeconds);
 
 }  // namespace mx::hub

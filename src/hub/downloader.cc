@@ -43,7 +43,9 @@ double SecondsSince(Clock::time_point t) {
 uint64_t ChooseChunkBytes(uint64_t size, int workers) {
   uint64_t per = size / static_cast<uint64_t>(std::max(1, workers) * 2);
   per = (per + kMinChunkBytes - 1) / kMinChunkBytes * kMinChunkBytes;
-  return std::clamp(per, kMinChunkBytes, kMaxChunkBytes);
+  per = std::clamp(per, kMinChunkBytes, kMaxChunkBytes);
+  // Keep the progress record's table within its bound even for enormous files.
+  return std::max<uint64_t>(per, size / ProgressFile::kMaxChunks + 1);
 }
 
 bool FileHasSize(const std::string& path, uint64_t size) {
@@ -54,6 +56,22 @@ bool FileHasSize(const std::string& path, uint64_t size) {
 
 // One file to produce: a blob (cache mode) or a final path (local dir / no symlinks).
 struct Target {
+  Target() = default;
+  Target(const Target&) = delete;
+  Target& operator=(const Target&) = delete;
+  // Every exit of a download, error paths included, gives back what a target holds.
+  ~Target() { Abandon(); }
+
+  // Closes the temp file (kept on disk for a later run to resume), its progress record,
+  // and gives up the blob lock and the in-process claim on the temp file.
+  void Abandon() {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+    progress.Close();
+    owned.Release();
+    lock.Release();
+  }
+
   TreeEntry entry;
   std::string final_path;
   std::string temp_dir;
@@ -65,6 +83,7 @@ struct Target {
   FileLock lock;
   int fd = -1;
   std::string temp_path;
+  OwnedTempFile owned;  // tells TempFileIsOrphaned a thread of ours writes temp_path
   ProgressFile progress;
   std::vector<size_t> chunk_of_range;
   // Hashing follows the written prefix (engine thread submits, the hash thread consumes).
@@ -154,6 +173,8 @@ class Downloader {
   void HashRange(Target& t, uint64_t from, uint64_t to);
   void Verify(Target& t);
   Status Publish(const std::string& commit, const std::vector<TreeEntry>& selected);
+  Status LinkBlob(const std::string& etag);
+  Status FetchAndLink(const std::vector<TreeEntry>& selected);
   void ReportProgress(bool force);
 
   // True when the target's final file is in place: a published blob (immutable, verified
@@ -174,7 +195,10 @@ class Downloader {
   HubClient& client_;
   const DownloadOptions& options_;
   RepoCache cache_;
+  FileLock repo_lock_;  // shared, for the whole download (protocol in hub/cache.h)
   std::string commit_;
+  // Snapshot paths per blob, to link each blob as soon as it is in place.
+  std::map<std::string, std::vector<std::string>> paths_of_etag_;
   std::vector<std::unique_ptr<Target>> targets_;
   Clock::time_point start_ = Clock::now();
   Clock::time_point last_progress_{};
@@ -228,6 +252,7 @@ Result<std::vector<TreeEntry>> Downloader::Select(const std::string& commit,
 void Downloader::PlanTargets(const std::string& commit, const std::vector<TreeEntry>& selected) {
   std::map<std::string, Target*> by_final;
   for (const auto& e : selected) {
+    paths_of_etag_[e.etag()].push_back(e.path);
     auto t = std::make_unique<Target>();
     t->entry = e;
     t->url = client_.FileUrl(options_.repo_id, commit, e.path);
@@ -285,6 +310,7 @@ bool Downloader::AdoptOrphan(Target& t) {
 Status Downloader::Stage(Target& t) {
   MX_RETURN_IF_ERROR(MakeDirs(t.temp_dir));
   t.temp_path = t.temp_dir + "/" + t.entry.etag() + "." + UniqueTempSuffix() + ".incomplete";
+  t.owned = OwnedTempFile(t.temp_path);  // before it exists: no adopter may take it
   bool adopted = AdoptOrphan(t);
   t.fd = ::open(t.temp_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (t.fd < 0) return Status::FromErrno(errno, "create " + t.temp_path);
@@ -304,6 +330,9 @@ Status Downloader::Stage(Target& t) {
     if (p.ok()) {
       t.progress = std::move(*p);
       resumed = true;
+    } else {
+      // An implausible record: trust none of the adopted bytes, start the file over.
+      spdlog::debug("{}: {}; starting over", t.entry.path, p.status().message());
     }
   }
   if (!resumed) {
@@ -353,6 +382,7 @@ void Downloader::Verify(Target& t) {
     t.fd = -1;
     ::unlink(t.temp_path.c_str());
     t.progress.Remove();
+    t.owned.Release();
     t.verify_status = std::move(st);
   };
   if (!t.verify_status.ok()) return fail(t.verify_status);
@@ -373,12 +403,25 @@ void Downloader::Verify(Target& t) {
     st = Status::FromErrno(errno, "rename into " + t.final_path);
   }
   t.progress.Remove();
+  t.owned.Release();
   if (!st.ok()) {
     ::unlink(t.temp_path.c_str());
     t.verify_status = st;
     return;
   }
   t.done = true;
+  // Referenced at once (protocol rule 3): a cleaner never sees this blob unreferenced.
+  if (use_symlinks()) {
+    Status linked = LinkBlob(t.entry.etag());
+    if (!linked.ok()) spdlog::warn("{}: {}", t.entry.path, linked.message());  // linked again later
+  }
+}
+
+Status Downloader::LinkBlob(const std::string& etag) {
+  auto it = paths_of_etag_.find(etag);
+  if (it == paths_of_etag_.end()) return Status::OK();
+  for (const auto& path : it->second) MX_RETURN_IF_ERROR(cache_.LinkSnapshot(commit_, path, etag));
+  return Status::OK();
 }
 
 void Downloader::ReportProgress(bool force) {
@@ -406,6 +449,7 @@ Status Downloader::FetchAll() {
   std::vector<Status> failures;
   bool announced_wait = false;
   while (!pending.empty()) {
+    if (options_.cancel && options_.cancel->load()) return Status::Cancelled("download cancelled");
     std::vector<Target*> round, waiting;
     for (Target* t : pending) {
       Status dirs = MakeDirs(DirName(t->lock_path));
@@ -430,7 +474,7 @@ Status Downloader::FetchAll() {
       Status st = Stage(*t);
       if (!st.ok()) {
         failures.push_back(st);
-        if (t->fd >= 0) ::close(t->fd);
+        t->Abandon();
         continue;
       }
       progress_.bytes_total -= std::min(progress_.bytes_total, t->progress.BytesDone());
@@ -440,6 +484,7 @@ Status Downloader::FetchAll() {
     if (!round.empty()) {
       http::EngineOptions eo;
       eo.max_connections = options_.max_workers;
+      eo.cancel = options_.cancel;
       eo.on_bytes = [this](uint64_t n) {
         progress_.bytes_done += n;
         ReportProgress(false);
@@ -476,7 +521,10 @@ Status Downloader::FetchAll() {
       Status st = engine.Run();
       verifier.Wait();
       bytes_fetched_ += engine.bytes_received();
-      if (!st.ok()) return st;
+      if (!st.ok()) {
+        for (Target* t : round) t->Abandon();  // fds, progress records, locks, claims
+        return st;
+      }
     }
 
     std::vector<Target*> next;
@@ -484,9 +532,7 @@ Status Downloader::FetchAll() {
       if (t->done) {
         ++progress_.files_done;
       } else if (!t->fetch_status.ok()) {
-        if (t->fd >= 0) ::close(t->fd);  // keep the partial file: a rerun resumes it
-        t->fd = -1;
-        t->progress.Close();
+        t->Abandon();  // keeps the partial file: a rerun (even by this process) resumes it
         failures.push_back(t->fetch_status);
       } else if (t->verify_status.code() == StatusCode::kDataLoss &&
                  ++t->attempts < kMaxFileAttempts) {
@@ -530,12 +576,42 @@ Status Downloader::Publish(const std::string& commit, const std::vector<TreeEntr
     }
     return Status::OK();
   }
-  if (use_symlinks()) {
-    for (const auto& e : selected)
-      MX_RETURN_IF_ERROR(cache_.LinkSnapshot(commit, e.path, e.etag()));
-  }
-  // Without symlinks every path was its own target, produced in place.
+  // Ref last (protocol rule 3): it never names a snapshot that lacks a file.
   return cache_.WriteRef(options_.revision, commit);
+}
+
+Status Downloader::FetchAndLink(const std::vector<TreeEntry>& selected) {
+  constexpr int kMaxRounds = 3;
+  for (int round = 1;; ++round) {
+    MX_RETURN_IF_ERROR(FetchAll());
+    if (local_dir()) return Status::OK();
+    if (use_symlinks()) {
+      for (const auto& e : selected)
+        MX_RETURN_IF_ERROR(cache_.LinkSnapshot(commit_, e.path, e.etag()));
+    }
+    // Without working locks (some NFS mounts) a cleaner may have removed a blob this run
+    // found in place or published: fetch it again rather than report success.
+    std::vector<std::string> missing;
+    for (const auto& e : selected) {
+      if (!cache_.SnapshotFileOk(commit_, e.path, e.size)) missing.push_back(e.path);
+    }
+    if (missing.empty()) return Status::OK();
+    if (round == kMaxRounds) {
+      return Status::Unavailable(std::to_string(missing.size()) + " file(s) of " +
+                                 options_.repo_id + " (first: " + missing[0] +
+                                 ") kept disappearing from the cache while downloading; is "
+                                 "another process removing them?");
+    }
+    spdlog::warn(
+        "{} file(s) of {} were removed from the cache while downloading (first: {}); "
+        "fetching them again",
+        missing.size(), options_.repo_id, missing[0]);
+    for (auto& t : targets_) {
+      t->done = false;
+      t->attempts = 0;
+    }
+    progress_ = DownloadProgress{};
+  }
 }
 
 Result<DownloadReport> Downloader::RunOffline() {
@@ -586,11 +662,13 @@ Result<DownloadReport> Downloader::Run() {
   if (local_dir()) {
     MX_RETURN_IF_ERROR(MakeDirs(LocalMetaDir()));
   } else {
+    // Held until this object is gone, i.e. past the ref write (protocol rule 2).
+    MX_ASSIGN_OR_RETURN(repo_lock_, cache_.LockForUse());
     MX_RETURN_IF_ERROR(cache_.Prepare(commit_));
     MX_RETURN_IF_ERROR(cache_.WriteTree(commit_, listing));
   }
   PlanTargets(commit_, selected);
-  MX_RETURN_IF_ERROR(FetchAll());
+  MX_RETURN_IF_ERROR(FetchAndLink(selected));
   MX_RETURN_IF_ERROR(Publish(commit_, selected));
   DownloadReport report;
   report.commit = commit_;
@@ -603,6 +681,9 @@ Result<DownloadReport> Downloader::Run() {
 }
 
 Result<DownloadReport> Download(HubClient& client, const DownloadOptions& options) {
+  // Every entry (CLI, gRPC, mirror) comes through here: the revision names a ref file.
+  MX_RETURN_IF_ERROR(ValidateRepoId(options.repo_id));
+  MX_RETURN_IF_ERROR(ValidateRevision(options.revision));
   Downloader d(client, options);
   return d.Run();
 }

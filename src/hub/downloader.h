@@ -10,8 +10,14 @@
 // - Several processes on one cache (one host, or hosts sharing NFS) fetch each blob once
 //   when flock works: a blob locked by another process is waited for, not fetched again.
 //   When flock is a no-op they fetch twice and stay correct (rename of identical content).
+// - It follows the cache protocol in hub/cache.h: the repo lock is held shared for the
+//   whole run, each blob is symlinked from the snapshot as soon as it is in place, and the
+//   ref is written last, after every selected file was checked to resolve.
+// - Every exit, errors included, closes its descriptors and releases its locks; a partial
+//   temp file left by a failed run is resumed by the next run, even one in this process.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -41,6 +47,9 @@ struct DownloadOptions {
   int max_workers = 16;                  // HTTP connections
   // Called on the download thread about 5 times a second.
   std::function<void(const DownloadProgress&)> on_progress;
+  // When set and it turns true, the download stops within about a second with Cancelled:
+  // transfers are aborted, partial temp files and their progress stay for a later run.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct DownloadReport {

@@ -236,6 +236,13 @@ Result<std::vector<TreeEntry>> HubClient::ListFiles(const std::string& repo_id,
     MX_RETURN_IF_ERROR(ParseTreePage(r.body, &entries).WithContext(what));
     auto next = NextLink(r.Header("link").value_or(""));
     url = next ? http::ResolveUrl(url, *next) : "";
+    // Each page carries the token: follow a Link only to the hub's own origin, never to
+    // whatever host a response names.
+    if (!url.empty() && !http::IsSameHttpOrigin(url, config_.endpoint)) {
+      return Status::DataLoss(what + ": the tree's next page (" + RedactUrl(url).substr(0, 200) +
+                              ") is not on the hub endpoint's origin (" +
+                              http::OriginOf(config_.endpoint) + "); refusing to follow it");
+    }
   }
   std::set<std::string> paths;
   for (const auto& e : entries) {

@@ -1,6 +1,7 @@
 #include "hub/progress_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +12,15 @@ namespace mx::hub {
 
 static constexpr char kMagic[8] = {'M', 'X', 'P', 'R', 'O', 'G', '0', '1'};
 static constexpr size_t kHeaderBytes = 24;
+
+std::optional<size_t> ProgressFile::ChunkCount(uint64_t file_size, uint64_t chunk_bytes) {
+  if (chunk_bytes < kMinChunkBytes) return std::nullopt;
+  // (size - 1) / chunk + 1, not (size + chunk - 1) / chunk: the latter wraps to 0 chunks
+  // for a huge chunk size, and 0 chunks would read as "everything written".
+  uint64_t chunks = file_size == 0 ? 0 : (file_size - 1) / chunk_bytes + 1;
+  if (chunks > kMaxChunks) return std::nullopt;
+  return static_cast<size_t>(chunks);
+}
 
 ProgressFile::~ProgressFile() { Close(); }
 
@@ -31,11 +41,16 @@ ProgressFile& ProgressFile::operator=(ProgressFile&& o) noexcept {
 
 Result<ProgressFile> ProgressFile::Create(const std::string& path, uint64_t file_size,
                                           uint64_t chunk_bytes) {
+  auto chunks = ChunkCount(file_size, chunk_bytes);
+  if (!chunks) {
+    return Status::InvalidArgument("chunk size " + std::to_string(chunk_bytes) + " for a file of " +
+                                   std::to_string(file_size) + " bytes");
+  }
   ProgressFile p;
   p.path_ = path;
   p.size_ = file_size;
-  p.chunk_bytes_ = std::max<uint64_t>(1, chunk_bytes);
-  p.done_.assign((file_size + p.chunk_bytes_ - 1) / p.chunk_bytes_, 0);
+  p.chunk_bytes_ = chunk_bytes;
+  p.done_.assign(*chunks, 0);
   p.fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (p.fd_ < 0) return Status::FromErrno(errno, "create " + path);
   std::vector<char> buf(kHeaderBytes + 8 * p.done_.size(), 0);
@@ -60,10 +75,19 @@ Result<ProgressFile> ProgressFile::Open(const std::string& path, uint64_t file_s
   }
   std::memcpy(&p.size_, header + 8, 8);
   std::memcpy(&p.chunk_bytes_, header + 16, 8);
-  if (p.size_ != file_size || p.chunk_bytes_ == 0) {
-    return Status::DataLoss(path + ": describes a different file");
+  if (p.size_ != file_size) return Status::DataLoss(path + ": describes a different file");
+  // The record comes from disk (another process, a crash, anyone with write access): its
+  // chunk size decides an allocation, so it is checked before anything is sized by it.
+  auto chunks = ChunkCount(file_size, p.chunk_bytes_);
+  if (!chunks) {
+    return Status::DataLoss(path + ": implausible chunk size " + std::to_string(p.chunk_bytes_));
   }
-  p.done_.assign((file_size + p.chunk_bytes_ - 1) / p.chunk_bytes_, 0);
+  struct stat st;
+  if (::fstat(p.fd_, &st) != 0 ||
+      static_cast<uint64_t>(st.st_size) < kHeaderBytes + 8 * static_cast<uint64_t>(*chunks)) {
+    return Status::DataLoss(path + ": truncated progress record");
+  }
+  p.done_.assign(*chunks, 0);
   ssize_t want = static_cast<ssize_t>(8 * p.done_.size());
   if (::pread(p.fd_, p.done_.data(), static_cast<size_t>(want), kHeaderBytes) != want) {
     return Status::DataLoss(path + ": truncated progress record");

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,10 +24,20 @@ class ProgressFile {
   ProgressFile(ProgressFile&& other) noexcept;
   ProgressFile& operator=(ProgressFile&& other) noexcept;
 
-  // A fresh record with nothing done.
+  // Bounds on the chunk table: a record that would need more than kMaxChunks entries (8 MiB
+  // of table) or chunks under kMinChunkBytes is refused, whoever wrote it.
+  static constexpr uint64_t kMinChunkBytes = 4096;
+  static constexpr uint64_t kMaxChunks = 1u << 20;
+  // Chunks of `chunk_bytes` needed to cover `file_size` bytes; nullopt outside the bounds.
+  static std::optional<size_t> ChunkCount(uint64_t file_size, uint64_t chunk_bytes);
+
+  // A fresh record with nothing done. InvalidArgument for a chunk size outside the bounds.
   static Result<ProgressFile> Create(const std::string& path, uint64_t file_size,
                                      uint64_t chunk_bytes);
-  // An existing record; DataLoss if it does not describe a file of `file_size` bytes.
+  // An existing record; DataLoss if it does not describe a file of `file_size` bytes or is
+  // implausible (a chunk size of 0, a tiny one that would need a huge table, one that
+  // wraps to zero chunks, a table shorter than the file needs). Callers treat DataLoss as
+  // "start over": nothing in the temp file is trusted. Never throws or aborts.
   static Result<ProgressFile> Open(const std::string& path, uint64_t file_size);
 
   size_t chunk_count() const { return done_.size(); }

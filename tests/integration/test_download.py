@@ -280,9 +280,12 @@ class DownloadTest(unittest.TestCase):
         stale = self.cache / "models--org--model/blobs" / ("a" * 64 + ".mx-nohost-1-0000000000000000.incomplete")
         stale.write_bytes(b"x")
         os.utime(stale, (time.time() - 7200, time.time() - 7200))
-        r = self.mx("cache", "prune")
+        r = self.mx("cache", "prune")  # the default grace period keeps a fresh revision
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertFalse(stale.exists())
+        self.assertEqual(len(list((self.cache / "models--org--model/snapshots").iterdir())), 2)
+        r = self.mx("cache", "prune", "--grace", "0")
+        self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(len(list((self.cache / "models--org--model/snapshots").iterdir())), 1)
         r = self.mx("cache", "rm", "org/model")
         self.assertEqual(r.returncode, 0, r.stderr)
