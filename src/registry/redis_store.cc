@@ -1,12 +1,17 @@
-// The Redis backend: replicas on many hosts share one Redis. Claims, renewals and
-// outcomes are Lua scripts, so each is atomic on the server. The connection is re-opened
-// on failure; when Redis comes back empty (a restart without persistence, detected by a
-// new run_id) this process re-writes the records it authored, so claims in flight,
-// finished models and the sources it registered survive.
+// The Redis backend: replicas on many hosts share one Redis. Claims, renewals, outcomes,
+// touches and source writes are Lua scripts, so each is atomic on the server. The
+// connection is re-opened on failure and a command whose reply was lost is sent again, so
+// every script is idempotent: a claim re-sent after it was won finds our claim_id and
+// answers "won" again. When Redis comes back with a new run_id (a restart, or a failover
+// that may or may not have kept the data) this process re-writes the records it authored
+// that are missing, never over a record that survived: that one may be newer than ours.
+// Sources are indexed in mx:sources (all) and mx:srcidx:<mx_source_id> (per identity).
 #include <hiredis/hiredis.h>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
+#include <vector>
 
 #include "common/log.h"
 #include "registry/stores.h"
@@ -17,6 +22,10 @@ namespace {
 constexpr const char* kClaimScript = R"lua(
 local state = redis.call('HGET', KEYS[1], 'state')
 local now = tonumber(ARGV[1])
+if state == '0' and redis.call('HGET', KEYS[1], 'claim_id') == ARGV[3] then
+  -- Our claim already (this call re-sent after a lost reply): still a win.
+  return {1, redis.call('HGET', KEYS[1], 'claim_prev') or ''}
+end
 local can = false
 if not state then can = true
 elseif state == '2' then can = (ARGV[4] == '1')
@@ -26,7 +35,8 @@ if can then
   redis.call('HSET', KEYS[1], 'provider', ARGV[5], 'name', ARGV[6], 'revision', ARGV[7],
     'ignore_weights', ARGV[8], 'state', '0', 'claim_id', ARGV[3],
     'lease_expiry_ms', tostring(now + tonumber(ARGV[2])), 'created_ms', created,
-    'last_used_ms', tostring(now), 'message', '', 'resolved_revision', '', 'bytes', '0')
+    'last_used_ms', tostring(now), 'message', '', 'resolved_revision', '', 'bytes', '0',
+    'claim_prev', state or '')
   redis.call('SADD', 'mx:models', KEYS[1])
   return {1, state or ''}
 end
@@ -50,12 +60,52 @@ end
 return 0
 )lua";
 
+constexpr const char* kTouchScript = R"lua(
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'last_used_ms', ARGV[1])
+  return 1
+end
+return 0
+)lua";
+
+// KEYS: record, its set, the per-identity set. ARGV: field/value pairs. Only when missing.
+constexpr const char* kRestoreScript = R"lua(
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+redis.call('SADD', KEYS[2], KEYS[1])
+if KEYS[3] then redis.call('SADD', KEYS[3], KEYS[1]) end
+return 1
+)lua";
+
+// KEYS: record, mx:sources, mx:srcidx:<id>. ARGV: owner, max per id, max total, then the
+// record's field/value pairs. Returns 1 written, -1 owned by another, -2/-3 over a limit.
+constexpr const char* kPutSourceScript = R"lua(
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  if owner and owner ~= '' and owner ~= ARGV[1] then return -1 end
+else
+  local per_id, total = tonumber(ARGV[2]), tonumber(ARGV[3])
+  if per_id > 0 and redis.call('SCARD', KEYS[3]) >= per_id then return -2 end
+  if total > 0 and redis.call('SCARD', KEYS[2]) >= total then return -3 end
+end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], unpack(ARGV, 4))
+redis.call('SADD', KEYS[2], KEYS[1])
+redis.call('SADD', KEYS[3], KEYS[1])
+return 1
+)lua";
+
 using Reply = std::unique_ptr<redisReply, decltype(&freeReplyObject)>;
 
 std::string ModelRedisKey(const ModelKey& k) { return "mx:model:" + k.Id(); }
 std::string SourceRedisKey(const std::string& id, const std::string& worker) {
   return "mx:source:" + id + ":" + worker;
 }
+std::string SourceIndexKey(const std::string& id) { return "mx:srcidx:" + id; }
+
+// HMGET order of a listed source; "worker" last so listings can leave it out.
+const std::vector<std::string> kSourceFields = {
+    "mx_source_id",  "worker_id",   "model_name", "worker_rank", "status",
+    "updated_at_ms", "accelerator", "identity",   "owner",       "worker"};
 
 class RedisStore : public MetadataStore {
  public:
@@ -163,11 +213,10 @@ class RedisStore : public MetadataStore {
 
   Status TouchModel(const ModelKey& key) override {
     std::lock_guard<std::mutex> l(mu_);
-    std::string rk = ModelRedisKey(key);
-    MX_ASSIGN_OR_RETURN(Reply r, Command({"EXISTS", rk}));
-    if (r->integer == 1) {
-      MX_ASSIGN_OR_RETURN(Reply w, Command({"HSET", rk, "last_used_ms", std::to_string(NowMs())}));
-    }
+    // One script: a record deleted between a check and a write would come back as a
+    // husk holding only last_used_ms.
+    MX_ASSIGN_OR_RETURN(
+        Reply r, Command({"EVAL", kTouchScript, "1", ModelRedisKey(key), std::to_string(NowMs())}));
     return Status::OK();
   }
 
@@ -195,10 +244,32 @@ class RedisStore : public MetadataStore {
     return Status::OK();
   }
 
-  Status PutSource(const SourceRecord& s) override {
+  Status PutSource(const SourceRecord& s, const SourceLimits& limits) override {
     std::lock_guard<std::mutex> l(mu_);
-    authored_sources_[SourceRedisKey(s.mx_source_id, s.worker_id)] = s;
-    return WriteSourceLocked(s);
+    std::string rk = SourceRedisKey(s.mx_source_id, s.worker_id);
+    std::vector<std::string> args = {"EVAL",
+                                     kPutSourceScript,
+                                     "3",
+                                     rk,
+                                     "mx:sources",
+                                     SourceIndexKey(s.mx_source_id),
+                                     s.owner,
+                                     std::to_string(limits.max_per_source_id),
+                                     std::to_string(limits.max_total)};
+    std::vector<std::string> fields = SourceFields(s);
+    args.insert(args.end(), fields.begin() + 2, fields.end());  // without HSET <key>
+    MX_ASSIGN_OR_RETURN(Reply r, Command(args));
+    if (r->type != REDIS_REPLY_INTEGER) return Status::Internal("bad put source reply");
+    if (r->integer == -1)
+      return Status::PermissionDenied("worker_id is registered by another publisher");
+    if (r->integer == -2 || r->integer == -3) {
+      uint32_t limit = r->integer == -2 ? limits.max_per_source_id : limits.max_total;
+      return Status::ResourceExhausted(std::string("too many sources in ") +
+                                       (r->integer == -2 ? "this mx_source_id" : "the registry") +
+                                       " (limit " + std::to_string(limit) + ")");
+    }
+    authored_sources_[rk] = s;
+    return Status::OK();
   }
 
   Result<std::optional<SourceRecord>> GetSource(const std::string& id,
@@ -211,13 +282,24 @@ class RedisStore : public MetadataStore {
 
   Result<std::vector<SourceRecord>> ListSources(const SourceFilter& f) override {
     std::lock_guard<std::mutex> l(mu_);
-    MX_ASSIGN_OR_RETURN(Reply keys, Command({"SMEMBERS", "mx:sources"}));
+    // The per-identity index when the identity is known; one pipelined HMGET per record
+    // (no round trip each) that leaves the worker blob out unless asked for.
+    MX_ASSIGN_OR_RETURN(
+        Reply keys,
+        Command({"SMEMBERS", f.mx_source_id ? SourceIndexKey(*f.mx_source_id) : "mx:sources"}));
+    std::vector<std::string> names;
+    for (size_t i = 0; i < keys->elements; ++i)
+      names.emplace_back(keys->element[i]->str, keys->element[i]->len);
+    std::vector<std::string> fields = kSourceFields;
+    if (!f.with_worker) fields.pop_back();
+    MX_ASSIGN_OR_RETURN(std::vector<Reply> rows, HmgetPipelined(names, fields));
     std::vector<SourceRecord> out;
-    for (size_t i = 0; i < keys->elements; ++i) {
-      MX_ASSIGN_OR_RETURN(
-          Reply h, Command({"HGETALL", std::string(keys->element[i]->str, keys->element[i]->len)}));
-      if (h->elements == 0) continue;
-      SourceRecord s = ToSource(h.get());
+    for (const Reply& h : rows) {
+      if (h->type != REDIS_REPLY_ARRAY || h->elements != fields.size() ||
+          h->element[1]->type != REDIS_REPLY_STRING) {
+        continue;  // deleted since SMEMBERS
+      }
+      SourceRecord s = FromFields(h.get());
       if (f.mx_source_id && s.mx_source_id != *f.mx_source_id) continue;
       if (f.status && s.status != *f.status) continue;
       if (f.model_name && s.model_name != *f.model_name) continue;
@@ -266,6 +348,7 @@ class RedisStore : public MetadataStore {
       if (s.updated_at_ms < now - gc_ms) {
         MX_ASSIGN_OR_RETURN(Reply d1, Command({"DEL", rk}));
         MX_ASSIGN_OR_RETURN(Reply d2, Command({"SREM", "mx:sources", rk}));
+        MX_ASSIGN_OR_RETURN(Reply d3, Command({"SREM", SourceIndexKey(s.mx_source_id), rk}));
         authored_sources_.erase(rk);
         ++deleted;
       } else if (s.updated_at_ms < now - stale_ms && s.status != stale_status) {
@@ -313,10 +396,15 @@ class RedisStore : public MetadataStore {
     return info.substr(p + 7, e - p - 7);
   }
 
+  // Re-writes what this process authored where it is missing; a record that survived
+  // the restart (kept data, or re-written by another replica since) is newer than ours.
   void Restore() {
     for (const auto& [rk, m] : authored_models_) {
-      std::vector<std::string> args = {"HSET",
+      std::vector<std::string> args = {"EVAL",
+                                       kRestoreScript,
+                                       "2",
                                        rk,
+                                       "mx:models",
                                        "provider",
                                        std::to_string(m.key.provider),
                                        "name",
@@ -342,12 +430,64 @@ class RedisStore : public MetadataStore {
                                        "bytes",
                                        std::to_string(m.bytes)};
       RawCommand(args);
-      RawCommand({"SADD", "mx:models", rk});
     }
     for (const auto& [rk, s] : authored_sources_) {
-      (void)rk;
-      WriteSourceRaw(s);
+      std::vector<std::string> args = {"EVAL", kRestoreScript, "3",
+                                       rk,     "mx:sources",   SourceIndexKey(s.mx_source_id)};
+      std::vector<std::string> fields = SourceFields(s);
+      args.insert(args.end(), fields.begin() + 2, fields.end());
+      RawCommand(args);
     }
+  }
+
+  // HMGET `fields` of every key in one pipeline. On an I/O error the connection is
+  // dropped (the next command reconnects) and the call fails.
+  Result<std::vector<Reply>> HmgetPipelined(const std::vector<std::string>& keys,
+                                            const std::vector<std::string>& fields) {
+    if (ctx_ == nullptr || ctx_->err) MX_RETURN_IF_ERROR(Connect());
+    std::vector<Reply> out;
+    constexpr size_t kBatch = 512;  // bounded output buffer per round trip
+    for (size_t start = 0; start < keys.size(); start += kBatch) {
+      size_t end = std::min(keys.size(), start + kBatch);
+      for (size_t i = start; i < end; ++i) {
+        std::vector<const char*> argv = {"HMGET", keys[i].data()};
+        std::vector<size_t> lens = {5, keys[i].size()};
+        for (const auto& f : fields) {
+          argv.push_back(f.data());
+          lens.push_back(f.size());
+        }
+        redisAppendCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data());
+      }
+      for (size_t i = start; i < end; ++i) {
+        void* raw = nullptr;
+        if (redisGetReply(ctx_, &raw) != REDIS_OK || raw == nullptr) {
+          return Status::Unavailable("Redis at " + config_.redis_host + ":" +
+                                     std::to_string(config_.redis_port) +
+                                     " failed during a listing");
+        }
+        out.emplace_back(static_cast<redisReply*>(raw), freeReplyObject);
+      }
+    }
+    return out;
+  }
+
+  static SourceRecord FromFields(redisReply* h) {
+    auto str = [h](size_t i) {
+      redisReply* e = h->element[i];
+      return e->type == REDIS_REPLY_STRING ? std::string(e->str, e->len) : std::string();
+    };
+    SourceRecord s;
+    s.mx_source_id = str(0);
+    s.worker_id = str(1);
+    s.model_name = str(2);
+    s.worker_rank = static_cast<uint32_t>(std::atoll(str(3).c_str()));
+    s.status = static_cast<int>(std::atoll(str(4).c_str()));
+    s.updated_at_ms = std::atoll(str(5).c_str());
+    s.accelerator = str(6);
+    s.identity = str(7);
+    s.owner = str(8);
+    if (h->elements > 9) s.worker = str(9);
+    return s;
   }
 
   // One command on the current connection (binary-safe arguments); nullptr on I/O error.
@@ -378,18 +518,15 @@ class RedisStore : public MetadataStore {
             "updated_at_ms", std::to_string(s.updated_at_ms),
             "accelerator",   s.accelerator,
             "identity",      s.identity,
-            "worker",        s.worker};
-  }
-
-  void WriteSourceRaw(const SourceRecord& s) {
-    RawCommand(SourceFields(s));
-    RawCommand({"SADD", "mx:sources", SourceRedisKey(s.mx_source_id, s.worker_id)});
+            "worker",        s.worker,
+            "owner",         s.owner};
   }
 
   Status WriteSourceLocked(const SourceRecord& s) {
     MX_ASSIGN_OR_RETURN(Reply a, Command(SourceFields(s)));
-    MX_ASSIGN_OR_RETURN(
-        Reply b, Command({"SADD", "mx:sources", SourceRedisKey(s.mx_source_id, s.worker_id)}));
+    std::string rk = SourceRedisKey(s.mx_source_id, s.worker_id);
+    MX_ASSIGN_OR_RETURN(Reply b, Command({"SADD", "mx:sources", rk}));
+    MX_ASSIGN_OR_RETURN(Reply c, Command({"SADD", SourceIndexKey(s.mx_source_id), rk}));
     return Status::OK();
   }
 
@@ -437,6 +574,7 @@ class RedisStore : public MetadataStore {
     s.accelerator = m["accelerator"];
     s.identity = m["identity"];
     s.worker = m["worker"];
+    s.owner = m["owner"];
     return s;
   }
 

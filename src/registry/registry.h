@@ -5,7 +5,9 @@
 //
 // Model claims implement single-flight downloads across replicas: TryClaim is atomic;
 // the winner holds a lease it renews; a DOWNLOADING record whose lease expired (its owner
-// died) can be claimed again; an ERROR record can be claimed once per retry.
+// died) can be claimed again; an ERROR record can be claimed once per retry. Claims are
+// idempotent per claim_id: claiming again a record that already holds our live claim is a
+// win, so a backend may re-send a claim whose reply was lost without losing it.
 #pragma once
 
 #include <cstdint>
@@ -59,7 +61,15 @@ struct SourceRecord {
   int64_t updated_at_ms = 0;
   std::string accelerator;
   std::string identity;  // serialized SourceIdentity
-  std::string worker;    // serialized WorkerMetadata
+  std::string worker;    // serialized WorkerMetadata (empty when listed without blobs)
+  // Who may replace this record (see PutSource); opaque to the store, never shown.
+  std::string owner;
+};
+
+// Admission limits PutSource enforces atomically with the write; 0 = unlimited.
+struct SourceLimits {
+  uint32_t max_per_source_id = 0;  // records (worker_ids) under one mx_source_id
+  uint32_t max_total = 0;          // records in the whole store
 };
 
 struct SourceFilter {
@@ -68,7 +78,10 @@ struct SourceFilter {
   std::optional<std::string> model_name;
   std::optional<uint32_t> worker_rank;
   std::optional<int64_t> min_updated_at_ms;
-  std::optional<uint32_t> limit;
+  std::optional<uint32_t> limit;  // applied in the store, after filtering and ordering
+  // ListSources leaves `worker` empty unless set: listings never need the (large) worker
+  // blob, and loading every one made ListSources slow and memory-hungry.
+  bool with_worker = false;
 };
 
 class MetadataStore {
@@ -86,14 +99,19 @@ class MetadataStore {
                         const std::string& message, const std::string& resolved_revision,
                         uint64_t bytes) = 0;
   virtual Result<std::optional<ModelRecord>> GetModel(const ModelKey& key) = 0;
-  virtual Status TouchModel(const ModelKey& key) = 0;  // last used = now
+  // Last used = now, atomically: a record deleted meanwhile is not re-created.
+  virtual Status TouchModel(const ModelKey& key) = 0;
   virtual Result<std::vector<ModelRecord>> ListModels() = 0;
   virtual Status DeleteModel(const ModelKey& key) = 0;
 
-  // Inserts or replaces the source (mx_source_id, worker_id).
-  virtual Status PutSource(const SourceRecord& source) = 0;
+  // Inserts or replaces the source (mx_source_id, worker_id), atomically with two checks:
+  // replacing needs `source.owner` to equal the stored record's owner (PermissionDenied
+  // otherwise; a record stored without owner may be replaced by anyone), and inserting a
+  // new record needs the counts to stay within `limits` (ResourceExhausted otherwise).
+  virtual Status PutSource(const SourceRecord& source, const SourceLimits& limits) = 0;
   virtual Result<std::optional<SourceRecord>> GetSource(const std::string& mx_source_id,
                                                         const std::string& worker_id) = 0;
+  // Newest first (updated_at_ms descending, then worker_id), at most filter.limit.
   virtual Result<std::vector<SourceRecord>> ListSources(const SourceFilter& filter) = 0;
   // Sets status and updated_at = now. NotFound when there is no such source.
   virtual Status UpdateSourceStatus(const std::string& mx_source_id, const std::string& worker_id,

@@ -46,9 +46,17 @@ CREATE TABLE IF NOT EXISTS models (
   last_used_ms INTEGER, message TEXT, resolved_revision TEXT, bytes INTEGER);
 CREATE TABLE IF NOT EXISTS sources (
   mx_source_id TEXT, worker_id TEXT, model_name TEXT, worker_rank INTEGER, status INTEGER,
-  updated_at_ms INTEGER, accelerator TEXT, identity BLOB, worker BLOB,
+  updated_at_ms INTEGER, accelerator TEXT, identity BLOB, worker BLOB, owner TEXT,
   PRIMARY KEY (mx_source_id, worker_id));
 )sql";
+
+// Registries created before sources had an owner; the error on a current one is ignored.
+constexpr const char* kAddOwnerColumn = "ALTER TABLE sources ADD COLUMN owner TEXT";
+
+// ReadSource's column order; the worker blob is last so listings can leave it out.
+constexpr const char* kSourceColumnsNoWorker =
+    "mx_source_id, worker_id, model_name, worker_rank, status, updated_at_ms, accelerator, "
+    "identity, owner";
 
 constexpr const char* kModelColumns =
     "provider, name, revision, ignore_weights, state, claim_id, lease_expiry_ms, created_ms, "
@@ -71,7 +79,7 @@ ModelRecord ReadModel(Stmt& s) {
   return r;
 }
 
-SourceRecord ReadSource(Stmt& s) {
+SourceRecord ReadSource(Stmt& s, bool with_worker) {
   SourceRecord r;
   r.mx_source_id = s.Text(0);
   r.worker_id = s.Text(1);
@@ -81,7 +89,8 @@ SourceRecord ReadSource(Stmt& s) {
   r.updated_at_ms = s.Int(5);
   r.accelerator = s.Text(6);
   r.identity = s.Text(7);
-  r.worker = s.Text(8);
+  r.owner = s.Text(8);
+  if (with_worker) r.worker = s.Text(9);
   return r;
 }
 
@@ -102,7 +111,10 @@ class SqliteStore : public MetadataStore {
     ClaimResult result;
     int64_t now = NowMs();
     if (*current) result.previous = (*current)->state;
-    if (!CanClaim(*current, now, retry_error)) {
+    // Our own live claim (a repeated call): a win, as in every backend.
+    bool ours = *current && (*current)->state == ModelState::kDownloading &&
+                (*current)->claim_id == claim_id;
+    if (!ours && !CanClaim(*current, now, retry_error)) {
       Exec("ROLLBACK");
       result.record = **current;
       return result;
@@ -181,47 +193,50 @@ class SqliteStore : public MetadataStore {
     return s.Step() == SQLITE_DONE ? Status::OK() : Error("delete model");
   }
 
-  Status PutSource(const SourceRecord& r) override {
+  Status PutSource(const SourceRecord& r, const SourceLimits& limits) override {
     std::lock_guard<std::mutex> l(mu_);
-    Stmt s(db_,
-           "INSERT OR REPLACE INTO sources (mx_source_id, worker_id, model_name, worker_rank, "
-           "status, updated_at_ms, accelerator, identity, worker) VALUES (?,?,?,?,?,?,?,?,?)");
-    s.Bind(1, r.mx_source_id).Bind(2, r.worker_id).Bind(3, r.model_name);
-    s.Bind(4, static_cast<int64_t>(r.worker_rank)).Bind(5, static_cast<int64_t>(r.status));
-    s.Bind(6, r.updated_at_ms).Bind(7, r.accelerator).BindBlob(8, r.identity).BindBlob(9, r.worker);
-    return s.Step() == SQLITE_DONE ? Status::OK() : Error("put source");
+    // IMMEDIATE: the owner and count checks and the write are one step for every process.
+    MX_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+    Status st = PutSourceLocked(r, limits);
+    if (st.ok()) st = Exec("COMMIT");
+    if (!st.ok()) Exec("ROLLBACK");
+    return st;
   }
 
   Result<std::optional<SourceRecord>> GetSource(const std::string& id,
                                                 const std::string& worker_id) override {
     std::lock_guard<std::mutex> l(mu_);
-    Stmt s(db_, "SELECT * FROM sources WHERE mx_source_id = ? AND worker_id = ?");
+    Stmt s(db_, (std::string("SELECT ") + kSourceColumnsNoWorker +
+                 ", worker FROM sources WHERE mx_source_id = ? AND worker_id = ?")
+                    .c_str());
     s.Bind(1, id).Bind(2, worker_id);
     int rc = s.Step();
-    if (rc == SQLITE_ROW) return std::optional<SourceRecord>(ReadSource(s));
+    if (rc == SQLITE_ROW) return std::optional<SourceRecord>(ReadSource(s, true));
     if (rc == SQLITE_DONE) return std::optional<SourceRecord>();
     return Error("get source");
   }
 
   Result<std::vector<SourceRecord>> ListSources(const SourceFilter& f) override {
     std::lock_guard<std::mutex> l(mu_);
-    Stmt s(db_,
-           "SELECT * FROM sources WHERE (?1 IS NULL OR mx_source_id = ?1) AND "
-           "(?2 IS NULL OR status = ?2) AND (?3 IS NULL OR model_name = ?3) AND "
-           "(?4 IS NULL OR worker_rank = ?4) AND (?5 IS NULL OR updated_at_ms >= ?5) "
-           "ORDER BY updated_at_ms DESC, worker_id");
+    // The limit is part of the query: SQLite stops after `limit` rows instead of reading
+    // (and copying) every record; LIMIT -1 means none.
+    std::string sql = std::string("SELECT ") + kSourceColumnsNoWorker +
+                      (f.with_worker ? ", worker" : "") +
+                      " FROM sources WHERE (?1 IS NULL OR mx_source_id = ?1) AND "
+                      "(?2 IS NULL OR status = ?2) AND (?3 IS NULL OR model_name = ?3) AND "
+                      "(?4 IS NULL OR worker_rank = ?4) AND (?5 IS NULL OR updated_at_ms >= ?5) "
+                      "ORDER BY updated_at_ms DESC, worker_id LIMIT ?6";
+    Stmt s(db_, sql.c_str());
     if (f.mx_source_id) s.Bind(1, *f.mx_source_id);
     if (f.status) s.Bind(2, static_cast<int64_t>(*f.status));
     if (f.model_name) s.Bind(3, *f.model_name);
     if (f.worker_rank) s.Bind(4, static_cast<int64_t>(*f.worker_rank));
     if (f.min_updated_at_ms) s.Bind(5, *f.min_updated_at_ms);
+    s.Bind(6, f.limit ? static_cast<int64_t>(*f.limit) : int64_t{-1});
     std::vector<SourceRecord> out;
     int rc;
-    while ((rc = s.Step()) == SQLITE_ROW) {
-      if (f.limit && out.size() >= *f.limit) break;
-      out.push_back(ReadSource(s));
-    }
-    if (rc != SQLITE_DONE && rc != SQLITE_ROW) return Error("list sources");
+    while ((rc = s.Step()) == SQLITE_ROW) out.push_back(ReadSource(s, f.with_worker));
+    if (rc != SQLITE_DONE) return Error("list sources");
     return out;
   }
 
@@ -268,6 +283,47 @@ class SqliteStore : public MetadataStore {
     return Status::Unavailable(std::string("registry ") + what + ": " + sqlite3_errmsg(db_));
   }
 
+  Status PutSourceLocked(const SourceRecord& r, const SourceLimits& limits) {
+    Stmt owner(db_, "SELECT owner FROM sources WHERE mx_source_id = ? AND worker_id = ?");
+    owner.Bind(1, r.mx_source_id).Bind(2, r.worker_id);
+    int rc = owner.Step();
+    if (rc == SQLITE_ROW) {
+      std::string current = owner.Text(0);
+      if (!current.empty() && current != r.owner) {
+        return Status::PermissionDenied("worker_id is registered by another publisher");
+      }
+    } else if (rc == SQLITE_DONE) {
+      MX_RETURN_IF_ERROR(CheckCount("SELECT COUNT(*) FROM sources WHERE mx_source_id = ?",
+                                    &r.mx_source_id, limits.max_per_source_id,
+                                    "this mx_source_id"));
+      MX_RETURN_IF_ERROR(
+          CheckCount("SELECT COUNT(*) FROM sources", nullptr, limits.max_total, "the registry"));
+    } else {
+      return Error("read source owner");
+    }
+    Stmt s(db_,
+           "INSERT OR REPLACE INTO sources (mx_source_id, worker_id, model_name, worker_rank, "
+           "status, updated_at_ms, accelerator, identity, worker, owner) "
+           "VALUES (?,?,?,?,?,?,?,?,?,?)");
+    s.Bind(1, r.mx_source_id).Bind(2, r.worker_id).Bind(3, r.model_name);
+    s.Bind(4, static_cast<int64_t>(r.worker_rank)).Bind(5, static_cast<int64_t>(r.status));
+    s.Bind(6, r.updated_at_ms).Bind(7, r.accelerator).BindBlob(8, r.identity).BindBlob(9, r.worker);
+    s.Bind(10, r.owner);
+    return s.Step() == SQLITE_DONE ? Status::OK() : Error("put source");
+  }
+
+  Status CheckCount(const char* sql, const std::string* id, uint32_t limit, const char* where) {
+    if (limit == 0) return Status::OK();
+    Stmt s(db_, sql);
+    if (id) s.Bind(1, *id);
+    if (s.Step() != SQLITE_ROW) return Error("count sources");
+    if (s.Int(0) >= static_cast<int64_t>(limit)) {
+      return Status::ResourceExhausted("too many sources in " + std::string(where) + " (limit " +
+                                       std::to_string(limit) + ")");
+    }
+    return Status::OK();
+  }
+
   Result<std::optional<ModelRecord>> GetLocked(const ModelKey& key) {
     Stmt s(db_, (std::string("SELECT ") + kModelColumns + " FROM models WHERE id = ?").c_str());
     s.Bind(1, key.Id());
@@ -311,6 +367,7 @@ Result<std::unique_ptr<MetadataStore>> OpenSqliteStore(const std::string& path) 
   MX_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL"));
   MX_RETURN_IF_ERROR(store->Exec("PRAGMA synchronous=NORMAL"));
   MX_RETURN_IF_ERROR(store->Exec(kSchema));
+  (void)store->Exec(kAddOwnerColumn);  // fails harmlessly when the column exists
   return std::unique_ptr<MetadataStore>(std::move(store));
 }
 

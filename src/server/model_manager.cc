@@ -59,6 +59,7 @@ Result<std::string> ModelManager::Download(const ModelKey& key, uint64_t* bytes)
   o.repo_id = key.name;
   o.revision = key.revision.empty() ? "main" : key.revision;
   o.max_workers = config_.download_workers;
+  o.cancel = &cancel_downloads_;
   if (key.ignore_weights) o.exclude = kWeightPatterns;
   MX_ASSIGN_OR_RETURN(hub::DownloadReport report, hub::Download(client, o));
   metrics_->bytes_from_upstream += report.bytes_fetched;
@@ -94,6 +95,17 @@ Status ModelManager::RunClaimed(const ModelKey& key, const std::string& claim_id
   cv.notify_all();
   renewer.join();
   StatusUpdate final;
+  if (commit.status().code() == StatusCode::kCancelled && cancel_downloads_) {
+    // Shutdown: hand the claim back (its lease ends now) instead of recording an error,
+    // so a waiter on another replica takes over at once and resumes the temp files.
+    Status st = Timed(metrics_, [&] { return store_->RenewLease(key, claim_id, -1); });
+    if (!st.ok()) spdlog::warn("handing back the claim on {}: {}", key.name, st.message());
+    spdlog::info("download of {} interrupted by shutdown; partial files kept", key.name);
+    final.state = ModelState::kError;
+    final.message = "download interrupted: the server is shutting down (partial files are kept)";
+    send(final);
+    return Status::Unavailable("the server is shutting down; retry on another replica");
+  }
   if (commit.ok()) {
     ++metrics_->downloads_done;
     final.state = ModelState::kDownloaded;
@@ -119,7 +131,8 @@ Status ModelManager::RunClaimed(const ModelKey& key, const std::string& claim_id
 }
 
 Status ModelManager::Ensure(const ModelKey& key,
-                            const std::function<void(const StatusUpdate&)>& send) {
+                            const std::function<void(const StatusUpdate&)>& send,
+                            const std::function<bool()>& cancelled) {
   if (key.provider == kNgc) {
     return Status::Unimplemented("the NGC provider is not supported by this server");
   }
@@ -129,13 +142,27 @@ Status ModelManager::Ensure(const ModelKey& key,
   }
   if (key.provider != kHuggingFace) return Status::InvalidArgument("unknown provider");
   MX_RETURN_IF_ERROR(hub::ValidateRepoId(key.name));
+  // Before the key reaches the registry or a path (every entry, gRPC and mirror alike).
+  if (!key.revision.empty()) MX_RETURN_IF_ERROR(hub::ValidateRevision(key.revision));
   std::string claim_id = NewClaimId();
   bool sent_initial = false;
   auto initial = [&](const StatusUpdate& u) {
     if (!sent_initial) send(u);
     sent_initial = true;
   };
+  auto shutting_down = [this] {
+    return cancel_downloads_ ? Status::Unavailable("the server is shutting down") : Status::OK();
+  };
+  // Sleeps `ms` in short steps; false when the call was cancelled or the server stops.
+  auto wait = [&](int ms) {
+    for (int waited = 0; waited < ms; waited += 50) {
+      if (cancel_downloads_ || (cancelled && cancelled())) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return !cancel_downloads_ && !(cancelled && cancelled());
+  };
   for (;;) {
+    MX_RETURN_IF_ERROR(shutting_down());
     auto claim =
         Timed(metrics_, [&] { return store_->TryClaim(key, claim_id, config_.lease_ms, true); });
     if (!claim.ok()) return claim.status();
@@ -168,7 +195,11 @@ Status ModelManager::Ensure(const ModelKey& key,
     initial({ModelState::kDownloading, "download in progress", ""});
     // Wait for the owner's outcome; take over if its lease runs out.
     for (;;) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      if (!wait(200)) {
+        MX_RETURN_IF_ERROR(shutting_down());
+        // This caller left; the download goes on for the others.
+        return Status::Cancelled("call cancelled while waiting for the download");
+      }
       auto now = Timed(metrics_, [&] { return store_->GetModel(key); });
       if (!now.ok()) return now.status();
       if (!*now) break;  // deleted meanwhile: claim again
@@ -197,28 +228,33 @@ Result<LocalSnapshot> ModelManager::Snapshot(const std::string& model,
   LocalSnapshot snap;
   snap.commit = commit;
   snap.dir = cache.snapshot_dir(commit);
+  // error_code overloads only: EACCES, ELOOP and friends become a Status, never an
+  // exception escaping into a gRPC or mirror handler.
   std::error_code ec;
   if (!fs::is_directory(snap.dir, ec)) {
     return Status::NotFound(model +
                             " is not in the server's cache; call EnsureModelDownloaded first");
   }
   fs::path root = fs::weakly_canonical(config_.hub.cache_dir, ec);
+  if (ec) return Status::IoError("cannot resolve the cache directory: " + ec.message());
   std::string root_prefix = root.string() + "/";
-  for (auto it = fs::recursive_directory_iterator(snap.dir, ec);
-       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    if (it->is_directory() && !it->is_symlink()) continue;
+  fs::recursive_directory_iterator it(snap.dir, ec);
+  for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    std::error_code entry_ec;
+    if (it->is_directory(entry_ec) && !it->is_symlink(entry_ec)) continue;
     std::string rel = it->path().lexically_relative(snap.dir).string();
     if (ignore_weights && IsWeightFile(rel)) continue;
-    fs::path real = fs::weakly_canonical(it->path(), ec);
-    if (ec || real.string().rfind(root_prefix, 0) != 0) {
-      spdlog::warn("refusing {}: it resolves outside the cache", it->path().string());
-      ec.clear();
+    fs::path real = fs::weakly_canonical(it->path(), entry_ec);
+    if (entry_ec || real.string().rfind(root_prefix, 0) != 0) {
+      spdlog::warn("refusing {}: it does not resolve inside the cache", rel);
       continue;
     }
     struct stat st;
     if (::stat(real.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
     snap.files.push_back({rel, real.string(), static_cast<uint64_t>(st.st_size)});
   }
+  // A listing cut short by an error is not a snapshot: the caller would serve part of it.
+  if (ec) return Status::IoError("listing the snapshot of " + model + ": " + ec.message());
   std::sort(snap.files.begin(), snap.files.end(), [](const LocalFile& a, const LocalFile& b) {
     return a.relative_path < b.relative_path;
   });
@@ -227,26 +263,52 @@ Result<LocalSnapshot> ModelManager::Snapshot(const std::string& model,
 
 Status ModelManager::Delete(const std::string& model) {
   MX_RETURN_IF_ERROR(hub::ValidateRepoId(model));
+  {
+    std::lock_guard<std::mutex> l(pin_mu_);
+    if (pins_.count(model)) {
+      return Status::FailedPrecondition(model +
+                                        " is being streamed; delete it when no client "
+                                        "reads it");
+    }
+  }
+  // Files first, under the repo lock: when a stream or download (on any replica) uses the
+  // model this fails and the registry keeps its record.
+  auto removed =
+      hub::RemoveFromCache(config_.hub.cache_dir, hub::RepoType::kModel, model, std::nullopt);
+  if (!removed.ok() && removed.status().code() != StatusCode::kNotFound) {
+    return removed.status();
+  }
   auto records = store_->ListModels();
   if (records.ok()) {
     for (const auto& r : *records) {
       if (r.key.name == model) (void)store_->DeleteModel(r.key);
     }
   }
-  auto removed =
-      hub::RemoveFromCache(config_.hub.cache_dir, hub::RepoType::kModel, model, std::nullopt);
   RefreshCacheGauges();
   return removed.ok() ? Status::OK() : removed.status();
 }
 
 void ModelManager::Pin(const std::string& model) {
   std::lock_guard<std::mutex> l(pin_mu_);
-  ++pins_[model];
+  PinState& pin = pins_[model];
+  if (pin.count++ > 0) return;
+  if (!hub::ValidateRepoId(model).ok()) return;
+  hub::RepoCache cache(config_.hub.cache_dir, hub::RepoType::kModel, model);
+  // Short wait: a cleaner holding it exclusively is removing the files anyway.
+  auto lock = cache.LockForUse(2000);
+  if (lock.ok()) {
+    pin.repo_lock = std::move(*lock);
+  } else {
+    spdlog::warn("pinning {}: {}; other replicas may remove it while it is streamed", model,
+                 lock.status().message());
+  }
 }
 
 void ModelManager::Unpin(const std::string& model) {
   std::lock_guard<std::mutex> l(pin_mu_);
-  if (--pins_[model] <= 0) pins_.erase(model);
+  auto it = pins_.find(model);
+  if (it == pins_.end()) return;
+  if (--it->second.count <= 0) pins_.erase(it);  // releases the repo lock
 }
 
 void ModelManager::RefreshCacheGauges() {

@@ -3,6 +3,7 @@
 // takeover), answers what a snapshot holds (path-safe), deletes and evicts.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -10,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/fs.h"
 #include "common/status.h"
 #include "registry/registry.h"
 #include "server/config.h"
@@ -47,18 +49,31 @@ class ModelManager {
   // Makes sure `key` is downloaded. Calls `send` once at once (already downloaded /
   // download in progress / previous download failed, retrying) and once with the final
   // state. Returns Unimplemented for providers this server cannot fetch from.
-  Status Ensure(const registry::ModelKey& key,
-                const std::function<void(const StatusUpdate&)>& send);
+  // While waiting for another caller's (or replica's) download, returns Cancelled as soon
+  // as `cancelled` (polled every 50 ms) answers true or CancelDownloads was called; a
+  // download this call claimed runs on regardless, for whoever else waits for it.
+  Status Ensure(const registry::ModelKey& key, const std::function<void(const StatusUpdate&)>& send,
+                const std::function<bool()>& cancelled = nullptr);
+
+  // For shutdown: running downloads stop within about a second (their temp files stay
+  // for a later run to resume, their claims are handed back), waiters return Cancelled,
+  // and no new download starts.
+  void CancelDownloads() { cancel_downloads_ = true; }
 
   // The local snapshot of a model, listing only files that stay inside the cache.
   Result<LocalSnapshot> Snapshot(const std::string& model,
                                  const std::optional<std::string>& revision,
                                  bool ignore_weights) const;
 
-  // Removes the model from the cache and the registry.
+  // Removes the model from the cache and the registry. Refused with FailedPrecondition,
+  // removing nothing, while the model is pinned here or in use (a stream or a download)
+  // by any process sharing the cache (the cleaner rules in hub/cache.h). Not deferred:
+  // the caller retries later.
   Status Delete(const std::string& model);
 
-  // While pinned (streaming), a model is never evicted.
+  // While pinned (streaming), a model is neither evicted nor deleted, by this replica or
+  // any other on the same volume: the first pin takes the repo lock shared (hub/cache.h),
+  // which every replica's cleaner respects; the last unpin releases it.
   void Pin(const std::string& model);
   void Unpin(const std::string& model);
   // Evicts least recently used models beyond the configured limits. Returns how many.
@@ -76,8 +91,13 @@ class ModelManager {
   const ServerConfig& config_;
   registry::MetadataStore* store_;
   Metrics* metrics_;
+  std::atomic<bool> cancel_downloads_{false};
+  struct PinState {
+    int count = 0;
+    FileLock repo_lock;  // shared; unheld when the lock could not be taken
+  };
   std::mutex pin_mu_;
-  std::map<std::string, int> pins_;
+  std::map<std::string, PinState> pins_;
 };
 
 }  // namespace mx::server

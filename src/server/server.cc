@@ -4,6 +4,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <malloc.h>
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <condition_variable>
 #include <cstdio>
@@ -66,6 +67,12 @@ int ServerMain(int argc, char** argv) {
   // keep them in the heap instead of fresh mmaps, which cost a page fault per 4 KiB.
   mallopt(M_MMAP_THRESHOLD, 64 << 20);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  // Every client connection is a descriptor: take the hard limit, not the soft 1024.
+  if (rlimit nofile{};
+      ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &nofile);
+  }
   bool validate_only = false;
   auto loaded = LoadServerConfig(argc, argv, &validate_only);
   if (!loaded.ok()) {
@@ -148,7 +155,11 @@ int ServerMain(int argc, char** argv) {
   int sig = 0;
   sigwait(&stop_signals, &sig);
   spdlog::info("signal {}: shutting down", sig);
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // Downloads can take hours: cancel them (temp files stay for the next run to resume,
+  // claims are handed back to other replicas) so the handlers below return within about
+  // a second; calls still running after the deadline are cancelled by gRPC.
+  manager.CancelDownloads();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3));
   if (mirror_http) mirror_http->Stop();
   if (metrics_http) metrics_http->Stop();
   return 0;

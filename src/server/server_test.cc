@@ -2,6 +2,7 @@
 
 #include "modelexpress/p2p.pb.h"
 #include "server/model_manager.h"
+#include "server/services.h"
 #include "server/source_id.h"
 
 namespace mx::server {
@@ -80,6 +81,64 @@ TEST(ModelManagerTest, WeightFiles) {
   EXPECT_TRUE(IsWeightFile("x.gguf"));
   EXPECT_FALSE(IsWeightFile("config.json"));
   EXPECT_FALSE(IsWeightFile("tokenizer.model"));
+}
+
+model_express::p2p::PublishMetadataRequest GoodPublish() {
+  model_express::p2p::PublishMetadataRequest req;
+  *req.mutable_identity() = Base();
+  req.set_worker_id("worker-0");
+  req.mutable_worker()->set_worker_rank(0);
+  req.mutable_worker()->set_nixl_metadata(std::string(64 << 10, 'n'));
+  return req;
+}
+
+TEST(PublishLimitsTest, RefusesOversizedFields) {
+  EXPECT_TRUE(ValidatePublish(GoodPublish()).ok());
+  auto req = GoodPublish();
+  req.set_worker_id(std::string(9 << 20, 'w'));  // the 9 MB worker_id of the report
+  Status st = ValidatePublish(req);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_LT(st.message().size(), 200u) << "the refusal must not echo the input";
+  req = GoodPublish();
+  req.mutable_identity()->set_model_name(std::string(kMaxIdBytes + 1, 'm'));
+  EXPECT_EQ(ValidatePublish(req).code(), StatusCode::kInvalidArgument);
+  req = GoodPublish();
+  req.mutable_identity()->set_gpu_arch(std::string(kMaxIdBytes + 1, 'g'));  // any string field
+  EXPECT_EQ(ValidatePublish(req).code(), StatusCode::kInvalidArgument);
+  req = GoodPublish();
+  for (int i = 0; i <= kMaxExtraParameters; ++i)
+    (*req.mutable_identity()->mutable_extra_parameters())["k" + std::to_string(i)] = "v";
+  EXPECT_EQ(ValidatePublish(req).code(), StatusCode::kInvalidArgument);
+  req = GoodPublish();
+  (*req.mutable_identity()->mutable_extra_parameters())["k"] =
+      std::string(kMaxExtraValueBytes + 1, 'v');
+  EXPECT_EQ(ValidatePublish(req).code(), StatusCode::kInvalidArgument);
+  req = GoodPublish();
+  req.mutable_worker()->set_nixl_metadata(std::string(kMaxWorkerBytes + 1, 'n'));
+  EXPECT_EQ(ValidatePublish(req).code(), StatusCode::kInvalidArgument);
+}
+
+TEST(PublishLimitsTest, OwnerIsThePeerHost) {
+  EXPECT_EQ(PeerHost("ipv4:10.1.2.3:41234"), "ipv4:10.1.2.3");
+  EXPECT_EQ(PeerHost("ipv4:10.1.2.3:5"), PeerHost("ipv4:10.1.2.3:6"));
+  EXPECT_EQ(PeerHost("ipv6:[::1]:5000"), "ipv6:[::1]");
+  EXPECT_EQ(PeerHost("ipv6:[fe80::1]"), "ipv6:[fe80::1]");
+  EXPECT_EQ(PeerHost("unix:/tmp/s"), "unix:/tmp/s");
+}
+
+TEST(ErrorTextTest, BoundedPrintableAndWithoutCachePaths) {
+  EXPECT_EQ(ClientText("ok"), "ok");
+  EXPECT_EQ(ClientText("a\r\nX-Injected: 1"), "a??X-Injected: 1");
+  std::string big(5 << 20, 'x');
+  EXPECT_EQ(ClientText(big).size(), kMaxEchoBytes + 3);
+  grpc::Status g = ToGrpc(Status::DataLoss("read /srv/cache/models--a--b/blobs/x: short\n" + big),
+                          "/srv/cache/");
+  EXPECT_EQ(g.error_code(), grpc::StatusCode::DATA_LOSS);
+  EXPECT_EQ(g.error_message().find("/srv/cache"), std::string::npos) << g.error_message();
+  EXPECT_NE(g.error_message().find("<cache>/models--a--b/blobs/x"), std::string::npos);
+  EXPECT_EQ(g.error_message().find('\n'), std::string::npos);
+  EXPECT_LE(g.error_message().size(), kMaxErrorBytes + 3);
+  EXPECT_TRUE(ToGrpc(Status::OK(), "/srv/cache").ok());
 }
 
 }  // namespace

@@ -1,12 +1,16 @@
 #include "server/services.h"
 
 #include <fcntl.h>
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/message.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "hub/cache.h"
 #include "server/source_id.h"
 
 namespace mx::server {
@@ -59,6 +63,93 @@ grpc::Status ToGrpc(const Status& st) {
   return grpc::Status(code, st.message());
 }
 
+namespace {
+
+void ReplaceAll(std::string* text, const std::string& from, const std::string& to) {
+  if (from.empty()) return;
+  for (size_t p = text->find(from); p != std::string::npos; p = text->find(from, p + to.size())) {
+    text->replace(p, from.size(), to);
+  }
+}
+
+// Bounded, printable, and without the server's local layout.
+std::string SafeMessage(std::string msg, const std::string& cache_dir) {
+  std::string dir = cache_dir;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  std::error_code ec;
+  std::string real = std::filesystem::weakly_canonical(dir, ec).string();
+  if (!ec && real.size() > 1) ReplaceAll(&msg, real, "<cache>");
+  if (dir.size() > 1) ReplaceAll(&msg, dir, "<cache>");
+  if (msg.size() > kMaxErrorBytes) msg = msg.substr(0, kMaxErrorBytes) + "...";
+  for (char& c : msg) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  }
+  return msg;
+}
+
+}  // namespace
+
+std::string ClientText(std::string_view text) {
+  std::string out(text.substr(0, kMaxEchoBytes));
+  for (char& c : out) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  }
+  if (text.size() > kMaxEchoBytes) out += "...";
+  return out;
+}
+
+grpc::Status ToGrpc(const Status& st, const std::string& cache_dir) {
+  if (st.ok()) return grpc::Status::OK;
+  grpc::Status g = ToGrpc(st);
+  return grpc::Status(g.error_code(), SafeMessage(g.error_message(), cache_dir));
+}
+
+std::string PeerHost(const std::string& peer) {
+  // "ipv4:1.2.3.4:port", "ipv6:[::1]:port", "unix:/path": drop the port when there is one.
+  if (peer.rfind("ipv4:", 0) == 0 || peer.rfind("ipv6:", 0) == 0) {
+    size_t colon = peer.rfind(':');
+    size_t bracket = peer.rfind(']');
+    if (colon != std::string::npos && colon > 4 &&
+        (bracket == std::string::npos || colon > bracket)) {
+      return peer.substr(0, colon);
+    }
+  }
+  return peer;
+}
+
+Status ValidatePublish(const p2p::PublishMetadataRequest& req) {
+  auto too_long = [](const std::string& what, size_t limit) {
+    return Status::InvalidArgument(what + " is longer than " + std::to_string(limit) + " bytes");
+  };
+  if (req.worker_id().size() > kMaxIdBytes) return too_long("worker_id", kMaxIdBytes);
+  const p2p::SourceIdentity& id = req.identity();
+  // Every plain string of the identity (model_name, dtype, versions, ...), present and future.
+  const auto* desc = id.GetDescriptor();
+  const auto* refl = id.GetReflection();
+  for (int i = 0; i < desc->field_count(); ++i) {
+    const auto* fd = desc->field(i);
+    if (fd->is_repeated() || fd->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_STRING)
+      continue;
+    std::string scratch;
+    if (refl->GetStringReference(id, fd, &scratch).size() > kMaxIdBytes)
+      return too_long("identity." + fd->name(), kMaxIdBytes);
+  }
+  if (id.extra_parameters_size() > kMaxExtraParameters) {
+    return Status::InvalidArgument("identity.extra_parameters has more than " +
+                                   std::to_string(kMaxExtraParameters) + " entries");
+  }
+  for (const auto& [k, v] : id.extra_parameters()) {
+    if (k.size() > kMaxExtraKeyBytes) return too_long("an extra_parameters key", kMaxExtraKeyBytes);
+    if (v.size() > kMaxExtraValueBytes)
+      return too_long("extra_parameters['" + ClientText(k) + "']", kMaxExtraValueBytes);
+  }
+  if (req.worker().accelerator().size() > kMaxIdBytes)
+    return too_long("worker.accelerator", kMaxIdBytes);
+  if (req.worker().ByteSizeLong() > kMaxWorkerBytes)
+    return too_long("the serialized worker metadata", kMaxWorkerBytes);
+  return Status::OK();
+}
+
 grpc::Status CheckAuth(const grpc::ServerContext* context, const ServerConfig& config,
                        Metrics* metrics) {
   if (config.auth_token.empty()) return grpc::Status::OK;
@@ -104,7 +195,7 @@ grpc::Status ApiServiceImpl::SendRequest(grpc::ServerContext* ctx,
     resp->set_data(R"({"message":"pong"})");
   } else {
     resp->set_success(false);
-    resp->set_error("unknown action '" + req->action() + "' (supported: ping)");
+    resp->set_error("unknown action '" + ClientText(req->action()) + "' (supported: ping)");
   }
   return grpc::Status::OK;
 }
@@ -115,24 +206,42 @@ grpc::Status ModelServiceImpl::EnsureModelDownloaded(
     grpc::ServerContext* ctx, const mm::ModelDownloadRequest* req,
     grpc::ServerWriter<mm::ModelStatusUpdate>* writer) {
   MX_REQUIRE_AUTH(ctx, manager_->config(), metrics_);
+  const std::string& cache_dir = manager_->config().hub.cache_dir;
   registry::ModelKey key{static_cast<int>(req->provider()), req->model_name(),
                          req->has_revision() ? req->revision() : "", req->ignore_weights()};
-  Status st = manager_->Ensure(key, [&](const StatusUpdate& u) {
-    mm::ModelStatusUpdate out;
-    out.set_model_name(req->model_name());
-    out.set_provider(req->provider());
-    out.set_status(static_cast<mm::ModelStatus>(u.state));
-    if (!u.message.empty()) out.set_message(u.message);
-    if (!u.resolved_revision.empty()) out.set_resolved_revision(u.resolved_revision);
-    writer->Write(out);  // a client that left still gets its download finished
-  });
-  return ToGrpc(st);
+  // Before any claim or path: the revision names a ref file (and is sent upstream).
+  if (!key.revision.empty()) {
+    if (Status v = hub::ValidateRevision(key.revision); !v.ok()) return ToGrpc(v, cache_dir);
+  }
+  // A waiter leaves when its call is cancelled or its deadline passes (gRPC reports both
+  // through IsCancelled; the deadline is checked too, in case the report comes late).
+  auto cancelled = [ctx] {
+    return ctx->IsCancelled() || ctx->deadline() <= std::chrono::system_clock::now();
+  };
+  Status st = manager_->Ensure(
+      key,
+      [&](const StatusUpdate& u) {
+        mm::ModelStatusUpdate out;
+        out.set_model_name(req->model_name());
+        out.set_provider(req->provider());
+        out.set_status(static_cast<mm::ModelStatus>(u.state));
+        if (!u.message.empty()) out.set_message(SafeMessage(u.message, cache_dir));
+        if (!u.resolved_revision.empty()) out.set_resolved_revision(u.resolved_revision);
+        writer->Write(out);  // a client that left still gets its download finished
+      },
+      cancelled);
+  return ToGrpc(st, cache_dir);
 }
 
 Result<std::vector<LocalFile>> ModelServiceImpl::SelectFiles(const mm::ModelFilesRequest& req,
                                                              std::string* commit) {
   std::optional<std::string> revision;
-  if (req.has_revision() && !req.revision().empty()) revision = req.revision();
+  if (req.has_revision() && !req.revision().empty()) {
+    // Up front: an unchecked revision would name a path (and answer NOT_FOUND vs
+    // DATA_LOSS for files outside the cache).
+    MX_RETURN_IF_ERROR(hub::ValidateRevision(req.revision()));
+    revision = req.revision();
+  }
   MX_ASSIGN_OR_RETURN(LocalSnapshot snap,
                       manager_->Snapshot(req.model_name(), revision, req.ignore_weights()));
   *commit = snap.commit;
@@ -140,14 +249,14 @@ Result<std::vector<LocalFile>> ModelServiceImpl::SelectFiles(const mm::ModelFile
   std::vector<LocalFile> out;
   for (const auto& path : req.file_selector().paths()) {
     if (!IsSafeRelativePath(path)) {
-      return Status::InvalidArgument("refusing path '" + path +
+      return Status::InvalidArgument("refusing path '" + ClientText(path) +
                                      "': must be relative, without '..'");
     }
     auto it = std::find_if(snap.files.begin(), snap.files.end(),
                            [&](const LocalFile& f) { return f.relative_path == path; });
     if (it == snap.files.end()) {
-      return Status::NotFound("'" + path + "' is not in the snapshot of " + req.model_name() +
-                              " (or points outside the cache)");
+      return Status::NotFound("'" + ClientText(path) + "' is not in the snapshot of " +
+                              ClientText(req.model_name()) + " (or points outside the cache)");
     }
     out.push_back(*it);
   }
@@ -158,16 +267,21 @@ grpc::Status ModelServiceImpl::StreamModelFiles(grpc::ServerContext* ctx,
                                                 const mm::ModelFilesRequest* req,
                                                 grpc::ServerWriter<mm::FileChunk>* writer) {
   MX_REQUIRE_AUTH(ctx, manager_->config(), metrics_);
+  const ServerConfig& config = manager_->config();
   std::string commit;
   auto files = SelectFiles(*req, &commit);
-  if (!files.ok()) return ToGrpc(files.status());
-  const ServerConfig& config = manager_->config();
+  if (!files.ok()) return ToGrpc(files.status(), config.hub.cache_dir);
   uint64_t limit = config.max_message_bytes - (64 << 10);  // room for the message's other fields
   uint64_t chunk = req->chunk_size() ? req->chunk_size() : config.default_chunk_bytes;
+  // Adjustments are announced in the stream's initial metadata rather than failing the call.
   if (chunk > limit) {
-    // Clamping is announced in the stream's initial metadata rather than failing the call.
     ctx->AddInitialMetadata("x-mx-chunk-size-clamped-from", std::to_string(chunk));
     chunk = limit;
+  }
+  if (chunk < kMinChunkBytes) {
+    // One message per few bytes would cost the server a syscall and a write per byte.
+    ctx->AddInitialMetadata("x-mx-chunk-size-raised-from", std::to_string(chunk));
+    chunk = kMinChunkBytes;
   }
   ctx->AddInitialMetadata("x-mx-chunk-size", std::to_string(chunk));
   manager_->Pin(req->model_name());
@@ -189,7 +303,9 @@ grpc::Status ModelServiceImpl::StreamModelFiles(grpc::ServerContext* ctx,
   for (size_t i = 0; i < files->size(); ++i) {
     const LocalFile& f = (*files)[i];
     int fd = ::open(f.absolute_path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return ToGrpc(Status::FromErrno(errno, "open " + f.relative_path));
+    if (fd < 0) {
+      return ToGrpc(Status::FromErrno(errno, "open " + f.relative_path), config.hub.cache_dir);
+    }
     ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
     out.set_relative_path(f.relative_path);
     out.set_total_size(f.size);
@@ -238,7 +354,7 @@ grpc::Status ModelServiceImpl::ListModelFiles(grpc::ServerContext* ctx,
   MX_REQUIRE_AUTH(ctx, manager_->config(), metrics_);
   std::string commit;
   auto files = SelectFiles(*req, &commit);
-  if (!files.ok()) return ToGrpc(files.status());
+  if (!files.ok()) return ToGrpc(files.status(), manager_->config().hub.cache_dir);
   resp->set_model_name(req->model_name());
   uint64_t total = 0;
   for (const auto& f : *files) {
@@ -257,7 +373,8 @@ grpc::Status ModelServiceImpl::DeleteModel(grpc::ServerContext* ctx,
   MX_REQUIRE_AUTH(ctx, manager_->config(), metrics_);
   Status st = manager_->Delete(req->model_name());
   resp->set_success(st.ok());
-  resp->set_message(st.ok() ? "deleted " + req->model_name() : st.message());
+  resp->set_message(st.ok() ? "deleted " + ClientText(req->model_name())
+                            : SafeMessage(st.message(), manager_->config().hub.cache_dir));
   return grpc::Status::OK;
 }
 
@@ -289,6 +406,7 @@ grpc::Status P2pServiceImpl::PublishMetadata(grpc::ServerContext* ctx,
   if (!req->has_identity()) return reject("identity is required");
   if (req->worker_id().empty()) return reject("worker_id is required");
   if (!req->has_worker()) return reject("worker is required");
+  if (Status v = ValidatePublish(*req); !v.ok()) return ToGrpc(v);
   std::string id = ComputeSourceId(req->identity());
   registry::SourceRecord rec;
   rec.mx_source_id = id;
@@ -305,8 +423,9 @@ grpc::Status P2pServiceImpl::PublishMetadata(grpc::ServerContext* ctx,
   worker.set_updated_at(rec.updated_at_ms);
   worker.SerializeToString(&rec.worker);
   req->identity().SerializeToString(&rec.identity);
-  Status st = store_->PutSource(rec);
-  if (!st.ok()) return ToGrpc(st);
+  rec.owner = PeerHost(ctx->peer());
+  Status st = store_->PutSource(rec, registry::SourceLimits{kMaxSourcesPerId, kMaxSources});
+  if (!st.ok()) return ToGrpc(st, config_.hub.cache_dir);
   resp->set_success(true);
   resp->set_message("published");
   resp->set_mx_source_id(id);
@@ -324,14 +443,19 @@ grpc::Status P2pServiceImpl::ListSources(grpc::ServerContext* ctx,
   if (req->has_model_name_filter()) f.model_name = req->model_name_filter();
   if (req->has_worker_rank_filter()) f.worker_rank = req->worker_rank_filter();
   if (req->has_min_updated_at()) f.min_updated_at_ms = req->min_updated_at();
+  // Page at the store: min_training_step is filtered here, so then scan a bounded window.
+  uint32_t want =
+      req->has_limit() ? std::min<uint32_t>(req->limit(), kMaxListSources) : kMaxListSources;
+  f.limit = req->has_min_training_step() ? kMaxListScan : want;
   if (req->has_status_filter() && req->status_filter() == p2p::SOURCE_STATUS_READY) {
     // Never hand out a source that missed its heartbeats, even before the reaper ran.
     int64_t fresh = registry::NowMs() - config_.heartbeat_timeout_s * 1000;
     f.min_updated_at_ms = std::max(f.min_updated_at_ms.value_or(0), fresh);
   }
   auto sources = store_->ListSources(f);
-  if (!sources.ok()) return ToGrpc(sources.status());
+  if (!sources.ok()) return ToGrpc(sources.status(), config_.hub.cache_dir);
   for (const auto& s : *sources) {
+    if (resp->instances_size() >= static_cast<int>(want)) break;
     p2p::SourceIdentity identity;
     identity.ParseFromString(s.identity);
     auto step = ExtraNumber(identity, "training_step");
@@ -355,8 +479,12 @@ grpc::Status P2pServiceImpl::GetMetadata(grpc::ServerContext* ctx,
                                          const p2p::GetMetadataRequest* req,
                                          p2p::GetMetadataResponse* resp) {
   MX_REQUIRE_AUTH(ctx, config_, metrics_);
+  if (req->mx_source_id().size() > kMaxIdBytes || req->worker_id().size() > kMaxIdBytes) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "mx_source_id and worker_id are at most 256 bytes");
+  }
   auto s = store_->GetSource(req->mx_source_id(), req->worker_id());
-  if (!s.ok()) return ToGrpc(s.status());
+  if (!s.ok()) return ToGrpc(s.status(), config_.hub.cache_dir);
   resp->set_mx_source_id(req->mx_source_id());
   resp->set_worker_id(req->worker_id());
   if (!*s) {
@@ -377,6 +505,10 @@ grpc::Status P2pServiceImpl::UpdateStatus(grpc::ServerContext* ctx,
                                           const p2p::UpdateStatusRequest* req,
                                           p2p::UpdateStatusResponse* resp) {
   MX_REQUIRE_AUTH(ctx, config_, metrics_);
+  if (req->mx_source_id().size() > kMaxIdBytes || req->worker_id().size() > kMaxIdBytes) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "mx_source_id and worker_id are at most 256 bytes");
+  }
   std::vector<std::string> workers;
   if (!req->worker_id().empty()) {
     workers.push_back(req->worker_id());
@@ -385,13 +517,14 @@ grpc::Status P2pServiceImpl::UpdateStatus(grpc::ServerContext* ctx,
     registry::SourceFilter f;
     f.mx_source_id = req->mx_source_id();
     f.worker_rank = req->worker_rank();
+    f.limit = kMaxSourcesPerId;
     auto found = store_->ListSources(f);
-    if (!found.ok()) return ToGrpc(found.status());
+    if (!found.ok()) return ToGrpc(found.status(), config_.hub.cache_dir);
     for (const auto& s : *found) workers.push_back(s.worker_id);
   }
   if (workers.empty()) {
     resp->set_success(false);
-    resp->set_message("no source " + req->mx_source_id() + " with worker rank " +
+    resp->set_message("no source " + ClientText(req->mx_source_id()) + " with worker rank " +
                       std::to_string(req->worker_rank()));
     return grpc::Status::OK;
   }
@@ -399,7 +532,7 @@ grpc::Status P2pServiceImpl::UpdateStatus(grpc::ServerContext* ctx,
     Status st = store_->UpdateSourceStatus(req->mx_source_id(), w, req->status());
     if (!st.ok()) {
       resp->set_success(false);
-      resp->set_message(st.message());
+      resp->set_message(SafeMessage(st.message(), config_.hub.cache_dir));
       return grpc::Status::OK;
     }
   }
