@@ -3,7 +3,7 @@ BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: deps configure build test run bench fuzz clean format
+.PHONY: deps configure build test run bench fuzz sanitize clean format
 
 deps:
 	@bash scripts/install-deps.sh
@@ -34,14 +34,31 @@ bench: build
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DMX_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=OFF
-	cmake --build build-fuzz -j $(JOBS) --target hub_tree_fuzzer safetensors_fuzzer
-	for f in safetensors hub_tree; do \
+	cmake --build build-fuzz -j $(JOBS) --target hub_tree_fuzzer safetensors_fuzzer http_edge_fuzzer
+	for f in safetensors hub_tree http_edge; do \
 	  mkdir -p build-fuzz/corpus/$$f && cp -n fuzz/corpus/$$f/* build-fuzz/corpus/$$f/ ; \
 	  build-fuzz/fuzz/$${f}_fuzzer -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 build-fuzz/corpus/$$f || exit 1; \
 	done
 
+# ASan+UBSan over every unit and integration test, then TSan over the unit tests. Each has
+# its own build dir (and shares ccache with the main build).
+SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=0 \
+          UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+          LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan.supp \
+          TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/scripts/tsan.supp
+sanitize: deps
+	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMX_SANITIZE=address,undefined
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && $(SAN_ENV) ctest --output-on-failure --timeout 900 -j 2
+	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMX_SANITIZE=thread
+	cmake --build build-tsan -j $(JOBS) --target $(UNIT_TESTS)
+	cd build-tsan && $(SAN_ENV) ctest --output-on-failure --timeout 900 -j 2 -L unit
+
+UNIT_TESTS = common_test http_test hub_test safetensors_test storage_test streamer_test \
+             registry_test server_test http_server_test
+
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) build-asan build-tsan build-fuzz
 
 format:
 	clang-format -i --style=file $$(git ls-files '*.cc' '*.h')

@@ -19,16 +19,8 @@ struct Layered {
 
 Status ParseInt(const std::string& name, const std::string& text, int64_t lo, int64_t hi,
                 int64_t* out) {
-  try {
-    size_t pos = 0;
-    long long v = std::stoll(text, &pos);
-    if (pos != text.size() || v < lo || v > hi) throw std::out_of_range("range");
-    *out = v;
-    return Status::OK();
-  } catch (...) {
-    return Status::InvalidArgument(name + ": '" + text + "' is not an integer in [" +
-                                   std::to_string(lo) + ", " + std::to_string(hi) + "]");
-  }
+  MX_ASSIGN_OR_RETURN(*out, ParseIntInRange(name, text, lo, hi));  // the shared parser
+  return Status::OK();
 }
 
 }  // namespace
@@ -56,6 +48,10 @@ Result<ServerConfig> LoadServerConfig(int argc, char** argv, bool* validate_only
   flag("--tls-cert", "tls_cert", "PEM certificate chain for TLS");
   flag("--tls-key", "tls_key", "PEM private key for TLS");
   flag("--auth-token-file", "auth_token_file", "File holding the bearer token clients must send");
+  flag("--gated-repos", "gated_repos",
+       "any (the server's HF token serves every caller) or authenticated (MX_GATED_REPOS)");
+  flag("--allow-plaintext-mirror", "allow_plaintext_mirror",
+       "true: serve the mirror over plain HTTP even with TLS and a token configured");
   flag("--log-format", "log_format", "text or json");
   flag("--log-level", "log_level", "debug, info, warn, error");
   flag("--chunk-size", "chunk_size", "Default StreamModelFiles chunk bytes (1 MiB)");
@@ -104,6 +100,8 @@ Result<ServerConfig> LoadServerConfig(int argc, char** argv, bool* validate_only
   env("MX_GC_TIMEOUT_SECS", "gc_timeout");
   env("MX_LOG_FORMAT", "log_format");
   env("MX_LEASE_SECS", "lease_seconds");
+  env("MX_GATED_REPOS", "gated_repos");
+  env("MX_ALLOW_PLAINTEXT_MIRROR", "allow_plaintext_mirror");
 
   auto str = [&](const std::string& key, std::string* out) {
     if (auto v = s[key].Value()) *out = *v;
@@ -133,6 +131,15 @@ Result<ServerConfig> LoadServerConfig(int argc, char** argv, bool* validate_only
   str("auth_token_file", &c.auth_token_file);
   str("log_format", &c.log_format);
   str("log_level", &c.log_level);
+  str("gated_repos", &c.gated_repos);
+  if (auto v = s["allow_plaintext_mirror"].Value()) {
+    if (*v == "1" || *v == "true" || *v == "yes") {
+      c.allow_plaintext_mirror = true;
+    } else if (*v != "0" && *v != "false" && *v != "no") {
+      return Status::InvalidArgument("allow_plaintext_mirror must be true or false, not '" + *v +
+                                     "'");
+    }
+  }
   MX_RETURN_IF_ERROR(num("chunk_size", 1, 256 << 20, &c.default_chunk_bytes));
   MX_RETURN_IF_ERROR(num("max_message", 64 << 10, 1 << 30, &c.max_message_bytes));
   MX_RETURN_IF_ERROR(num("heartbeat_timeout", 1, 1 << 30, &c.heartbeat_timeout_s));
@@ -174,6 +181,17 @@ Result<ServerConfig> LoadServerConfig(int argc, char** argv, bool* validate_only
     }
     if (c.auth_token.empty()) return Status::InvalidArgument("--auth-token-file is empty");
   }
+  if (c.gated_repos != "any" && c.gated_repos != "authenticated") {
+    return Status::InvalidArgument("--gated-repos must be any or authenticated, not '" +
+                                   c.gated_repos + "'");
+  }
+  if (!c.tls_cert.empty() && !c.auth_token.empty() && c.mirror_port > 0 &&
+      !c.allow_plaintext_mirror) {
+    return Status::InvalidArgument(
+        "the HF mirror speaks plain HTTP, so its clients would send the bearer token in clear "
+        "next to a TLS gRPC port: set --mirror-port 0, put the mirror behind a TLS proxy and "
+        "pass --allow-plaintext-mirror, or drop the token");
+  }
   if (c.default_chunk_bytes > c.max_message_bytes - (64 << 10)) {
     return Status::InvalidArgument("--chunk-size must be below --max-message-size minus 64 KiB");
   }
@@ -188,6 +206,7 @@ std::string DescribeConfig(const ServerConfig& c) {
   d += "grpc " + c.host + ":" + std::to_string(c.port);
   d += c.tls_cert.empty() ? " (plaintext" : " (TLS";
   d += c.auth_token.empty() ? ", no auth)" : ", bearer token)";
+  if (c.gated_repos == "authenticated") d += "; gated repos for authenticated callers only";
   d += "; mirror :" + (c.mirror_port ? std::to_string(c.mirror_port) : std::string("off"));
   d += "; metrics :" + (c.metrics_port ? std::to_string(c.metrics_port) : std::string("off"));
   d += "; cache " + c.hub.cache_dir;

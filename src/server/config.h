@@ -13,15 +13,24 @@
 namespace mx::server {
 
 struct ServerConfig {
-  std::string host = "0.0.0.0";     // MODEL_EXPRESS_SERVER_HOST
-  int port = 8001;                  // MODEL_EXPRESS_SERVER_PORT (gRPC)
-  int metrics_port = 9401;          // MODEL_EXPRESS_SERVER_METRICS_PORT (0 = off)
-  int mirror_port = 8002;           // MX_MIRROR_PORT (0 = off)
-  hub::HubConfig hub;               // cache dir, upstream endpoint, token, offline
-  registry::StoreConfig store;      // MX_METADATA_BACKEND, REDIS_URL, MX_REDIS_HOST/PORT
-  std::string tls_cert, tls_key;    // --tls-cert/--tls-key (both or neither)
-  std::string auth_token_file;      // --auth-token-file: bearer token clients must send
-  std::string auth_token;           // loaded from auth_token_file; never logged
+  std::string host = "0.0.0.0";   // MODEL_EXPRESS_SERVER_HOST
+  int port = 8001;                // MODEL_EXPRESS_SERVER_PORT (gRPC)
+  int metrics_port = 9401;        // MODEL_EXPRESS_SERVER_METRICS_PORT (0 = off)
+  int mirror_port = 8002;         // MX_MIRROR_PORT (0 = off)
+  hub::HubConfig hub;             // cache dir, upstream endpoint, token, offline
+  registry::StoreConfig store;    // MX_METADATA_BACKEND, REDIS_URL, MX_REDIS_HOST/PORT
+  std::string tls_cert, tls_key;  // --tls-cert/--tls-key (both or neither)
+  std::string auth_token_file;    // --auth-token-file: bearer token clients must send
+  std::string auth_token;         // loaded from auth_token_file; never logged
+  // Who may read gated and private repos through this server (gRPC and mirror alike):
+  // "any" (ModelExpress's behaviour: the server's HF_TOKEN serves every caller that passed
+  // auth) or "authenticated" (MX_GATED_REPOS): callers without the bearer token are served
+  // only repos that upstream serves anonymously; callers with it get the server's HF_TOKEN.
+  std::string gated_repos = "any";
+  // The mirror and metrics ports speak plain HTTP. With TLS and a token configured, the
+  // server refuses to start a mirror (whose clients would send the token in clear) unless
+  // this is set (--allow-plaintext-mirror, MX_ALLOW_PLAINTEXT_MIRROR=1).
+  bool allow_plaintext_mirror = false;
   std::string log_format = "text";  // --log-format text|json
   std::string log_level = "info";
   uint32_t default_chunk_bytes = 1 << 20;  // StreamModelFiles chunk when the client says 0

@@ -3,20 +3,31 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
 
 #include "common/log.h"
 
 namespace mx::server {
 
 namespace {
+
+constexpr uint64_t kListenId = 0;
+constexpr uint64_t kWakeId = 1;
 
 const char* Reason(int status) {
   switch (status) {
@@ -36,8 +47,14 @@ const char* Reason(int status) {
       return "Not Found";
     case 405:
       return "Method Not Allowed";
+    case 408:
+      return "Request Timeout";
+    case 413:
+      return "Content Too Large";
     case 416:
       return "Range Not Satisfiable";
+    case 431:
+      return "Request Header Fields Too Large";
     case 500:
       return "Internal Server Error";
     case 501:
@@ -46,48 +63,44 @@ const char* Reason(int status) {
       return "Bad Gateway";
     case 503:
       return "Service Unavailable";
+    case 505:
+      return "HTTP Version Not Supported";
     default:
       return "Status";
   }
 }
 
-bool SendAll(int fd, const char* data, size_t len) {
-  while (len > 0) {
-    ssize_t n = ::send(fd, data, len, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data += n;
-    len -= static_cast<size_t>(n);
-  }
-  return true;
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-}  // namespace
-
-std::string UrlDecode(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%' && i + 2 < s.size() && HexValue(s[i + 1]) >= 0 && HexValue(s[i + 2]) >= 0) {
-      out.push_back(static_cast<char>(HexValue(s[i + 1]) * 16 + HexValue(s[i + 2])));
-      i += 2;
-    } else {
-      out.push_back(s[i]);
+// The bytes that go before a response body: status line, the handler's headers (any with
+// a control character is dropped, so no input can split a header), length, connection.
+std::string SerializeHead(const HttpResponse& r, uint64_t length, bool keep_alive) {
+  std::string out = "HTTP/1.1 " + std::to_string(r.status) + " " + Reason(r.status) + "\r\n";
+  for (const auto& [k, v] : r.headers) {
+    if (k.empty() || !IsSafeHeaderValue(k) || k.find(':') != std::string::npos ||
+        !IsSafeHeaderValue(v)) {
+      spdlog::warn("dropping unsafe response header {}", Printable(k, 64));
+      continue;
     }
+    out += k + ": " + v + "\r\n";
   }
+  out += "Content-Length: " + std::to_string(length) + "\r\n";
+  out += keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
   return out;
 }
 
-std::string HttpRequest::Header(const std::string& name) const {
-  auto it = headers.find(name);
-  return it == headers.end() ? "" : it->second;
+// Best effort on a fresh non-blocking socket: a short refusal, then the caller closes.
+void SendRefusal(int fd, int status) {
+  std::string msg = "HTTP/1.1 " + std::to_string(status) + " " + Reason(status) +
+                    "\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n";
+  (void)!::send(fd, msg.data(), msg.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
 }
+
+}  // namespace
 
 HttpResponse HttpResponse::Text(int status, std::string body, std::string type) {
   HttpResponse r;
@@ -97,164 +110,615 @@ HttpResponse HttpResponse::Text(int status, std::string body, std::string type) 
   return r;
 }
 
-HttpServer::HttpServer(std::string host, int port, HttpHandler handler, int max_connections)
-    : host_(std::move(host)),
-      port_(port),
-      handler_(std::move(handler)),
-      max_connections_(max_connections) {}
+// --- the event loop ----------------------------------------------------------------------
 
-HttpServer::~HttpServer() { Stop(); }
+class HttpServer::Loop {
+ public:
+  Loop(HttpHandler handler, HttpServerOptions options)
+      : handler_(std::move(handler)), options_(std::move(options)) {}
+  ~Loop() { Stop(); }
 
-Status HttpServer::Start() {
-  listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  Status Start(const std::string& host, int* port);
+  void Stop();
+
+  std::atomic<uint64_t> body_bytes{0};
+  std::atomic<int> open{0};
+
+ private:
+  struct Conn {
+    enum State { kReadingHead, kReadingBody, kHandling, kWriting };
+    uint64_t id = 0;
+    int fd = -1;
+    uint32_t peer = 0;
+    std::string peer_text;
+    State state = kReadingHead;
+    std::string in;
+    bool request_started = false;
+    int64_t deadline_ms = 0;
+    uint64_t body_left = 0;
+    HttpRequest pending;
+    std::string out;
+    size_t out_off = 0;
+    int file_fd = -1;
+    off_t file_off = 0;
+    uint64_t file_left = 0;
+    bool close_after = false;
+  };
+  struct Job {
+    uint64_t conn_id;
+    uint32_t peer;
+    HttpRequest request;
+  };
+  struct Done {
+    uint64_t conn_id;
+    uint32_t peer;
+    std::string out;
+    int file_fd = -1;
+    uint64_t file_offset = 0;
+    uint64_t file_length = 0;
+    bool close_after = false;
+  };
+
+  void Run();
+  void Work();
+  Done Answer(Job& job);
+  void AcceptAll();
+  bool EvictOneIdle();
+  void OnEvent(Conn* c, uint32_t events);
+  void ReadInput(Conn* c);
+  void ProcessInput(Conn* c);
+  void Dispatch(Conn* c, HttpRequest request);
+  void RespondNow(Conn* c, const HttpResponse& r, bool keep_alive);
+  void StartWriting(Conn* c, Done d);
+  void Write(Conn* c);
+  void FinishResponse(Conn* c);
+  void DrainCompletions();
+  void Sweep();
+  void Close(Conn* c);
+  void Watch(Conn* c, uint32_t events, int op);
+
+  HttpHandler handler_;
+  HttpServerOptions options_;
+  int listen_fd_ = -1;
+  int epoll_fd_ = -1;
+  int wake_fd_ = -1;
+  std::atomic<bool> stopping_{false};
+  bool stopped_ = false;
+  std::thread loop_thread_;
+  std::vector<std::thread> workers_;
+
+  // Owned by the loop thread.
+  std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns_;
+  std::unordered_map<uint32_t, int> conns_per_peer_;
+  std::unordered_map<uint32_t, int> queued_per_peer_;
+  uint64_t next_id_ = 2;
+  std::vector<uint64_t> ready_;  // connections with a buffered request to look at
+
+  // Loop -> workers.
+  std::mutex jobs_mu_;
+  std::condition_variable jobs_cv_;
+  // Requests wait per client address and are taken in turn, one per address, so a client
+  // with hundreds of queued requests delays another client by one request, not hundreds.
+  std::unordered_map<uint32_t, std::deque<Job>> jobs_;
+  std::deque<uint32_t> turns_;
+  bool quit_ = false;
+
+  // Workers -> loop.
+  std::mutex done_mu_;
+  std::vector<Done> done_;
+};
+
+Status HttpServer::Loop::Start(const std::string& host, int* port) {
+  listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (listen_fd_ < 0) return Status::FromErrno(errno, "socket");
   int one = 1;
   ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port_));
-  if (::inet_pton(AF_INET, host_.c_str(), &addr.sin_addr) != 1) {
-    return Status::InvalidArgument("not an IPv4 address: " + host_);
+  addr.sin_port = htons(static_cast<uint16_t>(*port));
+  if (::inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) {
+    return Status::InvalidArgument("not an IPv4 address: " + host);
   }
   if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    return Status::FromErrno(errno, "bind " + host_ + ":" + std::to_string(port_));
+    return Status::FromErrno(errno, "bind " + host + ":" + std::to_string(*port));
   }
-  if (::listen(listen_fd_, 512) != 0) return Status::FromErrno(errno, "listen");
+  if (::listen(listen_fd_, 4096) != 0) return Status::FromErrno(errno, "listen");
+  // Leave descriptors for files, the registry and gRPC: at most half the limit for clients.
+  if (rlimit nofile{};
+      ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY) {
+    options_.max_connections =
+        std::min<int>(options_.max_connections, static_cast<int>(nofile.rlim_cur / 2));
+  }
   socklen_t len = sizeof addr;
   ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-  port_ = ntohs(addr.sin_port);
-  accept_thread_ = std::thread([this] { AcceptLoop(); });
+  *port = ntohs(addr.sin_port);
+  epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (epoll_fd_ < 0 || wake_fd_ < 0) return Status::FromErrno(errno, "epoll/eventfd");
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kListenId;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &ev);
+  ev.data.u64 = kWakeId;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev);
+  // Every thread is made here, so a thread limit hit later cannot end the process.
+  try {
+    for (int i = 0; i < std::max(1, options_.worker_threads); ++i) {
+      workers_.emplace_back([this] { Work(); });
+    }
+    loop_thread_ = std::thread([this] { Run(); });
+  } catch (const std::system_error& e) {
+    Stop();
+    return Status::ResourceExhausted(std::string("cannot start HTTP threads: ") + e.what());
+  }
   return Status::OK();
 }
 
-void HttpServer::Stop() {
-  if (stopping_.exchange(true)) return;
-  if (listen_fd_ >= 0) ::shutdown(listen_fd_, SHUT_RDWR);
-  if (accept_thread_.joinable()) accept_thread_.join();
-  if (listen_fd_ >= 0) ::close(listen_fd_);
-  listen_fd_ = -1;
-  // Connection threads are detached; give them a moment to notice.
-  for (int i = 0; i < 50 && connections_.load() > 0; ++i) ::usleep(20000);
+void HttpServer::Loop::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  stopping_ = true;
+  if (wake_fd_ >= 0) {
+    uint64_t one = 1;
+    (void)!::write(wake_fd_, &one, sizeof one);
+  }
+  if (loop_thread_.joinable()) loop_thread_.join();
+  {
+    std::lock_guard<std::mutex> l(jobs_mu_);
+    quit_ = true;
+    jobs_.clear();  // queued requests are dropped with their connections
+    turns_.clear();
+  }
+  jobs_cv_.notify_all();
+  for (auto& t : workers_) {
+    if (t.joinable()) t.join();
+  }
+  for (auto& d : done_) {
+    if (d.file_fd >= 0) ::close(d.file_fd);
+  }
+  done_.clear();
+  for (auto& [id, c] : conns_) {
+    if (c->file_fd >= 0) ::close(c->file_fd);
+    ::close(c->fd);
+  }
+  conns_.clear();
+  open = 0;
+  for (int* fd : {&listen_fd_, &epoll_fd_, &wake_fd_}) {
+    if (*fd >= 0) ::close(*fd);
+    *fd = -1;
+  }
 }
 
-void HttpServer::AcceptLoop() {
+void HttpServer::Loop::Run() {
+  epoll_event events[256];
+  int64_t last_sweep = NowMs();
   while (!stopping_) {
-    pollfd p{listen_fd_, POLLIN, 0};
-    if (::poll(&p, 1, 200) <= 0) continue;
-    int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;
-    if (connections_.load() >= max_connections_) {
-      static const char kBusy[] =
-          "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-      SendAll(fd, kBusy, sizeof kBusy - 1);
+    int n = ::epoll_wait(epoll_fd_, events, 256, ready_.empty() ? 100 : 0);
+    for (int i = 0; i < n && !stopping_; ++i) {
+      uint64_t id = events[i].data.u64;
+      if (id == kListenId) {
+        try {
+          AcceptAll();
+        } catch (const std::exception& e) {
+          spdlog::warn("HTTP: accept: {}", e.what());
+        }
+      } else if (id == kWakeId) {
+        uint64_t v;
+        (void)!::read(wake_fd_, &v, sizeof v);
+        try {
+          DrainCompletions();
+        } catch (const std::exception& e) {
+          spdlog::warn("HTTP: completing responses: {}", e.what());
+        }
+      } else if (auto it = conns_.find(id); it != conns_.end()) {
+        // Memory can run out (a cgroup limit, an address-space limit): that costs the one
+        // connection being served, never the process.
+        try {
+          OnEvent(it->second.get(), events[i].events);
+        } catch (const std::exception& e) {
+          spdlog::warn("HTTP: dropping a connection: {}", e.what());
+          if (auto again = conns_.find(id); again != conns_.end()) Close(again->second.get());
+        }
+      }
+    }
+    std::vector<uint64_t> ready;
+    ready.swap(ready_);
+    for (uint64_t id : ready) {
+      try {
+        if (auto it = conns_.find(id); it != conns_.end()) ProcessInput(it->second.get());
+      } catch (const std::exception& e) {
+        if (auto it = conns_.find(id); it != conns_.end()) Close(it->second.get());
+      }
+    }
+    if (NowMs() - last_sweep >= 100) {
+      Sweep();
+      last_sweep = NowMs();
+    }
+  }
+}
+
+void HttpServer::Loop::Watch(Conn* c, uint32_t events, int op) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = c->id;
+  ::epoll_ctl(epoll_fd_, op, c->fd, &ev);
+}
+
+void HttpServer::Loop::AcceptAll() {
+  for (;;) {
+    sockaddr_in addr{};
+    socklen_t len = sizeof addr;
+    int fd = ::accept4(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len,
+                       SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EMFILE || errno == ENFILE) {
+        // Out of descriptors: free an idle one so the backlog keeps moving.
+        if (!EvictOneIdle()) spdlog::warn("HTTP: out of file descriptors");
+      }
+      return;
+    }
+    uint32_t peer = addr.sin_addr.s_addr;
+    if (static_cast<int>(conns_.size()) >= options_.max_connections && !EvictOneIdle()) {
+      SendRefusal(fd, 503);
+      ::close(fd);
+      continue;
+    }
+    if (conns_per_peer_[peer] >= options_.max_connections_per_peer) {
+      SendRefusal(fd, 503);
       ::close(fd);
       continue;
     }
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    ++connections_;
-    std::thread([this, fd] {
-      Serve(fd);
-      ::close(fd);
-      --connections_;
-    }).detach();
+    // Queue at most this much not-yet-sent data per connection: a reader that stalls
+    // then holds 128 KiB of kernel memory instead of a whole autotuned send buffer, while
+    // data in flight (and so throughput on long links) is not limited.
+    int lowat = 128 << 10;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof lowat);
+    auto c = std::make_unique<Conn>();
+    c->id = next_id_++;
+    c->fd = fd;
+    c->peer = peer;
+    char text[INET_ADDRSTRLEN] = "?";
+    ::inet_ntop(AF_INET, &addr.sin_addr, text, sizeof text);
+    c->peer_text = text;
+    // A new connection must bring its first request within the head deadline.
+    c->deadline_ms = NowMs() + options_.head_timeout_ms;
+    ++conns_per_peer_[peer];
+    Watch(c.get(), EPOLLIN, EPOLL_CTL_ADD);
+    conns_.emplace(c->id, std::move(c));
+    ++open;
   }
 }
 
-void HttpServer::Serve(int fd) {
-  std::string buf;
-  char tmp[16384];
-  timeval tv{60, 0};  // idle keep-alive connections are closed after a minute
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  while (!stopping_) {
-    size_t end;
-    while ((end = buf.find("\r\n\r\n")) == std::string::npos) {
-      if (buf.size() > 65536) return;  // header too large
-      ssize_t n = ::recv(fd, tmp, sizeof tmp, 0);
-      if (n <= 0) return;
-      buf.append(tmp, static_cast<size_t>(n));
+bool HttpServer::Loop::EvictOneIdle() {
+  Conn* oldest = nullptr;
+  for (auto& [id, c] : conns_) {
+    if (c->state == Conn::kReadingHead && !c->request_started && c->in.empty() &&
+        (!oldest || c->deadline_ms < oldest->deadline_ms)) {
+      oldest = c.get();
     }
-    std::string head = buf.substr(0, end);
-    buf.erase(0, end + 4);
-    HttpRequest req;
-    size_t line_end = head.find("\r\n");
-    std::string line = head.substr(0, line_end);
-    size_t sp1 = line.find(' '), sp2 = line.rfind(' ');
-    if (sp1 == std::string::npos || sp2 == sp1) return;
-    req.method = line.substr(0, sp1);
-    std::string target = line.substr(sp1 + 1, sp2 - sp1 - 1);
-    bool http10 = line.substr(sp2 + 1) == "HTTP/1.0";
-    size_t q = target.find('?');
-    req.raw_path = target.substr(0, q);
-    req.path = UrlDecode(req.raw_path);
-    if (q != std::string::npos) {
-      std::string qs = target.substr(q + 1);
-      size_t pos = 0;
-      while (pos <= qs.size()) {
-        size_t amp = qs.find('&', pos);
-        std::string kv = qs.substr(pos, amp == std::string::npos ? std::string::npos : amp - pos);
-        size_t eq = kv.find('=');
-        if (!kv.empty())
-          req.query[UrlDecode(kv.substr(0, eq))] =
-              eq == std::string::npos ? "" : UrlDecode(kv.substr(eq + 1));
-        if (amp == std::string::npos) break;
-        pos = amp + 1;
-      }
-    }
-    size_t pos = line_end == std::string::npos ? head.size() : line_end + 2;
-    while (pos < head.size()) {
-      size_t e = head.find("\r\n", pos);
-      if (e == std::string::npos) e = head.size();
-      std::string h = head.substr(pos, e - pos);
-      size_t colon = h.find(':');
-      if (colon != std::string::npos) {
-        std::string name = h.substr(0, colon);
-        std::transform(name.begin(), name.end(), name.begin(), ::tolower);
-        size_t vstart = h.find_first_not_of(" \t", colon + 1);
-        req.headers[name] = vstart == std::string::npos ? "" : h.substr(vstart);
-      }
-      pos = e + 2;
-    }
-    bool keep_alive = !http10 && req.Header("connection") != "close";
+  }
+  if (!oldest) return false;
+  Close(oldest);
+  return true;
+}
 
-    HttpResponse resp;
-    if (req.method != "GET" && req.method != "HEAD") {
-      resp = HttpResponse::Text(405, "only GET and HEAD\n");
-    } else {
-      resp = handler_(req);
+void HttpServer::Loop::OnEvent(Conn* c, uint32_t events) {
+  if (c->state == Conn::kWriting) {
+    if (events & (EPOLLERR | EPOLLHUP)) return Close(c);
+    return Write(c);
+  }
+  if (c->state == Conn::kReadingHead || c->state == Conn::kReadingBody) ReadInput(c);
+}
+
+void HttpServer::Loop::ReadInput(Conn* c) {
+  char buf[16384];
+  size_t cap = options_.limits.max_head_bytes + sizeof buf;
+  while (c->in.size() < cap) {
+    ssize_t n = ::recv(c->fd, buf, sizeof buf, 0);
+    if (n > 0) {
+      c->in.append(buf, static_cast<size_t>(n));
+      continue;
     }
-    uint64_t length = resp.file_fd >= 0 ? resp.file_length : resp.body.size();
-    if (req.method == "HEAD" && resp.head_length) length = *resp.head_length;
-    std::string out =
-        "HTTP/1.1 " + std::to_string(resp.status) + " " + Reason(resp.status) + "\r\n";
-    for (const auto& [k, v] : resp.headers) out += k + ": " + v + "\r\n";
-    out += "Content-Length: " + std::to_string(length) + "\r\n";
-    out += keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
-    bool ok = true;
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    return Close(c);  // EOF or error
+  }
+  ProcessInput(c);
+}
+
+void HttpServer::Loop::ProcessInput(Conn* c) {
+  for (;;) {
+    if (c->state == Conn::kReadingBody) {
+      uint64_t take = std::min<uint64_t>(c->body_left, c->in.size());
+      c->in.erase(0, take);
+      c->body_left -= take;
+      if (c->body_left > 0) return;
+      c->state = Conn::kReadingHead;
+      Dispatch(c, std::move(c->pending));
+      return;
+    }
+    if (c->state != Conn::kReadingHead) return;
+    // RFC 9112 2.2: empty lines before a request line are ignored.
+    size_t skip = 0;
+    while (c->in.compare(skip, 2, "\r\n") == 0) skip += 2;
+    c->in.erase(0, skip);
+    if (c->in.empty()) return;
+    if (!c->request_started) {
+      c->request_started = true;
+      c->deadline_ms = NowMs() + options_.head_timeout_ms;
+    }
+    size_t end = c->in.find("\r\n\r\n");
+    if (end == std::string::npos) {
+      if (c->in.size() > options_.limits.max_head_bytes) {
+        RespondNow(c, HttpResponse::Text(431, "request head too large\n"), false);
+      }
+      return;
+    }
+    HeadError error;
+    auto request =
+        ParseRequestHead(std::string_view(c->in).substr(0, end), options_.limits, &error);
+    c->in.erase(0, end + 4);
+    if (!request.ok()) {
+      // The framing of anything after a bad head is unknown: answer and close.
+      RespondNow(c, HttpResponse::Text(error.status, error.message + "\n"), false);
+      return;
+    }
+    request->peer = c->peer_text;
+    if (request->body_length > 0) {
+      c->body_left = request->body_length;
+      c->pending = std::move(*request);
+      c->state = Conn::kReadingBody;
+      continue;
+    }
+    Dispatch(c, std::move(*request));
+    return;
+  }
+}
+
+void HttpServer::Loop::Dispatch(Conn* c, HttpRequest request) {
+  c->request_started = false;
+  if (request.method != "GET" && request.method != "HEAD") {
+    HttpResponse r = HttpResponse::Text(405, "only GET and HEAD\n");
+    r.Add("Allow", "GET, HEAD");
+    return RespondNow(c, r, request.keep_alive);
+  }
+  int& queued = queued_per_peer_[c->peer];
+  if (queued >= options_.max_queued_per_peer) {
+    return RespondNow(c, HttpResponse::Text(503, "too many requests from this address\n"), false);
+  }
+  c->state = Conn::kHandling;
+  // Not watched while a worker answers: pipelined bytes wait in the socket buffer.
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, c->fd, nullptr);
+  {
+    std::lock_guard<std::mutex> l(jobs_mu_);
+    std::deque<Job>& mine = jobs_[c->peer];
+    if (mine.empty()) turns_.push_back(c->peer);
+    mine.push_back({c->id, c->peer, std::move(request)});
+  }
+  ++queued;
+  jobs_cv_.notify_one();
+}
+
+void HttpServer::Loop::RespondNow(Conn* c, const HttpResponse& r, bool keep_alive) {
+  Done d;
+  d.conn_id = c->id;
+  d.out = SerializeHead(r, r.body.size(), keep_alive) + r.body;
+  d.close_after = !keep_alive;
+  StartWriting(c, std::move(d));
+}
+
+void HttpServer::Loop::StartWriting(Conn* c, Done d) {
+  bool was_watched = c->state != Conn::kHandling;
+  c->state = Conn::kWriting;
+  c->out = std::move(d.out);
+  c->out_off = 0;
+  c->file_fd = d.file_fd;
+  c->file_off = static_cast<off_t>(d.file_offset);
+  c->file_left = d.file_length;
+  c->close_after = d.close_after;
+  c->deadline_ms = NowMs() + options_.send_stall_ms;
+  Watch(c, EPOLLOUT, was_watched ? EPOLL_CTL_MOD : EPOLL_CTL_ADD);
+  Write(c);
+}
+
+void HttpServer::Loop::Write(Conn* c) {
+  // At most this much per turn, so one connection with a deep socket buffer cannot hold
+  // the loop while others wait; epoll reports it writable again next round.
+  constexpr uint64_t kTurnBytes = 1 << 20;
+  uint64_t budget = kTurnBytes;
+  bool progress = false;
+  while (c->out_off < c->out.size()) {
+    ssize_t n = ::send(c->fd, c->out.data() + c->out_off, c->out.size() - c->out_off,
+                       MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      c->out_off += static_cast<size_t>(n);
+      progress = true;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    return Close(c);
+  }
+  if (c->out_off == c->out.size()) {
+    while (c->file_left > 0 && budget > 0) {
+      ssize_t n = ::sendfile(c->fd, c->file_fd, &c->file_off,
+                             static_cast<size_t>(std::min<uint64_t>(c->file_left, budget)));
+      if (n > 0) {
+        budget -= std::min<uint64_t>(budget, static_cast<uint64_t>(n));
+        c->file_left -= static_cast<uint64_t>(n);
+        body_bytes += static_cast<uint64_t>(n);
+        progress = true;
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      return Close(c);  // an error, or the file shrank under us: the length is a lie now
+    }
+  }
+  if (progress) c->deadline_ms = NowMs() + options_.send_stall_ms;
+  if (c->out_off == c->out.size() && c->file_left == 0) FinishResponse(c);
+}
+
+void HttpServer::Loop::FinishResponse(Conn* c) {
+  if (c->file_fd >= 0) ::close(c->file_fd);
+  c->file_fd = -1;
+  c->out.clear();
+  c->out.shrink_to_fit();
+  if (c->close_after) return Close(c);
+  c->state = Conn::kReadingHead;
+  c->request_started = false;
+  c->deadline_ms = NowMs() + options_.idle_timeout_ms;
+  Watch(c, EPOLLIN, EPOLL_CTL_MOD);
+  // A pipelined request may already be buffered: the loop takes it up next round (not
+  // here, so a long pipeline cannot recurse).
+  if (!c->in.empty()) ready_.push_back(c->id);
+}
+
+void HttpServer::Loop::DrainCompletions() {
+  std::vector<Done> done;
+  {
+    std::lock_guard<std::mutex> l(done_mu_);
+    done.swap(done_);
+  }
+  for (auto& d : done) {
+    auto q = queued_per_peer_.find(d.peer);
+    if (q != queued_per_peer_.end() && --q->second <= 0) queued_per_peer_.erase(q);
+    auto it = conns_.find(d.conn_id);
+    if (it == conns_.end()) {
+      if (d.file_fd >= 0) ::close(d.file_fd);
+      continue;
+    }
+    uint64_t id = d.conn_id;
+    try {
+      // StartWriting hands the file to the connection before anything that can throw.
+      StartWriting(it->second.get(), std::move(d));
+    } catch (const std::exception&) {
+      if (auto again = conns_.find(id); again != conns_.end()) Close(again->second.get());
+    }
+  }
+}
+
+void HttpServer::Loop::Sweep() {
+  int64_t now = NowMs();
+  std::vector<Conn*> expired;
+  for (auto& [id, c] : conns_) {
+    if (c->state != Conn::kHandling && now > c->deadline_ms) expired.push_back(c.get());
+  }
+  for (Conn* c : expired) Close(c);
+}
+
+void HttpServer::Loop::Close(Conn* c) {
+  if (c->state != Conn::kHandling) ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, c->fd, nullptr);
+  ::close(c->fd);
+  if (c->file_fd >= 0) ::close(c->file_fd);
+  auto p = conns_per_peer_.find(c->peer);
+  if (p != conns_per_peer_.end() && --p->second <= 0) conns_per_peer_.erase(p);
+  --open;
+  conns_.erase(c->id);
+}
+
+void HttpServer::Loop::Work() {
+  for (;;) {
+    Job job;
+    {
+      std::unique_lock<std::mutex> l(jobs_mu_);
+      jobs_cv_.wait(l, [this] { return quit_ || !turns_.empty(); });
+      if (quit_) return;
+      uint32_t peer = turns_.front();
+      turns_.pop_front();
+      auto it = jobs_.find(peer);
+      job = std::move(it->second.front());
+      it->second.pop_front();
+      if (it->second.empty()) {
+        jobs_.erase(it);
+      } else {
+        turns_.push_back(peer);
+      }
+    }
+    Done d = Answer(job);
+    // The loop must hear of every answer, or the connection would wait forever: retry
+    // while memory is short.
+    for (int attempt = 0;; ++attempt) {
+      try {
+        std::lock_guard<std::mutex> l(done_mu_);
+        done_.push_back(std::move(d));
+        break;
+      } catch (const std::bad_alloc&) {
+        if (attempt == 1000) std::abort();
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+    uint64_t one = 1;
+    (void)!::write(wake_fd_, &one, sizeof one);
+  }
+}
+
+HttpServer::Loop::Done HttpServer::Loop::Answer(Job& job) {
+  Done d;
+  d.conn_id = job.conn_id;
+  d.peer = job.peer;
+  const HttpRequest& req = job.request;
+  bool keep_alive = req.keep_alive;
+  HttpResponse r;
+  try {
+    r = handler_(req);
+  } catch (const std::exception& e) {
+    spdlog::error("HTTP {} {}: handler failed: {}", req.method, Printable(req.raw_path), e.what());
+    r = HttpResponse::Text(500, "internal error\n");
+  } catch (...) {
+    spdlog::error("HTTP {} {}: handler failed", req.method, Printable(req.raw_path));
+    r = HttpResponse::Text(500, "internal error\n");
+  }
+  try {
+    uint64_t length = r.file_fd >= 0 ? r.file_length : r.body.size();
     if (req.method == "HEAD") {
-      ok = SendAll(fd, out.data(), out.size());
-    } else if (resp.file_fd >= 0) {
-      ok = SendAll(fd, out.data(), out.size());
-      off_t off = static_cast<off_t>(resp.file_offset);
-      uint64_t left = resp.file_length;
-      while (ok && left > 0) {
-        ssize_t n = ::sendfile(fd, resp.file_fd, &off, std::min<uint64_t>(left, 1 << 30));
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-          ok = false;
-          break;
-        }
-        left -= static_cast<uint64_t>(n);
-        body_bytes_ += static_cast<uint64_t>(n);
-      }
+      if (r.head_length) length = *r.head_length;
+      d.out = SerializeHead(r, length, keep_alive);
+      if (r.file_fd >= 0) ::close(r.file_fd);
+    } else if (r.file_fd >= 0) {
+      d.out = SerializeHead(r, length, keep_alive);
+      d.file_fd = r.file_fd;
+      d.file_offset = r.file_offset;
+      d.file_length = r.file_length;
     } else {
-      out += resp.body;
-      ok = SendAll(fd, out.data(), out.size());
-      if (ok) body_bytes_ += resp.body.size();
+      d.out = SerializeHead(r, length, keep_alive) + r.body;
+      body_bytes += r.body.size();
     }
-    if (resp.file_fd >= 0) ::close(resp.file_fd);
-    if (!ok || !keep_alive) return;
+    d.close_after = !keep_alive;
+  } catch (...) {  // bad_alloc while serializing: answer nothing, close
+    if (r.file_fd >= 0 && d.file_fd < 0) ::close(r.file_fd);
+    d.out.clear();
+    d.close_after = true;
   }
+  return d;
 }
+
+// --- HttpServer ------------------------------------------------------------------------
+
+HttpServer::HttpServer(std::string host, int port, HttpHandler handler, HttpServerOptions options)
+    : host_(std::move(host)),
+      port_(port),
+      handler_(std::move(handler)),
+      options_(std::move(options)) {}
+
+HttpServer::~HttpServer() { Stop(); }
+
+Status HttpServer::Start() {
+  loop_ = std::make_unique<Loop>(handler_, options_);
+  Status st = loop_->Start(host_, &port_);
+  if (!st.ok()) loop_.reset();
+  return st;
+}
+
+void HttpServer::Stop() {
+  if (loop_) loop_->Stop();
+}
+
+uint64_t HttpServer::body_bytes_sent() const { return loop_ ? loop_->body_bytes.load() : 0; }
+
+int HttpServer::open_connections() const { return loop_ ? loop_->open.load() : 0; }
 
 }  // namespace mx::server

@@ -1,29 +1,30 @@
-// HttpServer: a small HTTP/1.1 server for the mirror endpoint and /metrics. Thread per
-// connection (capped), keep-alive, GET/HEAD only; file bodies go out with sendfile(2)
-// straight from the page cache.
+// HttpServer: the HTTP/1.1 server behind the mirror endpoint and /metrics, built to stay
+// up with any client on the network, hostile or slow.
+//
+// One event-loop thread (epoll) owns every connection: it accepts, reads request heads
+// against a whole-head deadline, discards small request bodies, and writes responses
+// without blocking (string bodies with send, file bodies with sendfile from the page
+// cache). A slow client therefore costs a connection slot, never a thread. Handlers run
+// on a fixed pool of worker threads created by Start(): no thread is created while
+// serving, so a pids or memory limit cannot take the server down mid-request. Limits:
+// total connections, connections per client address, queued requests per client, idle
+// keep-alive time, whole-head time, send stall time. A handler that throws answers 500.
+// Stop() closes every connection and joins every thread it started.
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <functional>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
-#include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
+#include "server/http_parse.h"
 
 namespace mx::server {
-
-struct HttpRequest {
-  std::string method;
-  std::string path;                            // decoded path, without the query
-  std::string raw_path;                        // as sent
-  std::map<std::string, std::string> query;    // decoded
-  std::map<std::string, std::string> headers;  // names lowercased
-  std::string Header(const std::string& lowercase_name) const;
-};
 
 struct HttpResponse {
   int status = 200;
@@ -45,34 +46,41 @@ struct HttpResponse {
 
 using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;
 
+struct HttpServerOptions {
+  int worker_threads = 32;
+  int max_connections = 4096;
+  int max_connections_per_peer = 64;
+  int max_queued_per_peer = 16;  // requests waiting for or inside a handler, per address
+  int head_timeout_ms = 10000;   // from the first byte of a request to its blank line
+  int idle_timeout_ms = 5000;    // keep-alive connections with no request under way
+  int send_stall_ms = 30000;     // a response that makes no progress for this long is cut
+  HeadLimits limits;
+};
+
 class HttpServer {
  public:
-  HttpServer(std::string host, int port, HttpHandler handler, int max_connections = 512);
+  HttpServer(std::string host, int port, HttpHandler handler, HttpServerOptions options = {});
   ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
 
-  // Binds and starts accepting. port 0 picks a free port (see port()).
+  // Binds, starts the event loop and the workers. port 0 picks a free port (see port()).
   Status Start();
+  // Stops accepting, closes every connection, joins every thread. Idempotent.
   void Stop();
   int port() const { return port_; }
   // Bytes of bodies sent so far (files and strings).
-  uint64_t body_bytes_sent() const { return body_bytes_.load(); }
+  uint64_t body_bytes_sent() const;
+  // Connections open now (for metrics and tests).
+  int open_connections() const;
 
  private:
-  void AcceptLoop();
-  void Serve(int fd);
-
+  class Loop;
   std::string host_;
   int port_;
   HttpHandler handler_;
-  int max_connections_;
-  int listen_fd_ = -1;
-  std::atomic<bool> stopping_{false};
-  std::atomic<int> connections_{0};
-  std::atomic<uint64_t> body_bytes_{0};
-  std::thread accept_thread_;
+  HttpServerOptions options_;
+  std::unique_ptr<Loop> loop_;
 };
-
-// Percent-decodes; '+' is kept (paths, not forms).
-std::string UrlDecode(const std::string& s);
 
 }  // namespace mx::server

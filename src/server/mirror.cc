@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <charconv>
+#include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -10,8 +12,10 @@
 #include "common/fs.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "common/text.h"
 #include "http/http.h"
 #include "hub/cache.h"
+#include "hub/downloader.h"
 
 namespace mx::server {
 
@@ -28,10 +32,15 @@ namespace {
 
 constexpr size_t kTreePageSize = 1000;
 
+// Client input can hold invalid UTF-8 (say, a file name upstream sent): it is replaced
+// rather than thrown about (nlohmann's default throws type_error 316).
+std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 HttpResponse HubError(int status, const std::string& code, const std::string& message) {
-  HttpResponse r = HttpResponse::Text(status, json{{"error", message}}.dump(), "application/json");
+  HttpResponse r = HttpResponse::Text(status, Dump(json{{"error", message}}), "application/json");
   r.Add("X-Error-Code", code);
-  r.Add("X-Error-Message", message);
+  // Header values are bounded and printable: input echoed here cannot split a header.
+  r.Add("X-Error-Message", Printable(message, 256));
   return r;
 }
 
@@ -40,15 +49,74 @@ HttpResponse HubError(int status, const std::string& code, const std::string& me
 uint64_t LfsPointerSize(uint64_t size) { return 43 + 76 + 6 + std::to_string(size).size(); }
 
 // Splits "a/b/c" at the first '/' into ("a", "b/c").
-std::pair<std::string, std::string> FirstSegment(const std::string& s) {
+std::pair<std::string_view, std::string_view> FirstSegment(std::string_view s) {
   size_t slash = s.find('/');
-  if (slash == std::string::npos) return {s, ""};
+  if (slash == std::string_view::npos) return {s, ""};
   return {s.substr(0, slash), s.substr(slash + 1)};
 }
 
-// The hub's answer for an upstream failure (X-Error-Code as the hub would send it).
-HttpResponse ErrorResponse(const Status& st) {
-  const std::string& m = st.message();
+bool IsTrue(const HttpRequest& req, const std::string& key) {
+  auto it = req.query.find(key);
+  return it != req.query.end() &&
+         (it->second == "true" || it->second == "1" || it->second == "True");
+}
+
+}  // namespace
+
+Result<MirrorRoute> ParseMirrorRoute(std::string_view raw) {
+  MirrorRoute route;
+  std::string_view rest;
+  auto split = [&](std::string_view prefix, std::string_view marker, MirrorRoute::Kind kind) {
+    if (raw.substr(0, prefix.size()) != prefix) return false;
+    size_t at = raw.find(marker, prefix.size());
+    if (at == std::string_view::npos) return false;
+    route.repo_id = UrlDecode(raw.substr(prefix.size(), at - prefix.size()));
+    rest = raw.substr(at + marker.size());
+    route.kind = kind;
+    return true;
+  };
+  bool matched = split("/api/models/", "/revision/", MirrorRoute::kRevision) ||
+                 split("/api/models/", "/tree/", MirrorRoute::kTree) ||
+                 split("/", "/resolve/", MirrorRoute::kResolve);
+  if (!matched && raw.substr(0, 12) == "/api/models/") {
+    route.repo_id = UrlDecode(raw.substr(12));
+    route.kind = MirrorRoute::kRevision;
+    rest = "main";
+    matched = true;
+  }
+  if (!matched) {
+    if (raw.substr(0, 14) == "/api/datasets/" || raw.substr(0, 10) == "/datasets/") {
+      return Status::NotFound("RepoNotFound: this mirror serves model repos only");
+    }
+    return Status::NotFound("EntryNotFound: unknown endpoint");
+  }
+  MX_RETURN_IF_ERROR(hub::ValidateRepoId(route.repo_id));
+  auto [rev_raw, tail] = FirstSegment(rest);
+  // The revision is one segment; "refs/pr/1" arrives as refs%2Fpr%2F1, as hf sends it.
+  route.revision = rev_raw.empty() ? "main" : UrlDecode(rev_raw);
+  MX_RETURN_IF_ERROR(hub::ValidateRevision(route.revision));
+  route.path = UrlDecode(tail);
+  while (route.kind == MirrorRoute::kTree && !route.path.empty() && route.path.back() == '/') {
+    route.path.pop_back();
+  }
+  if (route.kind == MirrorRoute::kResolve ||
+      (route.kind == MirrorRoute::kTree && !route.path.empty())) {
+    if (!IsSafeRelativePath(route.path) || !IsValidUtf8(route.path)) {
+      return Status::InvalidArgument("invalid path '" + Printable(route.path) +
+                                     "': must be relative, without '.' or '..'");
+    }
+  }
+  return route;
+}
+
+HttpResponse Mirror::Error(const Status& st) const {
+  // Local cache paths are nobody's business on the network.
+  std::string m = st.message();
+  const std::string& root = manager_->config().hub.cache_dir;
+  for (size_t at; !root.empty() && (at = m.find(root)) != std::string::npos;) {
+    m.replace(at, root.size(), "<cache>");
+  }
+  m = Printable(m, 512);
   switch (st.code()) {
     case StatusCode::kInvalidArgument:
       return HubError(400, "BadRequest", m);
@@ -57,6 +125,8 @@ HttpResponse ErrorResponse(const Status& st) {
       return HubError(401, "GatedRepo", m);
     case StatusCode::kUnimplemented:
       return HubError(501, "NotImplemented", m);
+    case StatusCode::kResourceExhausted:
+      return HubError(503, "Busy", m);
     case StatusCode::kNotFound:
       if (m.find("RevisionNotFound") != std::string::npos)
         return HubError(404, "RevisionNotFound", m);
@@ -66,8 +136,6 @@ HttpResponse ErrorResponse(const Status& st) {
       return HubError(502, "UpstreamError", m);
   }
 }
-
-}  // namespace
 
 Result<Mirror::Repo> Mirror::Listing(const std::string& repo_id, const std::string& revision) {
   MX_RETURN_IF_ERROR(hub::ValidateRepoId(repo_id));
@@ -98,65 +166,57 @@ Result<Mirror::Repo> Mirror::Listing(const std::string& repo_id, const std::stri
 }
 
 Result<LocalFile> Mirror::Fetch(const Repo& repo, const std::string& path) {
-  auto find = [&]() -> std::optional<LocalFile> {
-    auto snap = manager_->Snapshot(repo.id, repo.commit, false);
-    if (!snap.ok()) return std::nullopt;
-    for (const auto& f : snap->files) {
-      if (f.relative_path == path) return f;
+  const ServerConfig& config = manager_->config();
+  hub::RepoCache cache(config.hub.cache_dir, hub::RepoType::kModel, repo.id);
+  const hub::TreeEntry& entry = repo.entries.at(path);
+  if (!cache.SnapshotFileOk(repo.commit, path, entry.size)) {
+    if (config.hub.offline) {
+      return Status::NotFound("EntryNotFound: " + path +
+                              " is not cached and the server is offline");
     }
-    return std::nullopt;
-  };
-  if (auto f = find()) return *f;
-  registry::ModelKey key{kHuggingFace, repo.id, repo.revision == "main" ? "" : repo.revision,
-                         false};
-  StatusUpdate final;
-  MX_RETURN_IF_ERROR(manager_->Ensure(key, [&](const StatusUpdate& u) { final = u; }));
-  if (final.state != registry::ModelState::kDownloaded) return Status::Unavailable(final.message);
-  if (auto f = find()) return *f;
-  return Status::Internal(path + " is missing from the snapshot after the download");
+    // Just this file. Concurrent GETs (and other processes on the volume) wait on the
+    // downloader's per-blob lock instead of fetching it twice; a killed fetch resumes.
+    hub::HubClient upstream(config.hub, hub::RepoType::kModel);
+    hub::DownloadOptions o;
+    o.repo_id = repo.id;
+    o.revision = repo.commit;
+    o.files = {path};
+    o.max_workers = config.download_workers;
+    auto report = hub::Download(upstream, o);
+    if (!report.ok()) return report.status();
+    metrics_->bytes_from_upstream += report->bytes_fetched;
+    if (repo.revision != repo.commit) (void)cache.WriteRef(repo.revision, repo.commit);
+  }
+  std::error_code ec;
+  auto root = std::filesystem::weakly_canonical(config.hub.cache_dir, ec);
+  auto real = std::filesystem::weakly_canonical(cache.snapshot_path(repo.commit, path), ec);
+  if (ec || real.string().rfind(root.string() + "/", 0) != 0) {
+    return Status::NotFound("EntryNotFound: " + path + " resolves outside the cache");
+  }
+  return LocalFile{path, real.string(), entry.size};
 }
 
 HttpResponse Mirror::Handle(const HttpRequest& req) {
-  const ServerConfig& config = manager_->config();
-  if (!config.auth_token.empty() && req.Header("authorization") != "Bearer " + config.auth_token) {
+  auto caller = access_.Classify(req.Header("authorization"));
+  if (caller == AccessPolicy::Caller::kRejected) {
     return HubError(401, "GatedRepo", "this mirror needs its bearer token: set HF_TOKEN to it");
   }
-  const std::string& raw = req.raw_path;
-  std::string repo_part, rest, kind;
-  auto split = [&](const std::string& prefix, const std::string& marker) {
-    if (raw.rfind(prefix, 0) != 0) return false;
-    size_t at = raw.find(marker, prefix.size());
-    if (at == std::string::npos) return false;
-    repo_part = UrlDecode(raw.substr(prefix.size(), at - prefix.size()));
-    rest = raw.substr(at + marker.size());
-    kind = marker;
-    return true;
-  };
-  bool matched = split("/api/models/", "/revision/") || split("/api/models/", "/tree/") ||
-                 split("/", "/resolve/");
-  if (!matched && raw.rfind("/api/models/", 0) == 0) {
-    repo_part = UrlDecode(raw.substr(12));
-    rest = "main";
-    kind = "/revision/";
-    matched = true;
+  auto route = ParseMirrorRoute(req.raw_path);
+  if (!route.ok()) return Error(route.status());
+  if (Status st = access_.CheckRepo(caller, route->repo_id, route->revision); !st.ok()) {
+    return Error(st);
   }
-  if (!matched) {
-    if (raw.rfind("/api/datasets/", 0) == 0 || raw.rfind("/datasets/", 0) == 0) {
-      return HubError(404, "RepoNotFound", "this mirror serves model repos only");
-    }
-    return HubError(404, "EntryNotFound", "unknown endpoint " + req.path);
+  auto repo = Listing(route->repo_id, route->revision);
+  if (!repo.ok()) return Error(repo.status());
+  switch (route->kind) {
+    case MirrorRoute::kRevision:
+      return RevisionInfo(*repo, IsTrue(req, "blobs"));
+    case MirrorRoute::kTree:
+      return Tree(*repo, route->path, req);
+    case MirrorRoute::kResolve:
+      return Resolve(*repo, route->path, req);
   }
-  auto [rev_raw, tail] = FirstSegment(rest);
-  std::string revision = UrlDecode(rev_raw);
-  auto repo = Listing(repo_part, revision.empty() ? "main" : revision);
-  if (!repo.ok()) return ErrorResponse(repo.status());
-  if (kind == "/revision/") {
-    auto b = req.query.find("blobs");
-    return RevisionInfo(*repo, b != req.query.end() && (b->second == "true" || b->second == "1" ||
-                                                        b->second == "True"));
-  }
-  if (kind == "/tree/") return Tree(*repo, UrlDecode(tail), req);
-  return Resolve(*repo, UrlDecode(tail), req);
+  return HubError(404, "EntryNotFound", "unknown endpoint");
 }
 
 HttpResponse Mirror::RevisionInfo(const Repo& repo, bool blobs) {
@@ -175,13 +235,11 @@ HttpResponse Mirror::RevisionInfo(const Repo& repo, bool blobs) {
   }
   json body{{"id", repo.id},    {"modelId", repo.id}, {"sha", repo.commit}, {"siblings", siblings},
             {"private", false}, {"gated", false},     {"disabled", false}};
-  return HttpResponse::Text(200, body.dump(), "application/json");
+  return HttpResponse::Text(200, Dump(body), "application/json");
 }
 
 HttpResponse Mirror::Tree(const Repo& repo, const std::string& subpath, const HttpRequest& req) {
-  bool recursive = req.query.count("recursive") &&
-                   (req.query.at("recursive") == "true" || req.query.at("recursive") == "1" ||
-                    req.query.at("recursive") == "True");
+  bool recursive = IsTrue(req, "recursive");
   std::string prefix = subpath.empty() ? "" : subpath + "/";
   std::vector<json> items;
   std::set<std::string> dirs;
@@ -213,13 +271,22 @@ HttpResponse Mirror::Tree(const Repo& repo, const std::string& subpath, const Ht
     return a["path"].get<std::string>() < b["path"].get<std::string>();
   });
   size_t start = 0;
-  if (req.query.count("cursor")) start = std::strtoull(req.query.at("cursor").c_str(), nullptr, 10);
+  if (auto c = req.query.find("cursor"); c != req.query.end()) {
+    auto [p, ec] = std::from_chars(c->second.data(), c->second.data() + c->second.size(), start);
+    if (ec != std::errc() || p != c->second.data() + c->second.size()) {
+      return HubError(400, "BadRequest", "cursor must be a number");
+    }
+  }
+  start = std::min(start, items.size());
   size_t end = std::min(items.size(), start + kTreePageSize);
   json page = json::array();
   for (size_t i = start; i < end; ++i) page.push_back(items[i]);
-  HttpResponse r = HttpResponse::Text(200, page.dump(), "application/json");
+  HttpResponse r = HttpResponse::Text(200, Dump(page), "application/json");
   if (end < items.size()) {
+    // The Host header was checked by the parser (host[:port] only); without one, the
+    // configured address. raw_path passed the route parser, which validated every part.
     std::string host = req.Header("host");
+    if (host.empty()) host = "localhost:" + std::to_string(manager_->config().mirror_port);
     std::string next = "http://" + host + req.raw_path +
                        "?recursive=" + (recursive ? "true" : "false") +
                        "&cursor=" + std::to_string(end);
@@ -230,8 +297,9 @@ HttpResponse Mirror::Tree(const Repo& repo, const std::string& subpath, const Ht
 
 HttpResponse Mirror::Resolve(const Repo& repo, const std::string& path, const HttpRequest& req) {
   auto entry = repo.entries.find(path);
-  if (!IsSafeRelativePath(path) || entry == repo.entries.end()) {
-    HttpResponse r = HubError(404, "EntryNotFound", path + " does not exist at " + repo.commit);
+  if (entry == repo.entries.end()) {
+    HttpResponse r =
+        HubError(404, "EntryNotFound", Printable(path) + " does not exist at " + repo.commit);
     r.Add("X-Repo-Commit", repo.commit);
     return r;
   }
@@ -248,32 +316,19 @@ HttpResponse Mirror::Resolve(const Repo& repo, const std::string& path, const Ht
   LocalFile f{path, "", e.size};
   if (req.method == "GET") {
     auto fetched = Fetch(repo, path);
-    if (!fetched.ok()) return ErrorResponse(fetched.status());
+    if (!fetched.ok()) return Error(fetched.status());
     f = *fetched;
   }
   uint64_t begin = 0, end = f.size;  // [begin, end)
-  std::string range = req.Header("range");
-  if (!range.empty()) {
-    bool ok = range.rfind("bytes=", 0) == 0 && range.find(',') == std::string::npos;
-    std::string spec = ok ? range.substr(6) : "";
-    size_t dash = spec.find('-');
-    ok = ok && dash != std::string::npos;
-    if (ok) {
-      std::string a = spec.substr(0, dash), b = spec.substr(dash + 1);
-      if (a.empty()) {  // suffix: last b bytes
-        uint64_t n = std::strtoull(b.c_str(), nullptr, 10);
-        begin = f.size - std::min<uint64_t>(n, f.size);
-      } else {
-        begin = std::strtoull(a.c_str(), nullptr, 10);
-        if (!b.empty()) end = std::min<uint64_t>(f.size, std::strtoull(b.c_str(), nullptr, 10) + 1);
-      }
-      ok = begin < end;
-    }
-    if (!ok) {
-      HttpResponse bad = HttpResponse::Text(416, "");
-      bad.Add("Content-Range", "bytes */" + std::to_string(f.size));
-      return bad;
-    }
+  ByteRange range = ParseRange(req.Header("range"), f.size);
+  if (range.kind == ByteRange::kUnsatisfiable) {
+    HttpResponse bad = HttpResponse::Text(416, "");
+    bad.Add("Content-Range", "bytes */" + std::to_string(f.size));
+    return bad;
+  }
+  if (range.kind == ByteRange::kPartial) {
+    begin = range.first;
+    end = range.last + 1;
     r.status = 206;
     r.Add("Content-Range", "bytes " + std::to_string(begin) + "-" + std::to_string(end - 1) + "/" +
                                std::to_string(f.size));
@@ -284,7 +339,7 @@ HttpResponse Mirror::Resolve(const Repo& repo, const std::string& path, const Ht
     return r;
   }
   int fd = ::open(f.absolute_path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return HubError(500, "InternalError", "cannot open " + path);
+  if (fd < 0) return HubError(500, "InternalError", "cannot open " + Printable(path));
   r.file_fd = fd;
   r.file_offset = begin;
   r.file_length = end - begin;
