@@ -29,7 +29,8 @@ enum class StatusCode {
 
 std::string_view StatusCodeName(StatusCode code);
 
-class Status {
+// [[nodiscard]]: an error that nobody looks at is an error lost.
+class [[nodiscard]] Status {
  public:
   Status() = default;  // OK
   Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
@@ -75,7 +76,7 @@ class Status {
 
 // Result<T> holds either a value or a non-OK Status (Abseil's StatusOr shape).
 template <typename T>
-class Result {
+class [[nodiscard]] Result {
  public:
   Result(T value) : v_(std::move(value)) {}         // NOLINT: implicit by design
   Result(Status status) : v_(std::move(status)) {}  // NOLINT; REQUIRES: !status.ok()

@@ -5,6 +5,7 @@
 #include <mutex>
 
 #include "common/fs.h"
+#include "common/log.h"
 #include "registry/stores.h"
 
 namespace mx::registry {
@@ -105,7 +106,7 @@ class SqliteStore : public MetadataStore {
     MX_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
     auto current = GetLocked(key);
     if (!current.ok()) {
-      Exec("ROLLBACK");
+      Rollback();
       return current.status();
     }
     ClaimResult result;
@@ -115,7 +116,7 @@ class SqliteStore : public MetadataStore {
     bool ours = *current && (*current)->state == ModelState::kDownloading &&
                 (*current)->claim_id == claim_id;
     if (!ours && !CanClaim(*current, now, retry_error)) {
-      Exec("ROLLBACK");
+      Rollback();
       result.record = **current;
       return result;
     }
@@ -129,7 +130,7 @@ class SqliteStore : public MetadataStore {
     Status st = UpsertLocked(r);
     if (st.ok()) st = Exec("COMMIT");
     if (!st.ok()) {
-      Exec("ROLLBACK");
+      Rollback();
       return st;
     }
     result.won = true;
@@ -199,7 +200,7 @@ class SqliteStore : public MetadataStore {
     MX_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
     Status st = PutSourceLocked(r, limits);
     if (st.ok()) st = Exec("COMMIT");
-    if (!st.ok()) Exec("ROLLBACK");
+    if (!st.ok()) Rollback();
     return st;
   }
 
@@ -276,6 +277,12 @@ class SqliteStore : public MetadataStore {
       return Status::Unavailable(std::string("registry: ") + sql + ": " + msg);
     }
     return Status::OK();
+  }
+
+  // Undoes a transaction that already failed; the first error is the one that counts, a
+  // failed ROLLBACK is only worth a warning (SQLite rolls back on close anyway).
+  void Rollback() {
+    if (Status st = Exec("ROLLBACK"); !st.ok()) spdlog::warn("{}", st.message());
   }
 
  private:

@@ -1,5 +1,7 @@
 #include "server/services.h"
 
+#include "server/http_parse.h"
+
 #include <fcntl.h>
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/message.h>
@@ -150,23 +152,42 @@ Status ValidatePublish(const p2p::PublishMetadataRequest& req) {
   return Status::OK();
 }
 
-grpc::Status CheckAuth(const grpc::ServerContext* context, const ServerConfig& config,
-                       Metrics* metrics) {
-  if (config.auth_token.empty()) return grpc::Status::OK;
+namespace {
+
+std::string AuthorizationOf(const grpc::ServerContext* context) {
   const auto& md = context->client_metadata();
   auto it = md.find("authorization");
-  std::string expected = "Bearer " + config.auth_token;
-  bool ok = false;
-  if (it != md.end() && it->second.size() == expected.size()) {
-    unsigned char diff = 0;  // constant time: no early exit on the first wrong byte
-    for (size_t i = 0; i < expected.size(); ++i)
-      diff |= static_cast<unsigned char>(it->second.data()[i] ^ expected[i]);
-    ok = diff == 0;
-  }
-  if (ok) return grpc::Status::OK;
+  return it == md.end() ? std::string() : std::string(it->second.data(), it->second.size());
+}
+
+grpc::Status Unauthenticated(Metrics* metrics) {
   ++metrics->grpc_auth_failures;
   return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                       "missing or wrong bearer token (send 'authorization: Bearer <token>')");
+}
+
+}  // namespace
+
+grpc::Status CheckAuth(const grpc::ServerContext* context, const ServerConfig& config,
+                       Metrics* metrics) {
+  if (config.auth_token.empty()) return grpc::Status::OK;
+  if (BearerTokenMatches(AuthorizationOf(context), config.auth_token)) return grpc::Status::OK;
+  return Unauthenticated(metrics);
+}
+
+grpc::Status CheckRepoAccess(const grpc::ServerContext* context, AccessPolicy* access,
+                             Metrics* metrics, const std::string& repo_id,
+                             const std::string& revision) {
+  auto caller = access->Classify(AuthorizationOf(context));
+  if (caller == AccessPolicy::Caller::kRejected) return Unauthenticated(metrics);
+  if (caller == AccessPolicy::Caller::kAuthenticated) return grpc::Status::OK;
+  // Anonymous: checked against upstream with valid names only.
+  if (Status st = hub::ValidateRepoId(repo_id); !st.ok()) return ToGrpc(st);
+  if (Status st = hub::ValidateRevision(revision.empty() ? "main" : revision); !st.ok()) {
+    return ToGrpc(st);
+  }
+  Status st = access->CheckRepo(caller, repo_id, revision.empty() ? "main" : revision);
+  return st.ok() ? grpc::Status::OK : ToGrpc(st);
 }
 
 #define MX_REQUIRE_AUTH(ctx, config, metrics)                   \
@@ -205,7 +226,11 @@ grpc::Status ApiServiceImpl::SendRequest(grpc::ServerContext* ctx,
 grpc::Status ModelServiceImpl::EnsureModelDownloaded(
     grpc::ServerContext* ctx, const mm::ModelDownloadRequest* req,
     grpc::ServerWriter<mm::ModelStatusUpdate>* writer) {
-  MX_REQUIRE_AUTH(ctx, manager_->config(), metrics_);
+  if (grpc::Status a = CheckRepoAccess(ctx, &access_, metrics_, req->model_name(),
+                                       req->has_revision() ? req->revision() : "");
+      !a.ok()) {
+    return a;
+  }
   const std::string& cache_dir = manager_->config().hub.cache_dir;
   registry::ModelKey key{static_cast<int>(req->provider()), req->model_name(),
                          req->has_revision() ? req->revision() : "", req->ignore_weights()};
@@ -266,8 +291,24 @@ Result<std::vector<LocalFile>> ModelServiceImpl::SelectFiles(const mm::ModelFile
 grpc::Status ModelServiceImpl::StreamModelFiles(grpc::ServerContext* ctx,
                                                 const mm::ModelFilesRequest* req,
                                                 grpc::ServerWriter<mm::FileChunk>* writer) {
-  MX_REQUIRE_AUTH(ctx, manager_->config(), metrics_);
+  if (grpc::Status a = CheckRepoAccess(ctx, &access_, metrics_, req->model_name(),
+                                       req->has_revision() ? req->revision() : "");
+      !a.ok()) {
+    return a;
+  }
   const ServerConfig& config = manager_->config();
+  // Pinned before the files are chosen, so no DeleteModel can land in between.
+  manager_->Pin(req->model_name());
+  ++metrics_->active_streams;
+  ++metrics_->streams_total;
+  struct Leave {
+    ModelServiceImpl* self;
+    const std::string& model;
+    ~Leave() {
+      --self->metrics_->active_streams;
+      self->manager_->Unpin(model);
+    }
+  } leave{this, req->model_name()};
   std::string commit;
   auto files = SelectFiles(*req, &commit);
   if (!files.ok()) return ToGrpc(files.status(), config.hub.cache_dir);
@@ -284,17 +325,6 @@ grpc::Status ModelServiceImpl::StreamModelFiles(grpc::ServerContext* ctx,
     chunk = kMinChunkBytes;
   }
   ctx->AddInitialMetadata("x-mx-chunk-size", std::to_string(chunk));
-  manager_->Pin(req->model_name());
-  ++metrics_->active_streams;
-  ++metrics_->streams_total;
-  struct Leave {
-    ModelServiceImpl* self;
-    const std::string& model;
-    ~Leave() {
-      --self->metrics_->active_streams;
-      self->manager_->Unpin(model);
-    }
-  } leave{this, req->model_name()};
 
   // One message reused for every chunk: its data buffer keeps its capacity, so streaming
   // a model costs no allocation (and no page faults) per chunk.
@@ -351,7 +381,11 @@ grpc::Status ModelServiceImpl::StreamModelFiles(grpc::ServerContext* ctx,
 grpc::Status ModelServiceImpl::ListModelFiles(grpc::ServerContext* ctx,
                                               const mm::ModelFilesRequest* req,
                                               mm::ModelFileList* resp) {
-  MX_REQUIRE_AUTH(ctx, manager_->config(), metrics_);
+  if (grpc::Status a = CheckRepoAccess(ctx, &access_, metrics_, req->model_name(),
+                                       req->has_revision() ? req->revision() : "");
+      !a.ok()) {
+    return a;
+  }
   std::string commit;
   auto files = SelectFiles(*req, &commit);
   if (!files.ok()) return ToGrpc(files.status(), manager_->config().hub.cache_dir);

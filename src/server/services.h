@@ -37,6 +37,7 @@
 #include "modelexpress/model.grpc.pb.h"
 #include "modelexpress/p2p.grpc.pb.h"
 #include "registry/registry.h"
+#include "server/access.h"
 #include "server/model_manager.h"
 
 namespace mx::server {
@@ -65,9 +66,16 @@ Status ValidatePublish(const model_express::p2p::PublishMetadataRequest& request
 // of the sources that peer publishes.
 std::string PeerHost(const std::string& peer);
 
-// OK when no token is configured or the call carries "authorization: Bearer <token>".
+// OK when no token is configured or the call carries "authorization: Bearer <token>"
+// (compared in constant time, server/http_parse.h).
 grpc::Status CheckAuth(const grpc::ServerContext* context, const ServerConfig& config,
                        Metrics* metrics);
+
+// For calls that read a repo: the access policy of server/access.h, the same as the
+// mirror's (anonymous callers get public repos only under --gated-repos authenticated).
+grpc::Status CheckRepoAccess(const grpc::ServerContext* context, AccessPolicy* access,
+                             Metrics* metrics, const std::string& repo_id,
+                             const std::string& revision);
 
 class HealthServiceImpl final : public model_express::health::HealthService::Service {
  public:
@@ -93,7 +101,7 @@ class ApiServiceImpl final : public model_express::api::ApiService::Service {
 class ModelServiceImpl final : public model_express::model::ModelService::Service {
  public:
   ModelServiceImpl(ModelManager* manager, Metrics* metrics)
-      : manager_(manager), metrics_(metrics) {}
+      : manager_(manager), metrics_(metrics), access_(manager->config()) {}
   grpc::Status EnsureModelDownloaded(
       grpc::ServerContext*, const model_express::model::ModelDownloadRequest*,
       grpc::ServerWriter<model_express::model::ModelStatusUpdate>*) override;
@@ -110,6 +118,7 @@ class ModelServiceImpl final : public model_express::model::ModelService::Servic
                                              std::string* commit);
   ModelManager* manager_;
   Metrics* metrics_;
+  AccessPolicy access_;
 };
 
 class P2pServiceImpl final : public model_express::p2p::P2pService::Service {

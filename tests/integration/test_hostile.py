@@ -236,6 +236,37 @@ class TokenPolicyTest(HostileBase):
         status, _, _ = get(srv.mirror, "/acme/gated/resolve/main/config.json")
         self.assertEqual(status, 401)
 
+    def test_gated_repos_policy_is_the_same_on_grpc(self):
+        import grpc
+        from server_harness import stubs
+        S = stubs()
+        model_pb2, model_grpc = S["model_pb2"], S["model_pb2_grpc"]
+        token = self.tmp / "token4"
+        token.write_text("s3cret-token")
+        srv = self.server(args=["--auth-token-file", token, "--gated-repos", "authenticated"])
+
+        def ensure(name, md=None):
+            with grpc.insecure_channel(srv.address) as ch:
+                stub = model_grpc.ModelServiceStub(ch)
+                req = model_pb2.ModelDownloadRequest(model_name=name, provider=0)
+                return list(stub.EnsureModelDownloaded(req, metadata=md, timeout=60))
+
+        self.assertEqual(ensure("acme/m")[-1].status, model_pb2.DOWNLOADED)
+        with self.assertRaises(grpc.RpcError) as e:
+            ensure("acme/gated")
+        self.assertEqual(e.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+        self.assertEqual(ensure("acme/gated", [("authorization", "Bearer s3cret-token")])[-1].status,
+                         model_pb2.DOWNLOADED)
+        with self.assertRaises(grpc.RpcError) as e:  # a wrong token is never "anonymous"
+            ensure("acme/m", [("authorization", "Bearer nope")])
+        self.assertEqual(e.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        # Deleting is never anonymous.
+        with grpc.insecure_channel(srv.address) as ch:
+            with self.assertRaises(grpc.RpcError) as e:
+                model_grpc.ModelServiceStub(ch).DeleteModel(
+                    model_pb2.DeleteModelRequest(model_name="acme/m"), timeout=10)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+
     def test_default_policy_serves_gated_repos_with_the_server_token(self):
         srv = self.server()
         status, _, body = get(srv.mirror, "/acme/gated/resolve/main/config.json")
