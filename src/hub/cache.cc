@@ -51,7 +51,11 @@ Status ParseRepoFolderName(const std::string& folder, RepoType* type, std::strin
 
 Status ValidateRepoId(const std::string& repo_id) {
   auto bad = [&](const std::string& why) {
-    return Status::InvalidArgument("invalid repo id '" + repo_id + "': " + why +
+    std::string shown = repo_id.size() > 96 ? repo_id.substr(0, 96) + "..." : repo_id;
+    for (char& c : shown) {
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+    }
+    return Status::InvalidArgument("invalid repo id '" + shown + "': " + why +
                                    " (expected 'name' or 'org/name')");
   };
   if (repo_id.empty() || repo_id.size() > 96) return bad("empty or too long");

@@ -27,6 +27,9 @@ class AccessPolicy {
 
   explicit AccessPolicy(const ServerConfig& config) : config_(config) {}
 
+  // True under --gated-repos authenticated: anonymous callers need CheckRepo.
+  bool RestrictsAnonymous() const { return config_.gated_repos == "authenticated"; }
+
   // From the request's Authorization value ("" when absent).
   Caller Classify(std::string_view authorization) const;
 

@@ -36,12 +36,16 @@ class Reaper {
           std::unique_lock<std::mutex> l(mu_);
           while (!cv_.wait_for(l, std::chrono::milliseconds(c.reaper_interval_ms),
                                [this] { return stop_; })) {
-            auto r = store->ReapSources(c.heartbeat_timeout_s * 1000, c.gc_timeout_s * 1000,
-                                        model_express::p2p::SOURCE_STATUS_STALE);
-            if (r.ok() && (r->first || r->second)) {
-              spdlog::info("sources: {} marked stale, {} removed", r->first, r->second);
+            try {  // a failed round is retried next time; the thread must not end
+              auto r = store->ReapSources(c.heartbeat_timeout_s * 1000, c.gc_timeout_s * 1000,
+                                          model_express::p2p::SOURCE_STATUS_STALE);
+              if (r.ok() && (r->first || r->second)) {
+                spdlog::info("sources: {} marked stale, {} removed", r->first, r->second);
+              }
+              manager->EvictIfNeeded();
+            } catch (const std::exception& e) {
+              spdlog::error("reaper: {}", e.what());
             }
-            manager->EvictIfNeeded();
           }
         }) {}
   ~Reaper() {
