@@ -2,6 +2,8 @@
 // HTTP paths).
 #pragma once
 
+#include <cstddef>
+#include <string>
 #include <string_view>
 
 namespace mx {
@@ -9,5 +11,10 @@ namespace mx {
 // True when `s` is well-formed UTF-8: no overlong forms, surrogates or code points past
 // U+10FFFF.
 bool IsValidUtf8(std::string_view s);
+
+// A printable, bounded copy of untrusted text for error messages, logs and headers:
+// control characters and invalid UTF-8 bytes become '?', and it is cut at about
+// `max_bytes` (then "..." is appended). What comes out can be echoed anywhere.
+std::string Printable(std::string_view text, size_t max_bytes = 128);
 
 }  // namespace mx

@@ -51,11 +51,7 @@ Status ParseRepoFolderName(const std::string& folder, RepoType* type, std::strin
 
 Status ValidateRepoId(const std::string& repo_id) {
   auto bad = [&](const std::string& why) {
-    std::string shown = repo_id.size() > 96 ? repo_id.substr(0, 96) + "..." : repo_id;
-    for (char& c : shown) {
-      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
-    }
-    return Status::InvalidArgument("invalid repo id '" + shown + "': " + why +
+    return Status::InvalidArgument("invalid repo id '" + Printable(repo_id, 96) + "': " + why +
                                    " (expected 'name' or 'org/name')");
   };
   if (repo_id.empty() || repo_id.size() > 96) return bad("empty or too long");
@@ -73,11 +69,7 @@ Status ValidateRepoId(const std::string& repo_id) {
 
 Status ValidateRevision(const std::string& revision) {
   auto bad = [&](const std::string& why) {
-    std::string shown = revision.size() > 64 ? revision.substr(0, 64) + "..." : revision;
-    for (char& c : shown) {
-      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
-    }
-    return Status::InvalidArgument("invalid revision '" + shown + "': " + why +
+    return Status::InvalidArgument("invalid revision '" + Printable(revision, 64) + "': " + why +
                                    " (expected a branch, a tag or a 40-hex commit)");
   };
   if (revision.empty()) return bad("empty");

@@ -42,7 +42,7 @@ TEST(TreeTest, ParsesFilesAndLfs) {
 }
 
 TEST(TreeTest, RefusesHostileEntries) {
-  for (const std::string& path :
+  for (const char* path :
        {"../evil", "/etc/passwd", "a/../../b", "a\\\\b", "a\\u0000b", "", "a//b", "./x"}) {
     std::vector<TreeEntry> out;
     Status st = ParseTreePage("[" + Entry(path) + "]", &out);

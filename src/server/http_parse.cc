@@ -225,32 +225,6 @@ bool IsSafeHeaderValue(std::string_view value) {
   return true;
 }
 
-std::string Printable(std::string_view text, size_t max_bytes) {
-  std::string out;
-  size_t i = 0;
-  while (i < text.size() && out.size() < max_bytes) {
-    unsigned char c = static_cast<unsigned char>(text[i]);
-    size_t len = c < 0x80             ? 1
-                 : (c & 0xE0) == 0xC0 ? 2
-                 : (c & 0xF0) == 0xE0 ? 3
-                 : (c & 0xF8) == 0xF0 ? 4
-                                      : 0;
-    if (len == 0 || i + len > text.size() || !IsValidUtf8(text.substr(i, len))) {
-      out.push_back('?');
-      ++i;
-      continue;
-    }
-    if (len == 1 && IsControl(c)) {
-      out.push_back('?');
-    } else {
-      out.append(text.substr(i, len));
-    }
-    i += len;
-  }
-  if (i < text.size()) out += "...";
-  return out;
-}
-
 Result<HttpRequest> ParseRequestHead(std::string_view head, const HeadLimits& limits,
                                      HeadError* error) {
   if (head.size() > limits.max_head_bytes) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "common/text.h"  // Printable, for echoing client text
 
 namespace mx::server {
 
@@ -63,10 +64,6 @@ bool IsValidHostHeader(std::string_view host);
 // True when a header value can be written as-is: no CR, LF, NUL or other control characters
 // except horizontal tab.
 bool IsSafeHeaderValue(std::string_view value);
-
-// A printable, bounded copy of client-controlled text for error messages and logs: control
-// characters become '?', invalid UTF-8 bytes become '?', and it is cut at `max_bytes`.
-std::string Printable(std::string_view text, size_t max_bytes = 128);
 
 // The outcome of a Range header against a representation of `size` bytes (RFC 9110 14.2).
 struct ByteRange {

@@ -90,14 +90,7 @@ std::string SafeMessage(std::string msg, const std::string& cache_dir) {
 
 }  // namespace
 
-std::string ClientText(std::string_view text) {
-  std::string out(text.substr(0, kMaxEchoBytes));
-  for (char& c : out) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
-  }
-  if (text.size() > kMaxEchoBytes) out += "...";
-  return out;
-}
+std::string ClientText(std::string_view text) { return Printable(text, kMaxEchoBytes); }
 
 grpc::Status ToGrpc(const Status& st, const std::string& cache_dir) {
   if (st.ok()) return grpc::Status::OK;

@@ -111,6 +111,11 @@ class MxServer:
             self.proc = None
         if getattr(self, "log", None):
             self.log.close()
+        # Sanitizer builds (make sanitize): a report from the server, leaks at exit
+        # included, fails the test that ran it.
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        if "Sanitizer" in text or "runtime error:" in text:
+            raise AssertionError("mx-server sanitizer report:\n" + text[-6000:])
 
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))

@@ -21,6 +21,10 @@ from pathlib import Path
 from harness import MIB, HubStub, make_repo, run
 from server_harness import MxServer
 
+# make sanitize runs this suite on ASan+UBSan builds (several times slower): time bounds
+# hold for the release build that make test runs, and get room under sanitizers.
+SLACK = 5 if os.environ.get("ASAN_OPTIONS") else 1
+
 FILES = {
     "config.json": 600,
     "tiny.txt": 10,
@@ -117,7 +121,7 @@ class EscapeAndEncodingTest(HostileBase):
             start = time.monotonic()
             status, headers, body = get(srv.mirror, path)
             self.assertEqual(status, 400, (path, body))
-            self.assertLess(time.monotonic() - start, 2, path)
+            self.assertLess(time.monotonic() - start, 2 * SLACK, path)
             self.assertNotIn(str(self.cache), body.decode(errors="replace"))
         # Same answer whether the target exists or not: no file-existence oracle.
         a = get(srv.mirror, "/api/models/acme/m/revision/..%2F..%2F..%2F..%2F..%2F..%2Fetc%2Fshadow")
@@ -341,7 +345,7 @@ class FloodTest(HostileBase):
                         pass
                 time.sleep(0.2)
             print(f"\nwell-behaved client under 1000 hostile connections: {times} ms")
-            self.assertLess(worst, 1.0)
+            self.assertLess(worst, 1.0 * SLACK)
         finally:
             for s in hostile:
                 s.close()

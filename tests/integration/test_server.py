@@ -274,7 +274,10 @@ class ModelServiceTest(ServerTestBase):
         print(f"\n100 abandoned streams: fds {baseline} -> {after}, rss {rss} -> {srv.rss_kib()} KiB")
         self.assertEqual(after, baseline, "descriptors leaked by abandoned streams")
         self.assertEqual(active_streams(), 0)
-        self.assertLess(srv.rss_kib() - rss, 48 * 1024)
+        # Under ASan (make sanitize) freed memory sits in its quarantine by design, so RSS says
+        # nothing there; LeakSanitizer checks for leaks when the server exits instead.
+        if not os.environ.get("ASAN_OPTIONS"):
+            self.assertLess(srv.rss_kib() - rss, 48 * 1024)
 
     def test_lru_eviction(self):
         srv = self.server(args=["--max-models", "1"])
