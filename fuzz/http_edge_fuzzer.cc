@@ -13,6 +13,7 @@
 #include "server/mirror.h"
 
 using namespace mx::server;
+using mx::Printable;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view input(reinterpret_cast<const char*>(data), size);
