@@ -120,7 +120,7 @@ static Status CheckResponse(const http::Response& r, const std::string& what, bo
 }
 
 Result<std::string> HubClient::ResolveRevision(const std::string& repo_id,
-                                               const std::string& revision) {
+                                               const std::string& revision, bool* restricted) {
   std::string what = std::string(RepoTypePlural(type_)) + "/" + repo_id + "@" + revision;
   http::Request req;
   req.url = ApiBase(repo_id) + "/revision/" + http::UrlQuote(revision);
@@ -133,6 +133,16 @@ Result<std::string> HubClient::ResolveRevision(const std::string& repo_id,
   }
   std::string sha = doc["sha"].get<std::string>();
   if (!IsLowerHex(sha, 40)) return Status::DataLoss(what + ": malformed commit sha '" + sha + "'");
+  if (restricted) {
+    // "gated" is false, "auto" or "manual"; anything but an explicit false/absent counts.
+    auto flag = [&](const char* key) {
+      auto it = doc.find(key);
+      if (it == doc.end() || it->is_null()) return false;
+      if (it->is_boolean()) return it->get<bool>();
+      return !(it->is_string() && it->get<std::string>().empty());
+    };
+    *restricted = flag("private") || flag("gated");
+  }
   return sha;
 }
 

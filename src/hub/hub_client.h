@@ -47,8 +47,11 @@ class HubClient {
  public:
   HubClient(HubConfig config, RepoType type);
 
-  // GET /api/{type}/{repo}/revision/{revision} -> the 40-hex commit.
-  Result<std::string> ResolveRevision(const std::string& repo_id, const std::string& revision);
+  // GET /api/{type}/{repo}/revision/{revision} -> the 40-hex commit. When `restricted` is
+  // given it is set to whether the hub marks the repo private or gated (the hub answers
+  // this API for gated repos without a token; their files need one).
+  Result<std::string> ResolveRevision(const std::string& repo_id, const std::string& revision,
+                                      bool* restricted = nullptr);
 
   // Every file of the commit (directories dropped), following Link pagination.
   Result<std::vector<TreeEntry>> ListFiles(const std::string& repo_id, const std::string& commit);

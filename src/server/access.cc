@@ -43,9 +43,10 @@ Status AccessPolicy::CheckRepo(Caller caller, const std::string& repo_id,
       " is gated or private upstream (or could not be checked): this server serves it "
       "only to callers with its bearer token");
   int64_t now = SteadyMs();
+  const std::string key = repo_id + "@" + revision;
   {
     std::lock_guard<std::mutex> l(mu_);
-    auto it = checked_.find(repo_id);
+    auto it = checked_.find(key);
     if (it != checked_.end() && now - it->second.second < kRememberMs) {
       return it->second.first ? Status::OK() : denied;
     }
@@ -54,18 +55,24 @@ Status AccessPolicy::CheckRepo(Caller caller, const std::string& repo_id,
   hub::HubConfig anonymous = config_.hub;
   anonymous.token.reset();
   hub::HubClient upstream(anonymous, hub::RepoType::kModel);
-  auto commit = upstream.ResolveRevision(repo_id, revision);
-  bool is_public = commit.ok();
-  // Only definite answers are remembered; a network error is asked again next time.
+  bool restricted = true;
+  auto commit = upstream.ResolveRevision(repo_id, revision, &restricted);
+  // Gated repos answer this API anonymously: their flags, not the status, decide.
+  bool is_public = commit.ok() && !restricted;
+  // Only definite answers are remembered: a network error or an unknown revision (which
+  // anyone could ask for, to lock others out of a public repo) is asked again next time.
   bool definite = commit.ok() || commit.status().code() == StatusCode::kUnauthenticated ||
-                  commit.status().code() == StatusCode::kPermissionDenied ||
-                  commit.status().code() == StatusCode::kNotFound;
+                  commit.status().code() == StatusCode::kPermissionDenied;
   if (definite) {
     std::lock_guard<std::mutex> l(mu_);
     if (checked_.size() >= kMaxRemembered) checked_.clear();
-    checked_[repo_id] = {is_public, now};
+    checked_[key] = {is_public, now};
   }
-  return is_public ? Status::OK() : denied;
+  if (is_public) return Status::OK();
+  // Not found anonymously: an unknown revision, or a private repo, which the hub itself
+  // shows anonymous callers as missing. Say the same (and nothing about the server's view).
+  if (commit.status().code() == StatusCode::kNotFound) return commit.status();
+  return denied;
 }
 
 }  // namespace mx::server

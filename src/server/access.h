@@ -5,8 +5,8 @@
 //   * --gated-repos any (default, as ModelExpress): every caller that passed the token
 //     check is served with the server's own HF_TOKEN, gated and private repos included.
 //   * --gated-repos authenticated: callers without the bearer token are anonymous; they are
-//     served only repos that upstream serves without a token (checked upstream without the
-//     server's HF_TOKEN, remembered for a few minutes; refused when the server is offline).
+//     served only repos that upstream marks neither private nor gated (checked upstream
+//     without the server's HF_TOKEN, remembered for a few minutes; refused when offline).
 //     Callers with the token get the server's HF_TOKEN.
 #pragma once
 
@@ -40,7 +40,7 @@ class AccessPolicy {
  private:
   const ServerConfig& config_;
   std::mutex mu_;
-  // repo id -> (served anonymously, when checked, steady ms). Bounded by kMaxRemembered.
+  // repo@revision -> (served anonymously, when checked, steady ms). Bounded.
   std::map<std::string, std::pair<bool, int64_t>> checked_;
 };
 

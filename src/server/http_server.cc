@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -20,6 +21,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "common/fs.h"
 #include "common/log.h"
 
 namespace mx::server {
@@ -143,6 +145,7 @@ class HttpServer::Loop {
     off_t file_off = 0;
     uint64_t file_left = 0;
     bool close_after = false;
+    bool peer_eof = false;  // the client half-closed after sending
   };
   struct Job {
     uint64_t conn_id;
@@ -161,12 +164,14 @@ class HttpServer::Loop {
 
   void Run();
   void Work();
+  bool TakeJob(Job* job);  // REQUIRES: jobs_mu_ held
   Done Answer(Job& job);
   void AcceptAll();
   bool EvictOneIdle();
   void OnEvent(Conn* c, uint32_t events);
   void ReadInput(Conn* c);
   void ProcessInput(Conn* c);
+  void CloseIfStuckAfterEof(uint64_t id);
   void Dispatch(Conn* c, HttpRequest request);
   void RespondNow(Conn* c, const HttpResponse& r, bool keep_alive);
   void StartWriting(Conn* c, Done d);
@@ -193,6 +198,7 @@ class HttpServer::Loop {
   std::unordered_map<uint32_t, int> queued_per_peer_;
   uint64_t next_id_ = 2;
   std::vector<uint64_t> ready_;  // connections with a buffered request to look at
+  bool accept_paused_ = false;   // listen socket disarmed after EMFILE, until the next sweep
 
   // Loop -> workers.
   std::mutex jobs_mu_;
@@ -201,6 +207,7 @@ class HttpServer::Loop {
   // with hundreds of queued requests delays another client by one request, not hundreds.
   std::unordered_map<uint32_t, std::deque<Job>> jobs_;
   std::deque<uint32_t> turns_;
+  std::unordered_map<uint32_t, int> running_;  // requests inside a handler, per address
   bool quit_ = false;
 
   // Workers -> loop.
@@ -226,8 +233,9 @@ Status HttpServer::Loop::Start(const std::string& host, int* port) {
   // Leave descriptors for files, the registry and gRPC: at most half the limit for clients.
   if (rlimit nofile{};
       ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY) {
-    options_.max_connections =
-        std::min<int>(options_.max_connections, static_cast<int>(nofile.rlim_cur / 2));
+    // Two descriptors per connection (the socket and a file being sent).
+    rlim_t budget = std::min<rlim_t>(nofile.rlim_cur / 4, INT_MAX);
+    options_.max_connections = std::min<int>(options_.max_connections, static_cast<int>(budget));
   }
   socklen_t len = sizeof addr;
   ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
@@ -326,12 +334,17 @@ void HttpServer::Loop::Run() {
     for (uint64_t id : ready) {
       try {
         if (auto it = conns_.find(id); it != conns_.end()) ProcessInput(it->second.get());
+        CloseIfStuckAfterEof(id);
       } catch (const std::exception& e) {
         if (auto it = conns_.find(id); it != conns_.end()) Close(it->second.get());
       }
     }
     if (NowMs() - last_sweep >= 100) {
-      Sweep();
+      try {
+        Sweep();
+      } catch (const std::exception& e) {
+        spdlog::warn("HTTP: sweep: {}", e.what());
+      }
       last_sweep = NowMs();
     }
   }
@@ -345,28 +358,35 @@ void HttpServer::Loop::Watch(Conn* c, uint32_t events, int op) {
 }
 
 void HttpServer::Loop::AcceptAll() {
-  for (;;) {
+  // A bounded batch per round, so a connect flood cannot starve connections being served.
+  for (int round = 0; round < 256; ++round) {
     sockaddr_in addr{};
     socklen_t len = sizeof addr;
     int fd = ::accept4(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len,
                        SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno == EMFILE || errno == ENFILE) {
-        // Out of descriptors: free an idle one so the backlog keeps moving.
-        if (!EvictOneIdle()) spdlog::warn("HTTP: out of file descriptors");
+      if ((errno == EMFILE || errno == ENFILE) && !EvictOneIdle()) {
+        // Out of descriptors and nothing idle to free: stop listening until the next sweep,
+        // or the still-readable listen socket would spin the loop.
+        spdlog::warn("HTTP: out of file descriptors; pausing accepts");
+        epoll_event ev{};
+        ev.data.u64 = kListenId;
+        ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, listen_fd_, &ev);
+        accept_paused_ = true;
       }
       return;
     }
+    ScopedFd owned(fd);  // closed on every early exit, including a bad_alloc below
     uint32_t peer = addr.sin_addr.s_addr;
     if (static_cast<int>(conns_.size()) >= options_.max_connections && !EvictOneIdle()) {
       SendRefusal(fd, 503);
-      ::close(fd);
       continue;
     }
-    if (conns_per_peer_[peer] >= options_.max_connections_per_peer) {
+    auto per_peer = conns_per_peer_.find(peer);
+    if (per_peer != conns_per_peer_.end() &&
+        per_peer->second >= options_.max_connections_per_peer) {
       SendRefusal(fd, 503);
-      ::close(fd);
       continue;
     }
     int one = 1;
@@ -385,10 +405,12 @@ void HttpServer::Loop::AcceptAll() {
     c->peer_text = text;
     // A new connection must bring its first request within the head deadline.
     c->deadline_ms = NowMs() + options_.head_timeout_ms;
+    Conn* conn = c.get();
+    conns_.emplace(conn->id, std::move(c));  // may throw: nothing registered yet
+    owned.Release();                         // the connection owns it now
     ++conns_per_peer_[peer];
-    Watch(c.get(), EPOLLIN, EPOLL_CTL_ADD);
-    conns_.emplace(c->id, std::move(c));
     ++open;
+    Watch(conn, EPOLLIN, EPOLL_CTL_ADD);
   }
 }
 
@@ -424,9 +446,26 @@ void HttpServer::Loop::ReadInput(Conn* c) {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (n == 0 && !c->in.empty()) {
+      // The client sent its request(s) and half-closed: answer what is complete, then
+      // close (a readable EOF must not be watched again, or the loop would spin).
+      c->peer_eof = true;
+      uint64_t id = c->id;
+      ProcessInput(c);
+      CloseIfStuckAfterEof(id);
+      return;
+    }
     return Close(c);  // EOF or error
   }
   ProcessInput(c);
+}
+
+void HttpServer::Loop::CloseIfStuckAfterEof(uint64_t id) {
+  auto it = conns_.find(id);
+  if (it == conns_.end() || !it->second->peer_eof) return;
+  Conn* c = it->second.get();
+  // Waiting for more of a request from a client that already closed: it will never come.
+  if (c->state == Conn::kReadingHead || c->state == Conn::kReadingBody) Close(c);
 }
 
 void HttpServer::Loop::ProcessInput(Conn* c) {
@@ -495,8 +534,9 @@ void HttpServer::Loop::Dispatch(Conn* c, HttpRequest request) {
   {
     std::lock_guard<std::mutex> l(jobs_mu_);
     std::deque<Job>& mine = jobs_[c->peer];
-    if (mine.empty()) turns_.push_back(c->peer);
+    bool first = mine.empty();
     mine.push_back({c->id, c->peer, std::move(request)});
+    if (first) turns_.push_back(c->peer);
   }
   ++queued;
   jobs_cv_.notify_one();
@@ -567,11 +607,12 @@ void HttpServer::Loop::FinishResponse(Conn* c) {
   c->file_fd = -1;
   c->out.clear();
   c->out.shrink_to_fit();
-  if (c->close_after) return Close(c);
+  if (c->close_after || (c->peer_eof && c->in.empty())) return Close(c);
   c->state = Conn::kReadingHead;
   c->request_started = false;
   c->deadline_ms = NowMs() + options_.idle_timeout_ms;
-  Watch(c, EPOLLIN, EPOLL_CTL_MOD);
+  // After the client's EOF only buffered requests remain: nothing more to read.
+  Watch(c, c->peer_eof ? 0u : static_cast<uint32_t>(EPOLLIN), EPOLL_CTL_MOD);
   // A pipelined request may already be buffered: the loop takes it up next round (not
   // here, so a long pipeline cannot recurse).
   if (!c->in.empty()) ready_.push_back(c->id);
@@ -603,6 +644,13 @@ void HttpServer::Loop::DrainCompletions() {
 
 void HttpServer::Loop::Sweep() {
   int64_t now = NowMs();
+  if (accept_paused_) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = kListenId;
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, listen_fd_, &ev);
+    accept_paused_ = false;
+  }
   std::vector<Conn*> expired;
   for (auto& [id, c] : conns_) {
     if (c->state != Conn::kHandling && now > c->deadline_ms) expired.push_back(c.get());
@@ -620,25 +668,53 @@ void HttpServer::Loop::Close(Conn* c) {
   conns_.erase(c->id);
 }
 
+bool HttpServer::Loop::TakeJob(Job* job) {
+  // The first address in turn that is below its share of the workers: one client (or two)
+  // cannot occupy every worker with slow requests while others wait.
+  const int share = std::max(1, options_.worker_threads / 4);
+  for (auto t = turns_.begin(); t != turns_.end(); ++t) {
+    uint32_t peer = *t;
+    auto r = running_.find(peer);
+    if (r != running_.end() && r->second >= share) continue;
+    turns_.erase(t);
+    auto it = jobs_.find(peer);
+    *job = std::move(it->second.front());
+    it->second.pop_front();
+    if (it->second.empty()) {
+      jobs_.erase(it);
+    } else {
+      turns_.push_back(peer);
+    }
+    ++running_[peer];
+    return true;
+  }
+  return false;
+}
+
 void HttpServer::Loop::Work() {
   for (;;) {
     Job job;
     {
       std::unique_lock<std::mutex> l(jobs_mu_);
-      jobs_cv_.wait(l, [this] { return quit_ || !turns_.empty(); });
+      jobs_cv_.wait(l, [&] { return quit_ || TakeJob(&job); });
       if (quit_) return;
-      uint32_t peer = turns_.front();
-      turns_.pop_front();
-      auto it = jobs_.find(peer);
-      job = std::move(it->second.front());
-      it->second.pop_front();
-      if (it->second.empty()) {
-        jobs_.erase(it);
-      } else {
-        turns_.push_back(peer);
+    }
+    Done d;
+    try {
+      d = Answer(job);
+    } catch (...) {  // out of memory even for the error answer: close without one
+      d = Done{};
+      d.conn_id = job.conn_id;
+      d.peer = job.peer;
+      d.close_after = true;
+    }
+    {
+      std::lock_guard<std::mutex> l(jobs_mu_);
+      if (auto r = running_.find(job.peer); r != running_.end() && --r->second <= 0) {
+        running_.erase(r);
       }
     }
-    Done d = Answer(job);
+    jobs_cv_.notify_all();
     // The loop must hear of every answer, or the connection would wait forever: retry
     // while memory is short.
     for (int attempt = 0;; ++attempt) {

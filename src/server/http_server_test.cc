@@ -132,6 +132,11 @@ TEST(MirrorRouteTest, ValidatesEveryPart) {
   EXPECT_EQ(r->repo_id, "acme/m");
   EXPECT_EQ(r->revision, "refs/pr/1");
   EXPECT_EQ(r->path, "sub/config.json");
+  r = ParseMirrorRoute("/api/models/acme/m/tree/main/revision/x");
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(r->kind, MirrorRoute::kTree);
+  EXPECT_EQ(r->repo_id, "acme/m");
+  EXPECT_EQ(r->path, "revision/x");
   r = ParseMirrorRoute("/api/models/acme/m");
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->kind, MirrorRoute::kRevision);
@@ -202,6 +207,7 @@ class LiveServerTest : public ::testing::Test {
         [this](const HttpRequest& r) -> HttpResponse {
           ++handled_;
           if (r.path == "/throw") throw std::runtime_error("boom");
+          if (r.path == "/slow") std::this_thread::sleep_for(std::chrono::milliseconds(1500));
           if (r.path == "/big") return HttpResponse::Text(200, std::string(4 << 20, 'b'));
           if (r.path == "/inject") {
             HttpResponse resp = HttpResponse::Text(200, "x");
@@ -305,6 +311,39 @@ TEST_F(LiveServerTest, SlowAndIdleClientsNeitherBlockOthersNorStayForever) {
   }
   EXPECT_LE(server_->open_connections(), 50);
   for (int h : hostile) ::close(h);
+}
+
+TEST_F(LiveServerTest, OneAddressCannotOccupyEveryWorker) {
+  // 4 workers here: one address gets a quarter of them, whatever it queues.
+  std::vector<int> slow;
+  for (int i = 0; i < 4; ++i) {
+    int fd = Connect(server_->port(), "127.0.3.1");
+    std::string req = "GET /slow HTTP/1.1\r\n\r\n";
+    ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    slow.push_back(fd);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto start = std::chrono::steady_clock::now();
+  int fd = Connect(server_->port(), "127.0.3.2");
+  std::string req = "GET /quick HTTP/1.1\r\nConnection: close\r\n\r\n";
+  ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+  std::string out = ReadAll(fd, 3000);
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ::close(fd);
+  EXPECT_NE(out.find("path=/quick"), std::string::npos);
+  EXPECT_LT(s, 0.5 * kSlack);
+  for (int f : slow) ::close(f);
+}
+
+TEST_F(LiveServerTest, HalfClosedClientStillGetsItsAnswers) {
+  int fd = Connect(server_->port());
+  std::string req = "GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+  ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+  ::shutdown(fd, SHUT_WR);  // like `printf ... | nc -N`
+  std::string out = ReadAll(fd);
+  ::close(fd);
+  EXPECT_NE(out.find("path=/a"), std::string::npos) << out;
+  EXPECT_NE(out.find("path=/b"), std::string::npos) << out;
 }
 
 TEST_F(LiveServerTest, PerAddressConnectionLimit) {

@@ -75,7 +75,10 @@ Result<MirrorRoute> ParseMirrorRoute(std::string_view raw) {
     route.kind = kind;
     return true;
   };
-  bool matched = split("/api/models/", "/revision/", MirrorRoute::kRevision) ||
+  // The first marker after the repo id decides: "/tree/main/revision/x" is a tree.
+  size_t rev_at = raw.find("/revision/", 12), tree_at = raw.find("/tree/", 12);
+  bool matched = (tree_at < rev_at && split("/api/models/", "/tree/", MirrorRoute::kTree)) ||
+                 split("/api/models/", "/revision/", MirrorRoute::kRevision) ||
                  split("/api/models/", "/tree/", MirrorRoute::kTree) ||
                  split("/", "/resolve/", MirrorRoute::kResolve);
   if (!matched && raw.substr(0, 12) == "/api/models/") {
@@ -182,15 +185,17 @@ Result<LocalFile> Mirror::Fetch(const Repo& repo, const std::string& path) {
     o.revision = repo.commit;
     o.files = {path};
     o.max_workers = config.download_workers;
+    o.cancel = manager_->cancel_flag();  // shutdown must not wait for this download
     auto report = hub::Download(upstream, o);
     if (!report.ok()) return report.status();
     metrics_->bytes_from_upstream += report->bytes_fetched;
     if (repo.revision != repo.commit) (void)cache.WriteRef(repo.revision, repo.commit);
   }
-  std::error_code ec;
-  auto root = std::filesystem::weakly_canonical(config.hub.cache_dir, ec);
-  auto real = std::filesystem::weakly_canonical(cache.snapshot_path(repo.commit, path), ec);
-  if (ec || real.string().rfind(root.string() + "/", 0) != 0) {
+  std::error_code root_ec, real_ec;
+  auto root = std::filesystem::weakly_canonical(config.hub.cache_dir, root_ec);
+  auto real = std::filesystem::weakly_canonical(cache.snapshot_path(repo.commit, path), real_ec);
+  if (root_ec || real_ec || root.empty() || root == "/" ||
+      real.string().rfind(root.string() + "/", 0) != 0) {
     return Status::NotFound("EntryNotFound: " + path + " resolves outside the cache");
   }
   return LocalFile{path, real.string(), entry.size};

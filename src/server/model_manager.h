@@ -59,6 +59,8 @@ class ModelManager {
   // for a later run to resume, their claims are handed back), waiters return Cancelled,
   // and no new download starts.
   void CancelDownloads() { cancel_downloads_ = true; }
+  // Set once CancelDownloads was called: for downloads made outside Ensure (the mirror's).
+  const std::atomic<bool>* cancel_flag() const { return &cancel_downloads_; }
 
   // The local snapshot of a model, listing only files that stay inside the cache.
   Result<LocalSnapshot> Snapshot(const std::string& model,

@@ -119,6 +119,8 @@ class Repo:
     renamed_from: list[str] = field(default_factory=list)
     revisions: dict[str, Revision] = field(default_factory=dict)
     by_commit: dict[str, Revision] = field(default_factory=dict)
+    # Like the real hub's gated repos: the API answers without a token, files need one.
+    open_api: bool = False
 
     def find_revision(self, rev: str) -> Revision | None:
         if rev in self.revisions:
@@ -244,7 +246,8 @@ def load_config(config: dict, hash_cache: HashCache) -> dict[tuple[str, str], Re
         rtype, _, repo_id = key.partition("/")
         if rtype not in REPO_TYPES or not repo_id:
             raise ValueError(f"bad repo key {key!r}: want model/ORG/NAME or dataset/ORG/NAME")
-        repo = Repo(rtype, repo_id, rc.get("token"), list(rc.get("renamed_from", [])))
+        repo = Repo(rtype, repo_id, rc.get("token"), list(rc.get("renamed_from", [])),
+                    open_api=bool(rc.get("open_api")))
         min_size = int(rc.get("lfs_min_size", DEFAULT_LFS_MIN_SIZE))
         for rev_name, root in rc["revisions"].items():
             files = {}
@@ -764,7 +767,7 @@ class HubHandler(BaseHandler):
         if repo is None:
             raise HttpError(404, "RepoNotFound", f"Repository Not Found for {rtype} {repo_id}")
         auth = self.headers.get("Authorization")
-        if repo.token:
+        if repo.token and not (repo.open_api and not auth and url.path.startswith("/api/")):
             if not auth:
                 raise HttpError(401, "GatedRepo", f"Access to {repo_id} requires a token")
             if auth != f"Bearer {repo.token}":

@@ -75,6 +75,9 @@ class HostileBase(unittest.TestCase):
         cls.hub = HubStub(cls.tmp, {
             "acme/m": {"revisions": {"main": cls.content}},
             "acme/gated": {"revisions": {"main": cls.content}, "token": "hf_upstream_secret"},
+            # As on huggingface.co: listing a gated repo needs no token, its files do.
+            "acme/gatedopen": {"revisions": {"main": cls.content}, "token": "hf_upstream_secret",
+                               "open_api": True},
         }).start()
         cls.commit = cls.hub.commit("acme/m")
 
@@ -104,6 +107,10 @@ class HostileBase(unittest.TestCase):
         s = MxServer(self.tmp, self.cache, env=e, args=[*self.server_args, *(args or [])])
         self.servers.append(s)
         return s.start() if start else s
+
+    def hub_api_status(self, repo):
+        status, _, _ = get(self.hub.endpoint, f"/api/models/{repo}/revision/main")
+        return status
 
     def mirror_addr(self, srv):
         return srv.host, srv.mirror_port
@@ -239,6 +246,15 @@ class TokenPolicyTest(HostileBase):
         # Cached now, still refused to anonymous callers.
         status, _, _ = get(srv.mirror, "/acme/gated/resolve/main/config.json")
         self.assertEqual(status, 401)
+        # A gated repo whose listing is public upstream is still gated here.
+        self.assertEqual(self.hub_api_status("acme/gatedopen"), 200)
+        status, _, _ = get(srv.mirror, "/acme/gatedopen/resolve/main/config.json")
+        self.assertEqual(status, 401)
+        # An unknown revision of a public repo does not lock anonymous callers out of it.
+        status, _, _ = get(srv.mirror, "/api/models/acme/m/revision/no-such-branch")
+        self.assertEqual(status, 404)
+        status, _, _ = get(srv.mirror, "/acme/m/resolve/main/config.json")
+        self.assertEqual(status, 200)
 
     def test_gated_repos_policy_is_the_same_on_grpc(self):
         import grpc
