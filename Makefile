@@ -28,6 +28,7 @@ run: build
 bench: build
 	bash bench/download.sh
 	bash bench/serve.sh
+	bash bench/mirror.sh
 	bash bench/stream.sh
 
 # Fuzzers need clang; they get their own build dir so the main build stays gcc.

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import unittest
 from pathlib import Path
 
 import grpc
 
-from harness import _stop_process, base_env, free_port, mx_binary
+from harness import HubStub, _stop_process, base_env, free_port, mx_binary
 
 REPO = Path(__file__).resolve().parent.parent.parent
 PROTO_DIR = REPO / "proto"
@@ -161,3 +163,44 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+
+class HubAndServersCase(unittest.TestCase):
+    """A hub stand-in for the whole class (repos from make_repos(tmp)), a fresh cache for
+    each test, and mx-servers made with server() that are stopped after each test."""
+
+    PREFIX = "mx-test-"
+
+    @classmethod
+    def make_repos(cls, tmp: Path) -> dict:
+        raise NotImplementedError  # each test class names its repos
+
+    @classmethod
+    def server_env(cls) -> dict:
+        return {"HF_ENDPOINT": cls.hub.endpoint}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp(prefix=cls.PREFIX))
+        cls.hub = HubStub(cls.tmp, cls.make_repos(cls.tmp)).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.hub.stop()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        self.hub.reset()
+        self.cache = Path(tempfile.mkdtemp(prefix="cache-", dir=self.tmp))
+        self.servers = []
+
+    def tearDown(self):
+        for s in self.servers:
+            s.stop()
+
+    def server(self, env=None, args=None, start=True) -> MxServer:
+        e = self.server_env()
+        e.update(env or {})
+        s = MxServer(self.tmp, self.cache, env=e, args=args)
+        self.servers.append(s)
+        return s.start() if start else s

@@ -10,16 +10,14 @@ import http.client
 import json
 import os
 import resource
-import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import unittest
 from pathlib import Path
 
-from harness import MIB, HubStub, make_repo, run
-from server_harness import MxServer
+from harness import MIB, make_repo, run
+from server_harness import HubAndServersCase
 
 # make sanitize runs this suite on ASan+UBSan builds (several times slower): time bounds
 # hold for the release build that make test runs, and get room under sanitizers.
@@ -64,32 +62,29 @@ def get(base: str, path: str, headers=None, method="GET", timeout=10):
     return r.status, {k.lower(): v for k, v in r.getheaders()}, body
 
 
-class HostileBase(unittest.TestCase):
+class HostileBase(HubAndServersCase):
+    PREFIX = "mx-hostile-"
     server_args: list = []
-    server_env: dict = {}
 
     @classmethod
-    def setUpClass(cls):
-        cls.tmp = Path(tempfile.mkdtemp(prefix="mx-hostile-"))
-        cls.content = make_repo(cls.tmp / "content", FILES, seed=7)
-        cls.hub = HubStub(cls.tmp, {
+    def make_repos(cls, tmp):
+        cls.content = make_repo(tmp / "content", FILES, seed=7)
+        return {
             "acme/m": {"revisions": {"main": cls.content}},
             "acme/gated": {"revisions": {"main": cls.content}, "token": "hf_upstream_secret"},
             # As on huggingface.co: listing a gated repo needs no token, its files do.
             "acme/gatedopen": {"revisions": {"main": cls.content}, "token": "hf_upstream_secret",
                                "open_api": True},
-        }).start()
+        }
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
         cls.commit = cls.hub.commit("acme/m")
 
     @classmethod
-    def tearDownClass(cls):
-        cls.hub.stop()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-
-    def setUp(self):
-        self.hub.reset()
-        self.cache = Path(tempfile.mkdtemp(prefix="cache-", dir=self.tmp))
-        self.servers = []
+    def server_env(cls):
+        return {"HF_ENDPOINT": cls.hub.endpoint, "HF_TOKEN": "hf_upstream_secret"}
 
     def tearDown(self):
         for s in self.servers:
@@ -98,15 +93,10 @@ class HostileBase(unittest.TestCase):
                 self.assertIsNone(s.proc.poll(), s.log_text())
                 status, _, _ = get(s.mirror, "/api/models/acme/m/revision/main")
                 self.assertEqual(status, 200, s.log_text())
-            s.stop()
+        super().tearDown()
 
     def server(self, env=None, args=None, start=True):
-        e = {"HF_ENDPOINT": self.hub.endpoint, "HF_TOKEN": "hf_upstream_secret"}
-        e.update(self.server_env)
-        e.update(env or {})
-        s = MxServer(self.tmp, self.cache, env=e, args=[*self.server_args, *(args or [])])
-        self.servers.append(s)
-        return s.start() if start else s
+        return super().server(env=env, args=[*self.server_args, *(args or [])], start=start)
 
     def hub_api_status(self, repo):
         status, _, _ = get(self.hub.endpoint, f"/api/models/{repo}/revision/main")

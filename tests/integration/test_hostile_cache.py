@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 
 from harness import MIB, HubStub, Nginx, base_env, make_repo, mx_binary, run
-from server_harness import MxServer, stubs
+from server_harness import HubAndServersCase, stubs
 from test_download import assert_snapshot_matches
 
 S = stubs()
@@ -151,33 +151,15 @@ def ensure(address, name):
                                                timeout=120))
 
 
-class ServerCacheProtocolTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = Path(tempfile.mkdtemp(prefix="mx-hcache-srv-"))
-        cls.content = make_repo(cls.tmp / "content", FILES, seed=32)
-        cls.other = make_repo(cls.tmp / "other", {"config.json": 100, "w.safetensors": MIB}, seed=33)
-        cls.hub = HubStub(cls.tmp, {"org/m": {"revisions": {"main": cls.content}},
-                                    "org/other": {"revisions": {"main": cls.other}}}).start()
+class ServerCacheProtocolTest(HubAndServersCase):
+    PREFIX = "mx-hcache-srv-"
 
     @classmethod
-    def tearDownClass(cls):
-        cls.hub.stop()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-
-    def setUp(self):
-        self.hub.reset()
-        self.cache = Path(tempfile.mkdtemp(prefix="cache-", dir=self.tmp))
-        self.servers = []
-
-    def tearDown(self):
-        for s in self.servers:
-            s.stop()
-
-    def server(self, args=None):
-        s = MxServer(self.tmp, self.cache, env={"HF_ENDPOINT": self.hub.endpoint}, args=args)
-        self.servers.append(s)
-        return s.start()
+    def make_repos(cls, tmp):
+        cls.content = make_repo(tmp / "content", FILES, seed=32)
+        cls.other = make_repo(tmp / "other", {"config.json": 100, "w.safetensors": MIB}, seed=33)
+        return {"org/m": {"revisions": {"main": cls.content}},
+                "org/other": {"revisions": {"main": cls.other}}}
 
     def assert_streamed_whole(self, files):
         self.assertEqual(set(files), set(FILES))
@@ -233,25 +215,17 @@ class ServerCacheProtocolTest(unittest.TestCase):
         self.assertTrue(resp.success, resp.message)
 
 
-class ServerDownloadErrorPathTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = Path(tempfile.mkdtemp(prefix="mx-hcache-err-"))
-        cls.content = make_repo(cls.tmp / "content", FILES, seed=34)
-        cls.hub = HubStub(cls.tmp, {"org/m": {"revisions": {"main": cls.content}}}).start()
+class ServerDownloadErrorPathTest(HubAndServersCase):
+    PREFIX = "mx-hcache-err-"
 
     @classmethod
-    def tearDownClass(cls):
-        cls.hub.stop()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+    def make_repos(cls, tmp):
+        cls.content = make_repo(tmp / "content", FILES, seed=34)
+        return {"org/m": {"revisions": {"main": cls.content}}}
 
     def setUp(self):
-        self.hub.reset()
-        self.cache = Path(tempfile.mkdtemp(prefix="cache-", dir=self.tmp))
-        self.srv = MxServer(self.tmp, self.cache, env={"HF_ENDPOINT": self.hub.endpoint}).start()
-
-    def tearDown(self):
-        self.srv.stop()
+        super().setUp()
+        self.srv = self.server()
 
     def test_failed_downloads_do_not_leak_descriptors(self):
         # Every file refused (403) or corrupt (hash mismatch, three attempts): each ensure
