@@ -124,3 +124,27 @@ def append_results(text: str, log: Callable[[str], None], results: Path = RESULT
     with open(results, "a") as f:
         f.write(sep + text)
     log(f"appended to {results}")
+
+
+def remove_work(work, base, made_base: bool) -> None:
+    """Removes a run's work dir, and bench/work itself when this run created it."""
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
+    if made_base:
+        try:
+            base.rmdir()
+        except OSError:
+            pass
+
+
+def run_main(main: Callable[[], int], tag: str) -> None:
+    """Exits with main()'s status: 130 when interrupted, 2 on a setup error."""
+    import sys
+    try:
+        sys.exit(main())
+    except (Terminated, KeyboardInterrupt) as e:
+        print(f"{tag}: interrupted ({e})", file=sys.stderr)
+        sys.exit(130)
+    except RuntimeError as e:
+        print(f"{tag}: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
 
-from bench_common import (RESULTS, Terminated, _on_term, append_results,  # noqa: E402
+from bench_common import (remove_work, run_main, RESULTS, Terminated, _on_term, append_results,  # noqa: E402
                           cpu_model, env_int, fmt, machine_busy_s, make_log, proc_stat, stop)
 from harness import MIB, HubStub, base_env, free_port, make_repo, run  # noqa: E402
 
@@ -415,20 +415,8 @@ def main() -> int:
         return 0 if passed else 1
     finally:
         stop(server)
-        shutil.rmtree(work, ignore_errors=True)
-        if made_base:
-            try:
-                base.rmdir()
-            except OSError:
-                pass
+        remove_work(work, base, made_base)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (Terminated, KeyboardInterrupt) as e:
-        print(f"serve.sh: interrupted ({e})", file=sys.stderr)
-        sys.exit(130)
-    except RuntimeError as e:
-        print(f"serve.sh: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main, "serve.sh")

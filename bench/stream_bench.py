@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
 
-from bench_common import (RESULTS, _on_term, append_results, cpu_model,  # noqa: E402
+from bench_common import (remove_work, run_main, RESULTS, _on_term, append_results, cpu_model,  # noqa: E402
                           env_int, fmt, machine_busy_s, make_log, proc_cpu)
 from harness import MIB, base_env  # noqa: E402
 from storage_peers import S3rver, write_safetensors  # noqa: E402
@@ -440,12 +440,7 @@ def main() -> int:
     finally:
         if s3 is not None:
             s3.stop()
-        shutil.rmtree(work, ignore_errors=True)
-        if made_base:
-            try:
-                base.rmdir()
-            except OSError:
-                pass
+        remove_work(work, base, made_base)
 
 
 if __name__ == "__main__":
