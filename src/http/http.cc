@@ -22,6 +22,10 @@ void GlobalInitOnce() {
 
 void ApplyCommonOptions(CURL* easy) {
   curl_easy_setopt(easy, CURLOPT_USERAGENT, UserAgent());
+  // Only HTTP(S), for the first request and every redirect: a hostile Link or Location must
+  // not make mx speak gopher to a local Redis or read file:///dev/zero.
+  curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT, 20L);
   // A peer that sends nothing for a while is dead: fail the transfer so it is retried.
@@ -145,7 +149,8 @@ static Result<Response> FetchOnce(const Request& request) {
   curl_slist* headers = internal::MakeHeaderList(request.headers);
   curl_easy_setopt(easy, CURLOPT_URL, request.url.c_str());
   curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
-  curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, request.follow_redirects ? 1L : 0L);
+  bool follow = request.follow_redirects && !CarriesStorageCredentials(request.headers);
+  curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, follow ? 1L : 0L);
   curl_easy_setopt(easy, CURLOPT_TIMEOUT, request.timeout_seconds);
   if (request.method == "HEAD") curl_easy_setopt(easy, CURLOPT_NOBODY, 1L);
   BodySink sink{&response, request.max_body_bytes};
@@ -189,6 +194,29 @@ Result<Response> Fetch(const Request& request, const RetryPolicy& policy) {
         result.ok() ? "HTTP " + std::to_string(result->status) : result.status().message());
     std::this_thread::sleep_for(std::chrono::duration<double>(wait));
   }
+}
+
+Result<Response> FetchMetadata(Request request, size_t max_body, const RetryPolicy& policy) {
+  request.max_body_bytes = max_body;
+  MX_ASSIGN_OR_RETURN(Response r, Fetch(request, policy));
+  if (r.body_truncated) {
+    return Status::ResourceExhausted(request.method + " " + RedactUrl(request.url) +
+                                     ": response body exceeds the " +
+                                     std::to_string(max_body >> 20) + " MiB metadata limit");
+  }
+  return r;
+}
+
+bool CarriesStorageCredentials(const std::vector<std::string>& headers) {
+  for (const auto& h : headers) {
+    std::string name = h.substr(0, std::min<size_t>(h.find(':'), 8));
+    std::transform(name.begin(), name.end(), name.begin(), ::tolower);
+    if (name.rfind("x-amz-", 0) == 0 || name.rfind("x-ms-", 0) == 0 ||
+        name.rfind("x-goog-", 0) == 0) {
+      return true;
+    }
+  }
+  return false;
 }
 
 std::string OriginOf(std::string_view url) {

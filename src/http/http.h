@@ -33,7 +33,8 @@ struct Request {
   std::string method = "GET";  // GET or HEAD
   std::string url;
   // "Name: value" lines. Authorization is only ever sent to the URL's own host: libcurl
-  // drops custom Authorization headers when a redirect changes host.
+  // drops custom Authorization headers when a redirect changes host; requests carrying
+  // other credential headers (see CarriesStorageCredentials) do not follow redirects.
   std::vector<std::string> headers;
   bool follow_redirects = true;
   long timeout_seconds = 60;
@@ -57,6 +58,22 @@ struct Response {
 // response whatever its status (callers map 4xx to their own errors); a transport failure
 // that outlives the retries is Unavailable, naming the URL (query redacted).
 Result<Response> Fetch(const Request& request, const RetryPolicy& policy = {});
+
+// The cap on any metadata body (revision, tree page, S3 ListObjectsV2, Azure List Blobs
+// page): 32 MiB, far above any real page (the hub pages trees at ~1 000 entries), so a
+// hostile server streaming an endless body costs bounded memory.
+inline constexpr size_t kMaxMetadataBodyBytes = 32u << 20;
+
+// Fetch for metadata: the body is capped at `max_body` bytes, and a body that reaches the
+// cap is an error (ResourceExhausted naming the URL, query redacted), not a truncated answer.
+Result<Response> FetchMetadata(Request request, size_t max_body = kMaxMetadataBodyBytes,
+                               const RetryPolicy& policy = {});
+
+// True when `headers` ("Name: value" lines) carry a storage credential other than
+// Authorization: x-amz-*, x-ms-*, x-goog-*. Such signed requests never follow redirects
+// (S3, Azure and GCS never need them, and libcurl strips only Authorization when a redirect
+// changes host), so the session token or SAS cannot reach another host.
+bool CarriesStorageCredentials(const std::vector<std::string>& headers);
 
 // scheme://host:port of a URL, lowercased; empty if unparsable.
 std::string OriginOf(std::string_view url);

@@ -61,5 +61,30 @@ TEST(HttpTest, PercentEncoderIsUppercaseRfc3986) {
   EXPECT_EQ(UrlQuote("a=b", "="), "a=b");
 }
 
+TEST(HttpTest, OnlyHttpAndHttpsAreSpoken) {
+  // file:// would read local files (file:///dev/zero until bad_alloc) and gopher:// would
+  // write raw bytes to local services: libcurl must refuse both before connecting.
+  for (const char* url : {"file:///etc/hostname", "gopher://127.0.0.1:1/_FLUSHALL",
+                          "dict://127.0.0.1:1/x", "ftp://127.0.0.1:1/x"}) {
+    Request req;
+    req.url = url;
+    auto r = Fetch(req, RetryPolicy{1, 0.0, 0.0});
+    EXPECT_FALSE(r.ok()) << url;
+    if (!r.ok()) {
+      EXPECT_NE(r.status().message().find("not supported or disabled"), std::string::npos)
+          << url << ": " << r.status().message();
+    }
+  }
+}
+
+TEST(HttpTest, StorageCredentialHeadersAreRecognised) {
+  EXPECT_TRUE(CarriesStorageCredentials({"X-Amz-Security-Token: t"}));
+  EXPECT_TRUE(CarriesStorageCredentials({"Authorization: a", "x-amz-date: d"}));
+  EXPECT_TRUE(CarriesStorageCredentials({"x-ms-version: v"}));
+  EXPECT_TRUE(CarriesStorageCredentials({"X-Goog-User-Project: p"}));
+  EXPECT_FALSE(CarriesStorageCredentials({"Authorization: Bearer hf_x", "Range: bytes=0-0"}));
+  EXPECT_FALSE(CarriesStorageCredentials({}));
+}
+
 }  // namespace
 }  // namespace mx::http

@@ -220,11 +220,17 @@ void RangeEngine::Impl::Start(Work work) {
   JobState* js = work.job;
   const std::string& url = js->data_url.empty() ? js->job.url : js->data_url;
   t->used_data_url = !js->data_url.empty();
-  // Credentials go only to the origin they were meant for.
+  // Credentials go only to the origin they were meant for. libcurl strips only
+  // Authorization on a cross-host redirect, so a request signed with other credential
+  // headers (an S3 session token, an Azure SAS) follows no redirect at all: the 3xx then
+  // fails the job, and the token never reaches another host.
+  bool follow = true;
   if (OriginOf(url) == js->origin) {
-    t->headers = internal::MakeHeaderList(js->job.headers_for_range
-                                              ? js->job.headers_for_range(work.cursor, work.end)
-                                              : js->job.headers);
+    std::vector<std::string> lines = js->job.headers_for_range
+                                         ? js->job.headers_for_range(work.cursor, work.end)
+                                         : js->job.headers;
+    follow = !CarriesStorageCredentials(lines);
+    t->headers = internal::MakeHeaderList(lines);
   }
   std::snprintf(t->range, sizeof t->range, "%llu-%llu",
                 static_cast<unsigned long long>(work.cursor),
@@ -232,7 +238,7 @@ void RangeEngine::Impl::Start(Work work) {
   curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
   curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
   curl_easy_setopt(easy, CURLOPT_RANGE, t->range);
-  curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, follow ? 1L : 0L);
   curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, options.buffer_bytes);
   curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, &Impl::OnHeader);
   curl_easy_setopt(easy, CURLOPT_HEADERDATA, t);

@@ -7,6 +7,7 @@
 #include "common/fs.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "common/text.h"
 #include "http/http.h"
 
 namespace mx::hub {
@@ -92,7 +93,9 @@ std::string HubClient::FileUrl(const std::string& repo_id, const std::string& re
 Status HubErrorStatus(long http_status, const std::string& error_code, const std::string& what,
                       bool have_token) {
   std::string msg = what + ": HTTP " + std::to_string(http_status);
-  if (!error_code.empty()) msg += " (" + error_code + ")";
+  // X-Error-Code is the server's text: bounded and without control characters, so it
+  // cannot drive a terminal or a log viewer.
+  if (!error_code.empty()) msg += " (" + Printable(error_code, 64) + ")";
   if (error_code == "GatedRepo" || http_status == 401 || http_status == 403) {
     std::string hint = have_token
                            ? "; the token was refused: check it has access to this repo"
@@ -125,7 +128,7 @@ Result<std::string> HubClient::ResolveRevision(const std::string& repo_id,
   http::Request req;
   req.url = ApiBase(repo_id) + "/revision/" + http::UrlQuote(revision);
   req.headers = AuthHeaders();
-  MX_ASSIGN_OR_RETURN(http::Response r, http::Fetch(req));
+  MX_ASSIGN_OR_RETURN(http::Response r, http::FetchMetadata(req));
   MX_RETURN_IF_ERROR(CheckResponse(r, what, config_.token.has_value()));
   json doc = json::parse(r.body, nullptr, /*allow_exceptions=*/false);
   if (!doc.is_object() || !doc.contains("sha") || !doc["sha"].is_string()) {
@@ -229,6 +232,11 @@ Status ParseTreePage(std::string_view body, std::vector<TreeEntry>* out) {
   return Status::OK();
 }
 
+// Bounds on one tree listing: far above any real repo (the largest have ~100 k files, at
+// ~1 000 entries a page), low enough that a hostile hub cannot page mx forever.
+static constexpr size_t kMaxTreePages = 10000;
+static constexpr size_t kMaxTreeEntries = 10000000;
+
 Result<std::vector<TreeEntry>> HubClient::ListFiles(const std::string& repo_id,
                                                     const std::string& commit) {
   std::string what = std::string(RepoTypePlural(type_)) + "/" + repo_id + "@" + commit;
@@ -238,12 +246,21 @@ Result<std::vector<TreeEntry>> HubClient::ListFiles(const std::string& repo_id,
   std::set<std::string> seen_urls;
   while (!url.empty()) {
     if (!seen_urls.insert(url).second) return Status::DataLoss(what + ": tree pagination loops");
+    // A hub that pages forever (a fresh cursor each time) must not keep mx busy for hours.
+    if (seen_urls.size() > kMaxTreePages) {
+      return Status::DataLoss(what + ": the tree has more than " + std::to_string(kMaxTreePages) +
+                              " pages; refusing to follow more");
+    }
     http::Request req;
     req.url = url;
     req.headers = AuthHeaders();
-    MX_ASSIGN_OR_RETURN(http::Response r, http::Fetch(req));
+    MX_ASSIGN_OR_RETURN(http::Response r, http::FetchMetadata(req));
     MX_RETURN_IF_ERROR(CheckResponse(r, what + " (tree)", config_.token.has_value()));
     MX_RETURN_IF_ERROR(ParseTreePage(r.body, &entries).WithContext(what));
+    if (entries.size() > kMaxTreeEntries) {
+      return Status::DataLoss(what + ": the tree lists more than " +
+                              std::to_string(kMaxTreeEntries) + " entries; refusing it");
+    }
     auto next = NextLink(r.Header("link").value_or(""));
     url = next ? http::ResolveUrl(url, *next) : "";
     // Each page carries the token: follow a Link only to the hub's own origin, never to

@@ -149,7 +149,7 @@ class AzureStorage : public Storage {
       http::Request req;
       req.url = url + query;
       req.headers = Sign(path, q, "");
-      MX_ASSIGN_OR_RETURN(http::Response r, http::Fetch(req));
+      MX_ASSIGN_OR_RETURN(http::Response r, http::FetchMetadata(req));
       if (r.status != 200) {
         size_t p = 0;
         std::string code;
@@ -170,7 +170,8 @@ class AzureStorage : public Storage {
         if (!NextXmlElement(blob, "Name", &p, &name)) continue;
         p = 0;
         NextXmlElement(blob, "Content-Length", &p, &size);
-        auto n = ParseUint64(size);
+        MX_RETURN_IF_ERROR(CheckListedKey(name, prefix, where));
+        auto n = ParseObjectSize(size);
         if (!n.ok()) return n.status().WithContext(where + ": listing size of " + name);
         out.emplace_back(name, *n);
       }

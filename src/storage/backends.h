@@ -4,6 +4,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "http/range_engine.h"
@@ -29,6 +30,18 @@ std::unique_ptr<http::RangeEngine> StartEngine(int connections);
 
 // The text of the first <tag>...</tag> at or after `pos` (entities decoded); advances pos.
 bool NextXmlElement(const std::string& xml, const std::string& tag, size_t* pos, std::string* text);
+
+// A size from the network (a listing's <Size>, a Content-Range total): base-10, at most
+// kMaxObjectBytes. DataLoss otherwise.
+Result<uint64_t> ParseObjectSize(std::string_view text);
+
+// Refuses a listed key that has "." or ".." path segments (libcurl and servers normalise
+// them into another object's path) or that does not start with the prefix the listing
+// asked for. `where` names the listing in the error.
+Status CheckListedKey(const std::string& key, const std::string& prefix, const std::string& where);
+
+// True when a key has a "." or ".." segment.
+bool HasDotSegment(std::string_view key);
 
 // Splits "scheme://bucket/key" into bucket and key.
 Status SplitBucketKey(const std::string& uri, size_t scheme_len, std::string* bucket,

@@ -1,6 +1,7 @@
 #include <cstring>
 #include <future>
 
+#include "common/env.h"
 #include "storage/backends.h"
 
 namespace mx::storage {
@@ -20,7 +21,7 @@ class RemoteReader : public RangeReader {
 
   Status ReadAt(uint64_t offset, uint64_t len, char* dst) override {
     if (len == 0) return Status::OK();
-    if (offset + len > info_.size)
+    if (offset > info_.size || len > info_.size - offset)
       return Status::InvalidArgument(info_.uri + ": read past the end");
     std::promise<Status> done;
     std::future<Status> result = done.get_future();
@@ -96,6 +97,42 @@ bool NextXmlElement(const std::string& xml, const std::string& tag, size_t* pos,
   return true;
 }
 
+Result<uint64_t> ParseObjectSize(std::string_view text) {
+  MX_ASSIGN_OR_RETURN(uint64_t n, ParseUint64(text));
+  if (n > kMaxObjectBytes) {
+    return Status::DataLoss("object size " + std::to_string(n) + " exceeds the " +
+                            std::to_string(kMaxObjectBytes >> 40) + " TiB bound");
+  }
+  return n;
+}
+
+Status CheckInMemorySize(const ObjectInfo& object) {
+  if (object.size <= kMaxInMemoryObjectBytes) return Status::OK();
+  return Status::ResourceExhausted(
+      object.uri + ": " + std::to_string(object.size) + " bytes is over the " +
+      std::to_string(kMaxInMemoryObjectBytes >> 20) + " MiB limit for a file read into memory");
+}
+
+bool HasDotSegment(std::string_view key) {
+  size_t start = 0;
+  while (start <= key.size()) {
+    size_t end = key.find('/', start);
+    if (end == std::string_view::npos) end = key.size();
+    std::string_view seg = key.substr(start, end - start);
+    if (seg == "." || seg == "..") return true;
+    start = end + 1;
+  }
+  return false;
+}
+
+Status CheckListedKey(const std::string& key, const std::string& prefix, const std::string& where) {
+  if (key.rfind(prefix, 0) != 0 || HasDotSegment(key)) {
+    return Status::DataLoss(where + ": the listing names key '" + key.substr(0, 200) +
+                            "', which leaves the listed prefix or has a '.'/'..' segment");
+  }
+  return Status::OK();
+}
+
 Status SplitBucketKey(const std::string& uri, size_t scheme_len, std::string* bucket,
                       std::string* key) {
   std::string rest = uri.substr(scheme_len);
@@ -103,6 +140,10 @@ Status SplitBucketKey(const std::string& uri, size_t scheme_len, std::string* bu
   *bucket = rest.substr(0, slash);
   *key = slash == std::string::npos ? "" : rest.substr(slash + 1);
   if (bucket->empty()) return Status::InvalidArgument("no bucket/container in '" + uri + "'");
+  // Servers and libcurl normalise "." and ".." segments into another object's path.
+  if (HasDotSegment(*key)) {
+    return Status::InvalidArgument("'" + uri + "': keys with '.' or '..' segments are refused");
+  }
   return Status::OK();
 }
 

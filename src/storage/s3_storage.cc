@@ -166,7 +166,7 @@ class S3Storage : public Storage {
       http::Request req;
       req.url = BaseUrl(bucket) + path + query;
       req.headers = Sign(bucket, path, q);
-      MX_ASSIGN_OR_RETURN(http::Response r, http::Fetch(req));
+      MX_ASSIGN_OR_RETURN(http::Response r, http::FetchMetadata(req));
       if (r.status != 200) return ListError(r, where);
       size_t pos = 0;
       std::string contents;
@@ -176,7 +176,8 @@ class S3Storage : public Storage {
         if (NextXmlElement(contents, "Key", &p, &key)) {
           p = 0;
           NextXmlElement(contents, "Size", &p, &size);
-          auto n = ParseUint64(size);
+          MX_RETURN_IF_ERROR(CheckListedKey(key, prefix, where));
+          auto n = ParseObjectSize(size);
           if (!n.ok()) return n.status().WithContext(where + ": listing size of " + key);
           out.emplace_back(key, *n);
         }

@@ -16,7 +16,7 @@ Result<uint64_t> SizeFromContentRange(const std::string& value) {
   if (value.rfind("bytes ", 0) != 0 || slash == std::string::npos) {
     return Status::DataLoss("malformed Content-Range '" + value.substr(0, 64) + "'");
   }
-  auto size = ParseUint64(std::string_view(value).substr(slash + 1));
+  auto size = ParseObjectSize(std::string_view(value).substr(slash + 1));
   if (!size.ok())
     return Status::DataLoss("Content-Range without a size: " + size.status().message());
   return *size;

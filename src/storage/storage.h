@@ -47,6 +47,17 @@ class RangeReader {
   virtual Status Populate(const char* data, uint64_t len) { return Status::OK(); }
 };
 
+// Sizes a listing or Content-Range may claim: no real object exceeds 2^50 bytes (1 PiB), and
+// a bigger number (up to 2^64 - 1 from a hostile server) must never reach an allocation or
+// offset arithmetic.
+inline constexpr uint64_t kMaxObjectBytes = 1ull << 50;
+// The most mx reads of one object into memory (an index or config JSON): 64 MiB.
+inline constexpr uint64_t kMaxInMemoryObjectBytes = 64ull << 20;
+
+// OK when `object` is small enough to read whole into memory; else ResourceExhausted naming
+// it and the bound. Call before allocating object.size bytes.
+Status CheckInMemorySize(const ObjectInfo& object);
+
 struct StorageOptions {
   int connections = 16;    // remote: parallel HTTP connections
   bool direct_io = false;  // local: O_DIRECT

@@ -72,5 +72,35 @@ TEST(OpenStorageTest, HubIdsAreNotStoragesBusiness) {
   EXPECT_TRUE(OpenStorage("/tmp", StorageOptions{}).ok());
 }
 
+TEST(NetworkSizeTest, SizesAreBoundedBeforeAnyAllocation) {
+  EXPECT_EQ(*ParseObjectSize("12345"), 12345u);
+  EXPECT_EQ(*ParseObjectSize(std::to_string(kMaxObjectBytes)), kMaxObjectBytes);
+  EXPECT_FALSE(ParseObjectSize("18446744073709551615").ok());
+  EXPECT_FALSE(ParseObjectSize("9223372036854775808").ok());
+  EXPECT_FALSE(ParseObjectSize(std::to_string(kMaxObjectBytes + 1)).ok());
+  EXPECT_FALSE(ParseObjectSize("-1").ok());
+  ObjectInfo small{"s3://b/model.safetensors.index.json", "model.safetensors.index.json", 1000};
+  EXPECT_TRUE(CheckInMemorySize(small).ok());
+  ObjectInfo huge = small;
+  huge.size = kMaxInMemoryObjectBytes + 1;
+  auto st = CheckInMemorySize(huge);
+  EXPECT_EQ(st.code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(st.message().find("64 MiB"), std::string::npos);
+}
+
+TEST(ListedKeyTest, DotSegmentsAndForeignPrefixesAreRefused) {
+  EXPECT_TRUE(CheckListedKey("m/a.safetensors", "m/", "s3://b/m").ok());
+  EXPECT_TRUE(CheckListedKey("m/..a/b..", "m/", "s3://b/m").ok());  // dots inside names are fine
+  EXPECT_FALSE(CheckListedKey("m/../../etc/x.safetensors", "m/", "s3://b/m").ok());
+  EXPECT_FALSE(CheckListedKey("m/./x", "m/", "s3://b/m").ok());
+  EXPECT_FALSE(CheckListedKey("m/..", "m/", "s3://b/m").ok());
+  EXPECT_FALSE(CheckListedKey("other/x.safetensors", "m/", "s3://b/m").ok());
+  EXPECT_TRUE(HasDotSegment(".."));
+  EXPECT_FALSE(HasDotSegment("a/b.c/d"));
+  std::string bucket, key;
+  EXPECT_FALSE(SplitBucketKey("s3://b/m/../x", 5, &bucket, &key).ok());
+  EXPECT_TRUE(SplitBucketKey("s3://b/m/x", 5, &bucket, &key).ok());
+}
+
 }  // namespace
 }  // namespace mx::storage

@@ -216,6 +216,7 @@ Status Pipeline::OpenAll(const std::vector<std::string>& uris) {
     }
     if (index) {
       // The index names the shards: stream exactly those.
+      MX_RETURN_IF_ERROR(storage::CheckInMemorySize(*index));
       MX_ASSIGN_OR_RETURN(auto reader, store->Open(*index));
       std::string text(index->size, '\0');
       MX_RETURN_IF_ERROR(reader->ReadAt(0, index->size, text.data()));
