@@ -99,6 +99,48 @@ TEST(FsTest, LockIsExclusiveAcrossDescriptors) {
   std::system(("rm -rf " + dir).c_str());
 }
 
+// A shared-cache neighbour plants a symlink where a lock file will be: locking must not
+// follow it (nor chmod its target), and an existing lock file is never chmodded.
+TEST(FsTest, LockNeverFollowsOrChmodsWhatItDidNotCreate) {
+  char tmpl[] = "/tmp/mx_lock_link_XXXXXX";
+  std::string dir = ::mkdtemp(tmpl);
+  std::string victim = dir + "/victim";
+  ASSERT_TRUE(WriteFileAtomic(victim, "precious").ok());
+  ASSERT_EQ(::chmod(victim.c_str(), 0600), 0);
+  ASSERT_EQ(::symlink(victim.c_str(), (dir + "/planted.lock").c_str()), 0);
+  auto planted = FileLock::TryAcquire(dir + "/planted.lock");
+  EXPECT_FALSE(planted.ok() && planted->held());
+  struct stat st;
+  ASSERT_EQ(::stat(victim.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+
+  std::string existing = dir + "/existing.lock";
+  ASSERT_TRUE(WriteFileAtomic(existing, "").ok());
+  ASSERT_EQ(::chmod(existing.c_str(), 0600), 0);
+  auto lock = FileLock::TryAcquire(existing);
+  ASSERT_TRUE(lock.ok());
+  EXPECT_TRUE(lock->held());
+  ASSERT_EQ(::stat(existing.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);  // not ours to chmod
+
+  auto fresh = FileLock::TryAcquire(dir + "/fresh.lock");
+  ASSERT_TRUE(fresh.ok());
+  ASSERT_EQ(::stat((dir + "/fresh.lock").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0664u);  // created here: group-writable for the others
+  std::system(("rm -rf " + dir).c_str());
+}
+
+TEST(FsTest, ReadFileNoFollowRefusesSymlinks) {
+  char tmpl[] = "/tmp/mx_read_link_XXXXXX";
+  std::string dir = ::mkdtemp(tmpl);
+  ASSERT_TRUE(WriteFileAtomic(dir + "/real", "x").ok());
+  ASSERT_EQ(::symlink((dir + "/real").c_str(), (dir + "/link").c_str()), 0);
+  EXPECT_TRUE(ReadFile(dir + "/link").ok());
+  EXPECT_FALSE(ReadFile(dir + "/link", 16, /*no_follow=*/true).ok());
+  EXPECT_TRUE(ReadFile(dir + "/real", 16, /*no_follow=*/true).ok());
+  std::system(("rm -rf " + dir).c_str());
+}
+
 TEST(EnvTest, TruthyAndSizes) {
   EXPECT_TRUE(IsTruthy("yes"));
   EXPECT_TRUE(IsTruthy("On"));

@@ -41,8 +41,9 @@ void ScopedFd::Reset(int fd) {
   fd_ = fd;
 }
 
-Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) {
-  ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes, bool no_follow) {
+  int flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | (no_follow ? O_NOFOLLOW : 0);
+  ScopedFd fd(::open(path.c_str(), flags));
   if (!fd.valid()) return Status::FromErrno(errno, "open " + path);
   std::string out;
   char buf[65536];
@@ -72,7 +73,7 @@ static Status WriteAll(int fd, std::string_view data, const std::string& what) {
 
 Status WriteFileAtomic(const std::string& path, std::string_view contents) {
   std::string tmp = path + "." + UniqueTempSuffix() + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
   if (fd < 0) return Status::FromErrno(errno, "create " + tmp);
   Status st = WriteAll(fd, contents, tmp);
   if (st.ok() && ::fsync(fd) != 0) st = Status::FromErrno(errno, "fsync " + tmp);
@@ -297,11 +298,18 @@ Result<FileLock> FileLock::TryAcquire(const std::string& path, LockMode mode) {
     lock.held_ = true;
     return lock;
   }
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0664);
+  // O_NOFOLLOW everywhere: on a shared cache a neighbour may plant a symlink named like
+  // our lock file; following it would let them make us open (and chmod) any file.
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0664);
   if (fd >= 0) {
-    ::fchmod(fd, 0664);  // group-writable so other users of a shared cache can lock too
-  } else if (errno == EACCES || errno == EROFS) {
-    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);  // flock needs no write access
+    // Only a file we just created: group-writable so other users of a shared cache can
+    // lock too. Never chmod an existing file (it may be someone else's).
+    ::fchmod(fd, 0664);
+  } else if (errno == EEXIST) {
+    fd = ::open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+  }
+  if (fd < 0 && (errno == EACCES || errno == EROFS)) {
+    fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);  // flock needs no write access
   }
   if (fd < 0) return Status::FromErrno(errno, "open lock " + path);
   lock.fd_ = fd;

@@ -19,8 +19,10 @@ Status MakeDirs(const std::string& path, mode_t mode = 0755);
 
 // Reads a whole file. Fails with ResourceExhausted, before reading more, when the file holds
 // more than `max_bytes` (refs, tokens and listings are small; a path that leads to
-// /dev/zero or a huge file must not exhaust memory).
-Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes = 64ull << 20);
+// /dev/zero or a huge file must not exhaust memory). With `no_follow`, a symlink as the
+// last component is refused (ELOOP): cache files a neighbour could replace by a link.
+Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes = 64ull << 20,
+                             bool no_follow = false);
 
 // Writes `contents` to `path` so a reader sees either the old file or the whole new one:
 // a process-unique temp file beside it, fsync, rename. Mode is 0666 & ~umask.
@@ -111,7 +113,9 @@ class ScopedFd {
   int fd_ = -1;
 };
 
-// Holds a flock (exclusive or shared) on a lock file (created 0664). Releases on
+// Holds a flock (exclusive or shared) on a lock file (created 0664). The lock file is
+// opened with O_NOFOLLOW (a planted symlink fails with ELOOP) and chmodded only when this
+// call created it (O_CREAT | O_EXCL), never when it existed. Releases on
 // destruction. MX_TEST_DISABLE_FLOCK=1 turns every lock into a no-op that "succeeds", to
 // test that correctness does not depend on locking (as on some network filesystems).
 // A lock file must never be deleted while it may be locked: two processes could then

@@ -151,7 +151,7 @@ std::string RepoCache::snapshot_path(const std::string& commit, const std::strin
 Result<std::string> RepoCache::ResolveLocal(const std::string& revision) const {
   // Never build a path from an unchecked revision: "../../x" would read outside the cache.
   MX_RETURN_IF_ERROR(ValidateRevision(revision));
-  auto ref = ReadFile(repo_dir_ + "/refs/" + revision, kMaxRefBytes);
+  auto ref = ReadFile(repo_dir_ + "/refs/" + revision, kMaxRefBytes, /*no_follow=*/true);
   if (ref.ok()) {
     std::string commit = *ref;
     while (!commit.empty() && (commit.back() == '\n' || commit.back() == ' ')) commit.pop_back();
@@ -167,16 +167,34 @@ Status RepoCache::WriteRef(const std::string& revision, const std::string& commi
   MX_RETURN_IF_ERROR(ValidateRevision(revision));
   if (!IsLowerHex(commit, 40)) return Status::InvalidArgument("not a commit: " + commit);
   std::string path = repo_dir_ + "/refs/" + revision;
-  auto existing = ReadFile(path, kMaxRefBytes);
+  auto existing = ReadFile(path, kMaxRefBytes, /*no_follow=*/true);
   if (existing.ok() && *existing == commit) return Status::OK();
   MX_RETURN_IF_ERROR(MakeDirs(DirName(path)));
   return WriteFileAtomic(path, commit);
 }
 
+Status CheckRepoDirsNotSymlinks(const std::string& repo_dir) {
+  for (const char* sub : {"/blobs", "/snapshots"}) {
+    std::string dir = repo_dir + sub;
+    struct stat st;
+    if (::lstat(dir.c_str(), &st) != 0) continue;  // absent: created as a real directory
+    if (S_ISLNK(st.st_mode) || !S_ISDIR(st.st_mode)) {
+      return Status::FailedPrecondition(
+          "refusing to use the cache: " + dir +
+          " is a symlink or not a directory (a shared-cache neighbour may have planted it); "
+          "remove it");
+    }
+  }
+  return Status::OK();
+}
+
 Status RepoCache::Prepare(const std::string& commit) const {
+  MX_RETURN_IF_ERROR(CheckRepoDirsNotSymlinks(repo_dir_));
   MX_RETURN_IF_ERROR(MakeDirs(blobs_dir()));
   MX_RETURN_IF_ERROR(MakeDirs(snapshot_dir(commit)));
   MX_RETURN_IF_ERROR(MakeDirs(root_ + "/.locks/" + folder_));
+  // Again: a neighbour may have swapped one in between the check and mkdir.
+  MX_RETURN_IF_ERROR(CheckRepoDirsNotSymlinks(repo_dir_));
   std::string tag = root_ + "/CACHEDIR.TAG";
   if (::access(tag.c_str(), F_OK) != 0) {
     // Tells backup tools this is a cache (https://bford.info/cachedir/).
@@ -233,7 +251,8 @@ Status RepoCache::WriteTree(const std::string& commit, const std::vector<TreeEnt
 }
 
 Result<std::vector<TreeEntry>> RepoCache::ReadTree(const std::string& commit) const {
-  MX_ASSIGN_OR_RETURN(std::string text, ReadFile(repo_dir_ + "/trees/" + commit + ".json"));
+  MX_ASSIGN_OR_RETURN(std::string text, ReadFile(repo_dir_ + "/trees/" + commit + ".json",
+                                                 64ull << 20, /*no_follow=*/true));
   nlohmann::json doc = nlohmann::json::parse(text, nullptr, false);
   if (!doc.is_object() || !doc.contains("files") || !doc["files"].is_object()) {
     return Status::DataLoss("corrupt trees/" + commit + ".json");

@@ -47,6 +47,23 @@
 //      moments between a download's temp files (symlinking, writing the ref).
 //    Without working locks a stream can still lose its files to rm on another host; that
 //    is the one guarantee that needs flock.
+// 5. Hostile neighbours. A shared cache may hold files of other users who plant symlinks
+//    or files of theirs under names mx uses. So: every cache file (lock files, temp files,
+//    progress records, refs, trees) is opened O_NOFOLLOW | O_CLOEXEC; a lock file is
+//    chmodded (0664) only when this open created it (O_CREAT | O_EXCL), never when it
+//    existed; an orphaned temp file is adopted only when it is a regular file owned by
+//    the effective user (lstat before the rename, fstat again after the O_NOFOLLOW open),
+//    and its progress record likewise; a repo whose blobs/ or snapshots/ is a symlink (or
+//    not a directory) is refused by downloads and cleaners alike, with the path in the
+//    error (CheckRepoDirsNotSymlinks). Cleaners delete in blobs/ only names that are blob
+//    hashes (40 or 64 lowercase hex) or mx temp files (*.incomplete, *.incomplete.progress,
+//    *.mx-<owner>*.tmp); anything else there is left alone.
+// 6. Space and descriptors. A temp file is sized sparse and its space reserved
+//    (fallocate) only once the first bytes arrived, not on the hub's word; on failure a
+//    temp file whose progress record shows no bytes done is removed with its record,
+//    while one with progress stays for a rerun to resume. At most kMaxFilesInFlight (64)
+//    files are staged (lock, temp file, progress record open) at once; the rest wait for
+//    a later round, so the descriptor count does not grow with the repo's file count.
 #pragma once
 
 #include <cstdint>
@@ -76,6 +93,11 @@ Status ValidateRepoId(const std::string& repo_id);
 // * [ \, no "@{", not "@", no leading, trailing or double '/', no trailing '.'), valid
 // UTF-8, at most 255 bytes. "refs/pr/1" is a valid revision; "../x" and "a/../b" are not.
 Status ValidateRevision(const std::string& revision);
+
+// FailedPrecondition, naming the path, when <repo_dir>/blobs or <repo_dir>/snapshots
+// exists and is a symlink (or not a directory): on a shared cache a neighbour could point
+// it at another user's files, which downloads would then write and cleaners delete.
+Status CheckRepoDirsNotSymlinks(const std::string& repo_dir);
 
 class RepoCache {
  public:

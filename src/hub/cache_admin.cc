@@ -104,10 +104,20 @@ Result<std::set<std::string>> ReferencedBlobs(const std::string& repo_dir) {
   return used;
 }
 
-bool IsTempName(const std::string& name) {
-  return name.find(".incomplete") != std::string::npos ||
-         (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0);
+bool EndsWith(const std::string& s, std::string_view suffix) {
+  return s.size() > suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
+
+// The names a cleaner may delete are only those mx (or huggingface_hub) makes: temp files
+// ("*.incomplete", their ".progress" record, "<name>.mx-<owner>.tmp") ...
+bool IsTempName(const std::string& name) {
+  return EndsWith(name, ".incomplete") || EndsWith(name, ".incomplete.progress") ||
+         (EndsWith(name, ".tmp") && name.find(".mx-") != std::string::npos);
+}
+
+// ... and blobs, named by their hash: 40 (git sha1) or 64 (sha256) lowercase hex.
+bool IsBlobName(const std::string& name) { return IsLowerHex(name, 40) || IsLowerHex(name, 64); }
 
 // True if a temp file's writer is gone: "<name>.<owner suffix>.incomplete|tmp[.progress]".
 bool TempIsStale(const std::string& dir, const std::string& name) {
@@ -151,12 +161,14 @@ bool WithinGrace(std::time_t changed, int64_t grace_seconds) {
 // and temp files whose writer is gone.
 Status RemoveUnreferencedBlobs(const std::string& repo_dir, int64_t grace_seconds,
                                RemoveReport* report) {
+  MX_RETURN_IF_ERROR(CheckRepoDirsNotSymlinks(repo_dir));  // never unlink through a link
   MX_ASSIGN_OR_RETURN(std::set<std::string> used, ReferencedBlobs(repo_dir));
   std::string blobs = repo_dir + "/blobs";
   MX_ASSIGN_OR_RETURN(std::vector<std::string> names, ListDir(blobs));
   for (const auto& name : names) {
     std::string path = blobs + "/" + name;
     bool temp = IsTempName(name);
+    if (!temp && !IsBlobName(name)) continue;  // not ours to delete, whatever it is
     if (temp ? !TempIsStale(blobs, name) : used.count(name) > 0) continue;
     struct stat st;
     if (::lstat(path.c_str(), &st) != 0) continue;
@@ -233,6 +245,8 @@ Status ScanRepo(CachedRepo* repo) {
 
 // Prune of one repo, under its exclusive lock (the caller holds it).
 Status PruneRepo(const CachedRepo& repo, int64_t grace_seconds, RemoveReport* report) {
+  // Never delete through a symlinked blobs/ or snapshots/ (it may lead to anyone's home).
+  MX_RETURN_IF_ERROR(CheckRepoDirsNotSymlinks(repo.dir));
   MX_ASSIGN_OR_RETURN(bool downloading, HasLiveTemp(repo.dir));
   if (!downloading) {
     for (const auto& rev : repo.revisions) {
@@ -289,6 +303,7 @@ Result<VerifyReport> VerifyRepo(const std::string& root, RepoType type, const st
   RepoCache cache(root, type, repo_id);
   std::vector<std::string> commits;
   if (revision) {
+    MX_RETURN_IF_ERROR(CheckRepoDirsNotSymlinks(cache.repo_dir()));
     MX_ASSIGN_OR_RETURN(std::string commit, cache.ResolveLocal(*revision));
     commits.push_back(commit);
   } else {
@@ -366,6 +381,7 @@ Result<RemoveReport> RemoveFromCache(const std::string& root, RepoType type,
     RemoveBlobLocks(DirName(cache.repo_lock_path()));
     return report;
   }
+  MX_RETURN_IF_ERROR(CheckRepoDirsNotSymlinks(cache.repo_dir()));
   MX_ASSIGN_OR_RETURN(std::string commit, cache.ResolveLocal(*revision));
   if (::stat(cache.snapshot_dir(commit).c_str(), &st) != 0) {
     return Status::NotFound(repo_id + "@" + *revision + " has no snapshot in the cache");

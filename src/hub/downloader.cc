@@ -33,6 +33,9 @@ constexpr int kMaxFileAttempts = 3;
 constexpr uint64_t kHashStepBytes = 4ull << 20;  // whole-file refetches after a hash mismatch
 constexpr uint64_t kMaxChunkBytes = 16ull << 20;
 constexpr uint64_t kMinChunkBytes = 1ull << 20;
+// Files staged (lock + temp file + progress record open) at once: a repo of thousands of
+// files must not need thousands of descriptors (ulimit -n is often 1024, or less).
+constexpr size_t kMaxFilesInFlight = 64;
 
 double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
@@ -72,6 +75,17 @@ struct Target {
     lock.Release();
   }
 
+  // After a failed transfer: keeps the temp file only when its progress record says some
+  // bytes are in place (a rerun resumes them); otherwise removes it and its record, so a
+  // failed run leaves neither clutter nor a reservation behind. Then Abandon().
+  void AbandonAfterFailure() {
+    if (!temp_path.empty() && progress.BytesDone() == 0) {
+      ::unlink(temp_path.c_str());
+      progress.Remove();
+    }
+    Abandon();
+  }
+
   TreeEntry entry;
   std::string final_path;
   std::string temp_dir;
@@ -94,6 +108,7 @@ struct Target {
   Status verify_status;
   bool done = false;
   bool retry = false;
+  bool reserved = false;  // disk space reserved (only once bytes arrived)
 };
 
 // Runs hashing and publishing off the download thread, in submission order (one thread),
@@ -295,6 +310,12 @@ bool Downloader::AdoptOrphan(Target& t) {
     std::string path = t.temp_dir + "/" + name;
     // A live writer (possibly on another host) owns it.
     if (!TempFileIsOrphaned(path, owner_text)) continue;
+    // Only our own regular files: on a shared cache a neighbour may plant a symlink (or
+    // a file of theirs) named like an orphan, to have us write through it.
+    struct stat st;
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid()) {
+      continue;
+    }
     // rename() is atomic: of several adopters exactly one wins, the others get ENOENT.
     if (::rename(path.c_str(), t.temp_path.c_str()) != 0) continue;
     std::string new_progress = t.temp_path + ".progress";
@@ -312,14 +333,29 @@ Status Downloader::Stage(Target& t) {
   t.temp_path = t.temp_dir + "/" + t.entry.etag() + "." + UniqueTempSuffix() + ".incomplete";
   t.owned = OwnedTempFile(t.temp_path);  // before it exists: no adopter may take it
   bool adopted = AdoptOrphan(t);
-  t.fd = ::open(t.temp_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (adopted) {
+    // The adopted inode is checked again after open: it may have been swapped between
+    // the lstat in AdoptOrphan and here.
+    t.fd = ::open(t.temp_path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (t.fd >= 0 &&
+        (::fstat(t.fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid())) {
+      ::close(t.fd);
+      t.fd = -1;
+    }
+    if (t.fd < 0) {
+      adopted = false;
+      ::unlink(t.temp_path.c_str());  // our name: removes the link or foreign file, not its target
+    }
+  }
+  if (t.fd < 0) {
+    t.fd = ::open(t.temp_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  }
   if (t.fd < 0) return Status::FromErrno(errno, "create " + t.temp_path);
   uint64_t size = t.entry.size;
-  if (size > 0 && ::fallocate(t.fd, 0, 0, static_cast<off_t>(size)) != 0 && errno != EOPNOTSUPP &&
-      errno != ENOSYS) {
-    return Status::FromErrno(errno,
-                             "reserve " + std::to_string(size) + " bytes for " + t.entry.path);
-  }
+  // Sized but sparse: space is reserved only once the first bytes arrive (Reserve), not on
+  // the hub's word alone (a 403 must not leave gigabytes allocated).
+  t.reserved = false;
   if (::ftruncate(t.fd, static_cast<off_t>(size)) != 0) {
     return Status::FromErrno(errno, "size " + t.temp_path);
   }
@@ -345,6 +381,14 @@ Status Downloader::Stage(Target& t) {
   t.hash_submitted = 0;
   t.first_open_chunk = 0;
   return Status::OK();
+}
+
+// Reserves the whole file once bytes arrived, so a full disk fails early rather than at
+// the end; a failure here is left to the writes themselves to report.
+static void Reserve(Target& t) {
+  if (t.reserved || t.fd < 0 || t.entry.size == 0) return;
+  t.reserved = true;
+  (void)::fallocate(t.fd, 0, 0, static_cast<off_t>(t.entry.size));
 }
 
 void Downloader::AdvanceHash(Target& t, VerifyPool& pool) {
@@ -450,8 +494,12 @@ Status Downloader::FetchAll() {
   bool announced_wait = false;
   while (!pending.empty()) {
     if (options_.cancel && options_.cancel->load()) return Status::Cancelled("download cancelled");
-    std::vector<Target*> round, waiting;
+    std::vector<Target*> round, waiting, later;
     for (Target* t : pending) {
+      if (round.size() >= kMaxFilesInFlight) {
+        later.push_back(t);  // opened in a later round, when this one's files are closed
+        continue;
+      }
       Status dirs = MakeDirs(DirName(t->lock_path));
       auto lock = dirs.ok() ? FileLock::TryAcquire(t->lock_path) : Result<FileLock>(dirs);
       if (!lock.ok()) {
@@ -474,7 +522,7 @@ Status Downloader::FetchAll() {
       Status st = Stage(*t);
       if (!st.ok()) {
         failures.push_back(st);
-        t->Abandon();
+        t->AbandonAfterFailure();
         continue;
       }
       progress_.bytes_total -= std::min(progress_.bytes_total, t->progress.BytesDone());
@@ -507,6 +555,7 @@ Status Downloader::FetchAll() {
           }
         }
         job.on_progress = [this, t, &verifier](size_t index, uint64_t cursor) {
+          Reserve(*t);
           t->progress.Record(t->chunk_of_range[index], cursor);
           AdvanceHash(*t, verifier);
         };
@@ -522,7 +571,14 @@ Status Downloader::FetchAll() {
       verifier.Wait();
       bytes_fetched_ += engine.bytes_received();
       if (!st.ok()) {
-        for (Target* t : round) t->Abandon();  // fds, progress records, locks, claims
+        // fds, progress records, locks, claims; temp files with nothing to resume go.
+        for (Target* t : round) {
+          if (t->done) {
+            t->Abandon();
+          } else {
+            t->AbandonAfterFailure();
+          }
+        }
         return st;
       }
     }
@@ -532,7 +588,7 @@ Status Downloader::FetchAll() {
       if (t->done) {
         ++progress_.files_done;
       } else if (!t->fetch_status.ok()) {
-        t->Abandon();  // keeps the partial file: a rerun (even by this process) resumes it
+        t->AbandonAfterFailure();  // a partial file stays: a rerun (even ours) resumes it
         failures.push_back(t->fetch_status);
       } else if (t->verify_status.code() == StatusCode::kDataLoss &&
                  ++t->attempts < kMaxFileAttempts) {
@@ -556,6 +612,7 @@ Status Downloader::FetchAll() {
       ReportProgress(false);
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
+    next.insert(next.end(), later.begin(), later.end());
     next.insert(next.end(), waiting.begin(), waiting.end());
     pending = std::move(next);
   }

@@ -110,6 +110,46 @@ TEST(PatternTest, HfGlobSemantics) {
   EXPECT_FALSE(MatchesPatterns("A.JSON", {"*.json"}, {}));  // case-sensitive
 }
 
+// Progress records are opened O_NOFOLLOW and trusted only when ours and regular; Create
+// never writes through whatever held the name.
+TEST(ProgressFileTest, RefusesSymlinksAndForeignRecords) {
+  char tmpl[] = "/tmp/mx_prog_link_XXXXXX";
+  std::string dir = ::mkdtemp(tmpl);
+  const uint64_t c = ProgressFile::kMinChunkBytes;
+  std::string victim = dir + "/victim";
+  ASSERT_TRUE(WriteFileAtomic(victim, "precious").ok());
+  {
+    auto real = ProgressFile::Create(dir + "/real", 2 * c, c);
+    ASSERT_TRUE(real.ok());
+  }
+  ASSERT_EQ(::symlink((dir + "/real").c_str(), (dir + "/link").c_str()), 0);
+  EXPECT_FALSE(ProgressFile::Open(dir + "/link", 2 * c).ok());
+  EXPECT_TRUE(ProgressFile::Open(dir + "/real", 2 * c).ok());
+  if (::geteuid() == 0) {
+    ASSERT_EQ(::chown((dir + "/real").c_str(), 54321, 54321), 0);
+    EXPECT_FALSE(ProgressFile::Open(dir + "/real", 2 * c).ok());
+  }
+  ASSERT_EQ(::symlink(victim.c_str(), (dir + "/planted").c_str()), 0);
+  ASSERT_TRUE(ProgressFile::Create(dir + "/planted", 2 * c, c).ok());
+  EXPECT_EQ(*ReadFile(victim), "precious");
+  std::system(("rm -rf " + dir).c_str());
+}
+
+TEST(CacheTest, RefusesSymlinkedBlobsOrSnapshots) {
+  char tmpl[] = "/tmp/mx_cache_link_XXXXXX";
+  std::string root = ::mkdtemp(tmpl);
+  RepoCache cache(root, RepoType::kModel, "org/m");
+  const std::string commit(40, 'a');
+  ASSERT_TRUE(cache.Prepare(commit).ok());
+  EXPECT_TRUE(CheckRepoDirsNotSymlinks(cache.repo_dir()).ok());
+  ASSERT_EQ(::rename(cache.blobs_dir().c_str(), (root + "/elsewhere").c_str()), 0);
+  ASSERT_EQ(::symlink((root + "/elsewhere").c_str(), cache.blobs_dir().c_str()), 0);
+  Status st = cache.Prepare(commit);
+  EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(st.message().find(cache.blobs_dir()), std::string::npos) << st.message();
+  std::system(("rm -rf " + root).c_str());
+}
+
 TEST(ProgressFileTest, RecordsAndReopens) {
   char tmpl[] = "/tmp/mx_prog_test_XXXXXX";
   std::string dir = ::mkdtemp(tmpl);

@@ -51,7 +51,10 @@ Result<ProgressFile> ProgressFile::Create(const std::string& path, uint64_t file
   p.size_ = file_size;
   p.chunk_bytes_ = chunk_bytes;
   p.done_.assign(*chunks, 0);
-  p.fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // A fresh inode of our own: whatever held the name (a stale record, or a file or
+  // symlink a shared-cache neighbour planted) is unlinked, never written through.
+  ::unlink(path.c_str());
+  p.fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (p.fd_ < 0) return Status::FromErrno(errno, "create " + path);
   std::vector<char> buf(kHeaderBytes + 8 * p.done_.size(), 0);
   std::memcpy(buf.data(), kMagic, 8);
@@ -66,8 +69,13 @@ Result<ProgressFile> ProgressFile::Create(const std::string& path, uint64_t file
 Result<ProgressFile> ProgressFile::Open(const std::string& path, uint64_t file_size) {
   ProgressFile p;
   p.path_ = path;
-  p.fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  p.fd_ = ::open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC);
   if (p.fd_ < 0) return Status::FromErrno(errno, "open " + path);
+  // Only our own regular file is trusted (a shared cache: someone else's may lie).
+  struct stat own;
+  if (::fstat(p.fd_, &own) != 0 || !S_ISREG(own.st_mode) || own.st_uid != ::geteuid()) {
+    return Status::DataLoss(path + ": not a regular file owned by this user");
+  }
   char header[kHeaderBytes];
   if (::pread(p.fd_, header, kHeaderBytes, 0) != static_cast<ssize_t>(kHeaderBytes) ||
       std::memcmp(header, kMagic, 8) != 0) {

@@ -31,12 +31,14 @@ class ProgressFile {
   // Chunks of `chunk_bytes` needed to cover `file_size` bytes; nullopt outside the bounds.
   static std::optional<size_t> ChunkCount(uint64_t file_size, uint64_t chunk_bytes);
 
-  // A fresh record with nothing done. InvalidArgument for a chunk size outside the bounds.
+  // A fresh record with nothing done, in a new inode (whatever had the name is unlinked;
+  // opened O_NOFOLLOW | O_EXCL). InvalidArgument for a chunk size outside the bounds.
   static Result<ProgressFile> Create(const std::string& path, uint64_t file_size,
                                      uint64_t chunk_bytes);
   // An existing record; DataLoss if it does not describe a file of `file_size` bytes or is
   // implausible (a chunk size of 0, a tiny one that would need a huge table, one that
-  // wraps to zero chunks, a table shorter than the file needs). Callers treat DataLoss as
+  // wraps to zero chunks, a table shorter than the file needs), or is not a regular file
+  // owned by the effective user (opened O_NOFOLLOW, then fstat). Callers treat DataLoss as
   // "start over": nothing in the temp file is trusted. Never throws or aborts.
   static Result<ProgressFile> Open(const std::string& path, uint64_t file_size);
 
