@@ -54,7 +54,7 @@ int RunLs(const CacheArgs& a, const GlobalFlags& flags) {
       }
       out.push_back(std::move(j));
     }
-    std::printf("%s\n", out.dump(2).c_str());
+    std::printf("%s\n", JsonText(out, 2).c_str());
     return 0;
   }
   if (a.revisions) {
@@ -71,9 +71,9 @@ int RunLs(const CacheArgs& a, const GlobalFlags& flags) {
       for (const auto& rev : r.revisions) {
         std::string refs;
         for (const auto& n : rev.refs) refs += (refs.empty() ? "" : ",") + n;
-        std::printf("%-40s %-8s %-40s %10s %6zu %-12s %s\n", r.repo_id.c_str(), type.c_str(),
-                    rev.commit.c_str(), FormatBytes(rev.bytes).c_str(), rev.files,
-                    Age(rev.last_modified).c_str(), refs.c_str());
+        std::printf("%-40s %-8s %-40s %10s %6zu %-12s %s\n", Shown(r.repo_id).c_str(), type.c_str(),
+                    Shown(rev.commit).c_str(), FormatBytes(rev.bytes).c_str(), rev.files,
+                    Age(rev.last_modified).c_str(), Shown(refs).c_str());
       }
       continue;
     }
@@ -81,9 +81,9 @@ int RunLs(const CacheArgs& a, const GlobalFlags& flags) {
     for (const auto& rev : r.revisions) {
       for (const auto& n : rev.refs) refs += (refs.empty() ? "" : ",") + n;
     }
-    std::printf("%-40s %-8s %10s %5zu %-12s %s\n", r.repo_id.c_str(), type.c_str(),
+    std::printf("%-40s %-8s %10s %5zu %-12s %s\n", Shown(r.repo_id).c_str(), type.c_str(),
                 FormatBytes(r.size_on_disk).c_str(), r.revisions.size(),
-                Age(r.last_modified).c_str(), refs.c_str());
+                Age(r.last_modified).c_str(), Shown(refs).c_str());
   }
   return 0;
 }
@@ -100,6 +100,8 @@ int RunPath(const CacheArgs& a) {
   auto type = hub::ParseRepoType(a.repo_type);
   if (!type.ok()) return ReportError(type.status());
   if (Status st = hub::ValidateRepoId(a.repo); !st.ok()) return ReportError(st);
+  if (int code = RefuseBadRevision(a.revision.empty() ? "main" : a.revision); code != 0)
+    return code;
   hub::RepoCache cache(CacheRoot(a), *type, a.repo);
   auto commit = cache.ResolveLocal(a.revision.empty() ? "main" : a.revision);
   if (!commit.ok()) return ReportError(commit.status());
@@ -108,7 +110,7 @@ int RunPath(const CacheArgs& a) {
     return ReportError(
         Status::NotFound("snapshot " + snap + " is missing; run mx download " + a.repo));
   }
-  std::printf("%s\n", snap.c_str());
+  std::printf("%s\n", Shown(snap).c_str());
   return 0;
 }
 
@@ -119,14 +121,17 @@ int RunVerify(const CacheArgs& a, const GlobalFlags& flags) {
   std::optional<std::string> rev;
   SplitRepoRevision(a.repo, &repo, &rev);
   if (!a.revision.empty()) rev = a.revision;
+  if (rev) {
+    if (int code = RefuseBadRevision(*rev); code != 0) return code;
+  }
   auto report = hub::VerifyRepo(CacheRoot(a), *type, repo, rev);
   if (!report.ok()) return ReportError(report.status());
-  for (const auto& p : report->problems) std::fprintf(stderr, "bad: %s\n", p.c_str());
+  for (const auto& p : report->problems) std::fprintf(stderr, "bad: %s\n", Shown(p).c_str());
   if (flags.json) {
     nlohmann::json j{{"files_checked", report->files_checked},
                      {"bytes_checked", report->bytes_checked},
                      {"problems", report->problems}};
-    std::printf("%s\n", j.dump().c_str());
+    std::printf("%s\n", JsonText(j).c_str());
   } else {
     std::printf("%zu files checked (%s), %zu bad\n", report->files_checked,
                 FormatBytes(report->bytes_checked).c_str(), report->problems.size());
@@ -145,6 +150,9 @@ int RunRm(const CacheArgs& a) {
   std::string repo;
   std::optional<std::string> rev;
   SplitRepoRevision(a.repo, &repo, &rev);
+  if (rev) {
+    if (int code = RefuseBadRevision(*rev); code != 0) return code;
+  }
   auto report = hub::RemoveFromCache(CacheRoot(a), *type, repo, rev);
   if (!report.ok()) return ReportError(report.status());
   PrintRemoved(*report);

@@ -6,13 +6,28 @@
 #include "cli/commands.h"
 #include "common/env.h"
 #include "common/log.h"
+#include "common/text.h"
+#include "hub/cache.h"
 #include "hub/downloader.h"
 
 namespace mx::cli {
 
 int ReportError(const Status& status) {
-  std::fprintf(stderr, "error: %s\n", status.message().c_str());
+  std::fprintf(stderr, "error: %s\n", EscapeControl(status.message()).c_str());
   return status.code() == StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+int RefuseBadRevision(const std::string& revision) {
+  Status st = hub::ValidateRevision(revision);
+  if (st.ok()) return 0;
+  ReportError(st);
+  return 2;
+}
+
+std::string Shown(const std::string& text) { return EscapeControl(text); }
+
+std::string JsonText(const nlohmann::json& j, int indent) {
+  return j.dump(indent, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace);
 }
 
 namespace {
@@ -46,6 +61,7 @@ void DrawProgress(const hub::DownloadProgress& p) {
 
 int RunDownload(const DownloadArgs& a, const GlobalFlags& flags) {
   InitLogging(flags.quiet || flags.json ? "warn" : "info");
+  if (int code = RefuseBadRevision(a.revision); code != 0) return code;
   auto type = hub::ParseRepoType(a.repo_type);
   if (!type.ok()) return ReportError(type.status());
   hub::HubConfig config = hub::HubConfig::FromEnvironment();
@@ -75,16 +91,16 @@ int RunDownload(const DownloadArgs& a, const GlobalFlags& flags) {
     j["bytes"] = report->bytes;
     j["bytes_fetched"] = report->bytes_fetched;
     j["seconds"] = report->seconds;
-    std::printf("%s\n", j.dump().c_str());
+    std::printf("%s\n", JsonText(j).c_str());
   } else {
     if (!flags.quiet) {
       double rate = report->seconds > 0 ? report->bytes_fetched / report->seconds : 0;
       std::fprintf(stderr, "%zu files, %s at commit %s (%s fetched in %.1fs, %s/s)\n",
-                   report->files, FormatBytes(report->bytes).c_str(), report->commit.c_str(),
+                   report->files, FormatBytes(report->bytes).c_str(), Shown(report->commit).c_str(),
                    FormatBytes(report->bytes_fetched).c_str(), report->seconds,
                    FormatBytes(rate).c_str());
     }
-    std::printf("%s\n", report->path.c_str());
+    std::printf("%s\n", Shown(report->path).c_str());
   }
   return 0;
 }

@@ -181,7 +181,7 @@ int RunStream(const StreamArgs& a, const GlobalFlags& flags) {
                    {"device", a.device.empty() ? "cpu" : a.device},
                    {"device_bytes", device_bytes}};
   if (a.digests) j["tensor_sha256"] = digests;
-  std::printf("%s\n", j.dump().c_str());
+  std::printf("%s\n", JsonText(j).c_str());
   return 0;
 }
 

@@ -67,4 +67,38 @@ std::string Printable(std::string_view text, size_t max_bytes) {
   return out;
 }
 
+std::string EscapeControl(std::string_view text) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  auto escape = [](std::string& out, unsigned char b) {
+    out += "\\x";
+    out.push_back(kHex[b >> 4]);
+    out.push_back(kHex[b & 0xf]);
+  };
+  std::string out;
+  out.reserve(text.size());
+  size_t i = 0;
+  while (i < text.size()) {
+    unsigned char c = static_cast<unsigned char>(text[i]);
+    size_t len = c < 0x80             ? 1
+                 : (c & 0xE0) == 0xC0 ? 2
+                 : (c & 0xF0) == 0xE0 ? 3
+                 : (c & 0xF8) == 0xF0 ? 4
+                                      : 0;
+    if (len == 0 || i + len > text.size() || !IsValidUtf8(text.substr(i, len))) {
+      escape(out, c);
+      ++i;
+      continue;
+    }
+    // U+0080..U+009F encode as C2 80..C2 9F; some terminals act on them as C1 controls.
+    bool c1 = len == 2 && c == 0xC2 && static_cast<unsigned char>(text[i + 1]) < 0xA0;
+    if ((len == 1 && (c < 0x20 || c == 0x7f)) || c1) {
+      for (size_t k = 0; k < len; ++k) escape(out, static_cast<unsigned char>(text[i + k]));
+    } else {
+      out.append(text.substr(i, len));
+    }
+    i += len;
+  }
+  return out;
+}
+
 }  // namespace mx

@@ -17,4 +17,10 @@ bool IsValidUtf8(std::string_view s);
 // `max_bytes` (then "..." is appended). What comes out can be echoed anywhere.
 std::string Printable(std::string_view text, size_t max_bytes = 128);
 
+// A terminal-safe copy of untrusted text, for values printed whole (paths, names, error
+// messages): nothing is cut, but C0 controls, DEL, C1 controls (U+0080..U+009F) and invalid
+// UTF-8 bytes are written as "\xNN" (byte values), so an ESC sequence from a server or a
+// file name shows up as text and cannot drive the terminal.
+std::string EscapeControl(std::string_view text);
+
 }  // namespace mx
