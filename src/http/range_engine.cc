@@ -13,6 +13,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "common/env.h"
 #include "common/log.h"
 #include "http/curl_util.h"
 
@@ -33,6 +34,21 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Below this per-transfer rate (for the whole stall window) a transfer counts as stalled.
+constexpr long kMinProgressBytesPerSecond = 1024;
+// An attempt that moved at least this much (or its whole range) made real progress and
+// resets the retry count; a byte or two from a dripping peer does not.
+constexpr uint64_t kRealProgressBytes = 1 << 20;
+
+uint64_t FloorRateFromEnv() {
+  static const uint64_t rate = [] {
+    auto v = GetEnv("MX_MIN_RATE_BYTES_PER_SECOND");
+    long long r = v ? std::atoll(v->c_str()) : 0;
+    return r > 0 ? static_cast<uint64_t>(r) : uint64_t{4096};
+  }();
+  return rate;
+}
+
 struct JobState {
   FetchJob job;
   size_t outstanding = 0;  // ranges pending or in flight; the state is freed at 0
@@ -48,8 +64,9 @@ struct Work {
   size_t index = 0;
   uint64_t cursor = 0;  // next byte to write
   uint64_t end = 0;
-  int failures = 0;  // consecutive attempts that made no progress
+  int failures = 0;  // consecutive attempts that made no real progress
   Clock::time_point not_before{};
+  Clock::time_point deadline{};  // set on the first attempt; the range fails past it
 };
 
 struct Transfer {
@@ -105,6 +122,12 @@ struct RangeEngine::Impl {
   }
   void Admit(FetchJob job);
   Status Loop();
+  uint64_t FloorRate() const {
+    return options.min_rate_bytes_per_second ? options.min_rate_bytes_per_second
+                                             : FloorRateFromEnv();
+  }
+  // Fails the job: range `w` did not finish by its deadline. `url` is where it came from.
+  void FailDeadline(const Work& w, const std::string& url);
 
   static size_t OnHeader(char* data, size_t size, size_t n, void* user);
   static size_t OnBody(char* data, size_t size, size_t n, void* user);
@@ -213,6 +236,19 @@ void RangeEngine::Impl::Start(Work work) {
     easy = curl_easy_init();
   }
   internal::ApplyCommonOptions(easy);
+  // Limits enforced by libcurl itself, so the fast path pays nothing per chunk.
+  auto now = Clock::now();
+  if (work.deadline == Clock::time_point{}) {
+    double secs = options.deadline_base_seconds +
+                  static_cast<double>(work.end - work.cursor) / static_cast<double>(FloorRate());
+    work.deadline =
+        now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(secs));
+  }
+  auto left_ms = std::chrono::duration_cast<std::chrono::milliseconds>(work.deadline - now);
+  curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS,
+                   static_cast<long>(std::max<int64_t>(1, left_ms.count())));
+  curl_easy_setopt(easy, CURLOPT_LOW_SPEED_LIMIT,
+                   static_cast<long>(std::min<uint64_t>(kMinProgressBytesPerSecond, FloorRate())));
   auto* t = new Transfer();
   t->engine = this;
   t->work = work;
@@ -256,20 +292,38 @@ void RangeEngine::Impl::Start(Work work) {
   ++active;
 }
 
+void RangeEngine::Impl::FailDeadline(const Work& w, const std::string& url) {
+  const ByteRange& r = w.job->job.ranges[w.index];
+  FinishJob(w.job,
+            Status::Unavailable(
+                w.job->job.display_name + ": " + OriginOf(url) + " sent " +
+                std::to_string(w.cursor - r.begin) + " of " + std::to_string(r.end - r.begin) +
+                " bytes of a range too slowly: below " + std::to_string(FloorRate()) +
+                " bytes/s plus slack (MX_MIN_RATE_BYTES_PER_SECOND), giving up"));
+}
+
 bool RangeEngine::Impl::Retry(Transfer* t, const std::string& why) {
   Work w = t->work;
-  w.failures = t->progress_this_attempt > 0 ? 0 : w.failures + 1;
+  const ByteRange& r = w.job->job.ranges[w.index];
+  bool real_progress = t->progress_this_attempt >= std::min(kRealProgressBytes, r.end - r.begin);
+  w.failures = real_progress ? 0 : w.failures + 1;
+  const std::string url = t->used_data_url ? w.job->data_url : w.job->job.url;
   if (t->used_data_url &&
       (t->status == 401 || t->status == 403 || t->status == 404 || t->status == 410)) {
     // A signed CDN URL expired or was refused: go back through the hub for a fresh one.
     w.job->data_url.clear();
   }
   if (w.failures >= options.retry.max_attempts) {
-    FinishJob(w.job, Status::Unavailable(w.job->job.display_name + ": " + why + " (gave up after " +
-                                         std::to_string(w.failures) + " attempts)"));
+    FinishJob(w.job,
+              Status::Unavailable(w.job->job.display_name + ": " + why + " (from " + OriginOf(url) +
+                                  "; gave up after " + std::to_string(w.failures) + " attempts)"));
     return false;
   }
   double wait = BackoffSeconds(std::max(1, w.failures), options.retry, t->retry_after);
+  if (Clock::now() + std::chrono::duration<double>(wait) >= w.deadline) {
+    FailDeadline(w, url);
+    return false;
+  }
   spdlog::debug("{}: range {}-{} failed ({}), retrying in {:.2f}s", w.job->job.display_name,
                 w.cursor, w.end, why, wait);
   w.not_before = Clock::now() +
@@ -303,6 +357,10 @@ bool RangeEngine::Impl::Complete(Transfer* t, CURLcode rc) {
       why = "connection closed after " + std::to_string(t->work.cursor) + " of " +
             std::to_string(t->work.end) + " bytes (short body)";
     }
+  }
+  if (Clock::now() >= t->work.deadline) {
+    FailDeadline(t->work, t->used_data_url ? js->data_url : js->job.url);
+    return false;
   }
   long s = t->status;
   // Final 3xx (a redirect we could not follow) and 4xx other than 408/429 will not get

@@ -9,6 +9,12 @@
 // connection, 408/429/5xx) fails only that range, which is retried alone from the last
 // byte written, after an exponential backoff with jitter (or the server's Retry-After).
 // Content is not verified here: callers hash whole files (see hub/downloader).
+//
+// A peer cannot keep a range alive forever by dripping bytes: a transfer slower than
+// min(1 KiB/s, the floor rate) for the stall window (MX_STALL_TIMEOUT_SECONDS) counts as
+// stalled, an attempt resets the retry count only if it moved min(1 MiB, the range) bytes,
+// and each range must finish within deadline_base_seconds + length / floor rate of its
+// first attempt (retries and backoff included); past that the job fails naming the host.
 #pragma once
 
 #include <atomic>
@@ -62,6 +68,10 @@ struct EngineOptions {
   // When set and it turns true, Run fails every unfinished job with Cancelled within about
   // a second (transfers in flight, stalled ones included, are aborted) and returns.
   const std::atomic<bool>* cancel = nullptr;
+  // Floor transfer rate per range, in bytes/s; 0 means MX_MIN_RATE_BYTES_PER_SECOND, else
+  // 4096 (16 connections at the floor still fit a 64 KiB/s link).
+  uint64_t min_rate_bytes_per_second = 0;
+  double deadline_base_seconds = 60.0;  // slack for connecting, slow starts and retries
 };
 
 class RangeEngine {

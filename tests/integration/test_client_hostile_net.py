@@ -1,5 +1,5 @@
 """A hostile hub or object store must not steal credentials, reach other services, exhaust
-memory or keep mx busy forever (issue 14, items 2, 4, 5, 8, 9, 15).
+memory or keep mx busy forever (issue 14, items 2, 4, 5, 7, 8, 9, 15).
 
 Each test runs `mx download` or `mx stream` against a small malicious loopback server of
 its own and asserts the safe outcome: exit status 1 with a clear message, nothing (and no
@@ -307,6 +307,76 @@ class DotSegmentKeyTest(HostileBase):
             r = self.stream_s3(srv, uri="s3://b/m/../etc")
             self.assert_clean_failure(r, "segment", code=2)  # a usage error
             self.assertEqual(srv.seen, [])
+
+
+def dripping_hub(interval: float, size: int = 4096, piece: int = 1):
+    """A hub whose one file answers every range correctly but sends `piece` bytes per
+    `interval` seconds (the first at once)."""
+
+    class Hub(Handler):
+        def do_GET(self):
+            self.record()
+            if self.path.startswith("/api/models/org/m/revision/"):
+                return self.send_json({"id": "org/m", "sha": COMMIT})
+            if self.path.startswith(f"/api/models/org/m/tree/{COMMIT}"):
+                return self.send_json([{"type": "file", "oid": "ab" * 20, "size": size,
+                                        "path": "w.bin"}])
+            if "/resolve/" not in self.path:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            spec = self.headers.get("Range", "bytes=0-").split("=", 1)[1]
+            begin = int(spec.split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {begin}-{size - 1}/{size}")
+            self.send_header("Content-Length", str(size - begin))
+            self.end_headers()
+            try:
+                for _ in range(0, size - begin, piece):
+                    self.wfile.write(b"x" * min(piece, size - begin))
+                    self.wfile.flush()
+                    time.sleep(interval)
+            except OSError:
+                pass  # mx hung up: what a drip should get
+            self.close_connection = True
+
+    return Hub
+
+
+class SlowDripTest(HostileBase):
+    """Item 7: a peer that drips bytes cannot keep a download alive: a transfer under the
+    minimum rate counts as stalled, trivial progress does not reset the retry count, and
+    each range has a deadline from its size and a floor rate."""
+
+    def check(self, interval: float, env=None, *needles, **hub_kw):
+        with Recorder("127.0.0.1", dripping_hub(interval, **hub_kw)) as srv:
+            start = time.monotonic()
+            r = run_mx(["download", "org/m", "--cache-dir", self.tmp / "cache", "--quiet"],
+                       {"HF_ENDPOINT": srv.origin, "HF_TOKEN": TOKEN,
+                        "MX_STALL_TIMEOUT_SECONDS": 2, **(env or {})}, timeout=150)
+            elapsed = time.monotonic() - start
+            self.assert_clean_failure(r, srv.origin.split("//")[1], *needles)
+            self.assertLess(elapsed, 75, r.stderr)
+
+    def test_two_bytes_per_second(self):
+        # Never stalls by the old "no byte for 30 s" rule: ran for 35 minutes.
+        self.check(0.5)
+
+    def test_one_byte_every_twenty_seconds(self):
+        # Each attempt got one byte and reset the retry count: about 19 hours.
+        self.check(20)
+
+    def test_trivial_progress_does_not_reset_retries(self):
+        # A floor of 1 byte/s leaves only the retry count to stop the drip (the deadline
+        # is then over an hour away).
+        self.check(20, {"MX_MIN_RATE_BYTES_PER_SECOND": 1})
+
+    def test_deadline_from_floor_rate(self):
+        # 2 KiB/s passes the stall check (1 KiB/s at most) and would take 128 s for
+        # 256 KiB, but the floor of 1 MiB/s gives the range 60.25 s.
+        self.check(0.125, {"MX_MIN_RATE_BYTES_PER_SECOND": 1 << 20},
+                   "MX_MIN_RATE_BYTES_PER_SECOND", size=256 << 10, piece=256)
 
 
 if __name__ == "__main__":
