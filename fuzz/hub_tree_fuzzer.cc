@@ -1,4 +1,4 @@
-// libFuzzer target: the hub tree-listing parser and the path validator it relies on.
+// libFuzzer target: the hub tree-listing and revision-answer parsers and the path validator.
 // Invariant checked: whatever the input, every accepted entry has a safe relative path,
 // a 40-hex git oid and (for LFS) a 64-hex sha256 whose size equals the entry's size.
 #include <cstddef>
@@ -20,6 +20,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (e.is_lfs() && !mx::IsLowerHex(*e.lfs_sha256, 64)) std::abort();
     }
   }
+  // The same bytes as a revision API answer: an accepted one names a 40-hex commit.
+  auto revision = mx::hub::ParseRevisionAnswer(input, "fuzz");
+  if (revision.ok() && !mx::IsLowerHex(revision->commit, 40)) std::abort();
   (void)mx::IsSafeRelativePath(input);
   return 0;
 }

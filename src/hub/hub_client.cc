@@ -130,23 +130,31 @@ Result<std::string> HubClient::ResolveRevision(const std::string& repo_id,
   req.headers = AuthHeaders();
   MX_ASSIGN_OR_RETURN(http::Response r, http::FetchMetadata(req));
   MX_RETURN_IF_ERROR(CheckResponse(r, what, config_.token.has_value()));
-  json doc = json::parse(r.body, nullptr, /*allow_exceptions=*/false);
+  MX_ASSIGN_OR_RETURN(RevisionAnswer answer, ParseRevisionAnswer(r.body, what));
+  if (restricted) *restricted = answer.restricted;
+  return answer.commit;
+}
+
+Result<RevisionAnswer> ParseRevisionAnswer(std::string_view body, const std::string& what) {
+  json doc = json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (!doc.is_object() || !doc.contains("sha") || !doc["sha"].is_string()) {
     return Status::DataLoss(what + ": revision API answered without a commit sha");
   }
-  std::string sha = doc["sha"].get<std::string>();
-  if (!IsLowerHex(sha, 40)) return Status::DataLoss(what + ": malformed commit sha '" + sha + "'");
-  if (restricted) {
-    // "gated" is false, "auto" or "manual"; anything but an explicit false/absent counts.
-    auto flag = [&](const char* key) {
-      auto it = doc.find(key);
-      if (it == doc.end() || it->is_null()) return false;
-      if (it->is_boolean()) return it->get<bool>();
-      return !(it->is_string() && it->get<std::string>().empty());
-    };
-    *restricted = flag("private") || flag("gated");
+  RevisionAnswer answer;
+  answer.commit = doc["sha"].get<std::string>();
+  if (!IsLowerHex(answer.commit, 40)) {
+    return Status::DataLoss(what + ": malformed commit sha '" +
+                            EscapeControl(answer.commit.substr(0, 64)) + "'");
   }
-  return sha;
+  // "gated" is false, "auto" or "manual"; anything but an explicit false/absent counts.
+  auto flag = [&](const char* key) {
+    auto it = doc.find(key);
+    if (it == doc.end() || it->is_null()) return false;
+    if (it->is_boolean()) return it->get<bool>();
+    return !(it->is_string() && it->get<std::string>().empty());
+  };
+  answer.restricted = flag("private") || flag("gated");
+  return answer;
 }
 
 static std::optional<std::string> NextLink(const std::string& link_header) {

@@ -73,6 +73,14 @@ class HubClient {
   RepoType type_;
 };
 
+// The revision API's answer: the commit, and whether the hub marks the repo private or
+// gated. DataLoss for a body without a 40-hex "sha". Exposed for tests/fuzzing.
+struct RevisionAnswer {
+  std::string commit;
+  bool restricted = false;
+};
+Result<RevisionAnswer> ParseRevisionAnswer(std::string_view body, const std::string& what);
+
 // Parses one page of the tree API into entries, validating each. Exposed for tests/fuzzing.
 Status ParseTreePage(std::string_view json, std::vector<TreeEntry>* out);
 

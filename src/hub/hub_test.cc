@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "common/fs.h"
 #include "hub/cache.h"
@@ -358,6 +359,26 @@ TEST(HubErrorTest, NamesTheCauseAndTheFix) {
   EXPECT_NE(gated.message().find("HF_TOKEN"), std::string::npos);
   EXPECT_EQ(HubErrorStatus(404, "RevisionNotFound", "x", false).code(), StatusCode::kNotFound);
   EXPECT_EQ(HubErrorStatus(503, "", "x", false).code(), StatusCode::kUnavailable);
+}
+
+TEST(RevisionAnswerTest, CommitAndVisibility) {
+  const std::string sha(40, 'a');
+  auto open = ParseRevisionAnswer(R"({"sha":")" + sha + R"(","private":false,"gated":false})", "r");
+  ASSERT_TRUE(open.ok());
+  EXPECT_EQ(open->commit, sha);
+  EXPECT_FALSE(open->restricted);
+  for (const char* flags : {R"("gated":"manual")", R"("gated":"auto")", R"("private":true)"}) {
+    auto gated = ParseRevisionAnswer(R"({"sha":")" + sha + R"(",)" + flags + "}", "r");
+    ASSERT_TRUE(gated.ok()) << flags;
+    EXPECT_TRUE(gated->restricted) << flags;
+  }
+  const std::vector<std::string> bad = {"{}", "[]", "not json", R"({"sha":"../../x"})",
+                                        R"({"sha":")" + std::string(1 << 20, 'z') + R"(\u001b"})"};
+  for (const std::string& body : bad) {
+    auto r = ParseRevisionAnswer(body, "r");
+    EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
+    EXPECT_LT(r.status().message().size(), 256u);  // a hostile sha is not echoed whole
+  }
 }
 
 TEST(ValidateRevisionTest, GitRefRulesOrACommit) {
