@@ -319,6 +319,16 @@ TEST(ReadFileTest, RefusesMoreThanItsCap) {
   EXPECT_TRUE(ReadFile("/dev/null", 16).ok());
 }
 
+TEST(TextTest, EscapeAndPrintable) {
+  EXPECT_EQ(EscapeControl("ok caf\xc3\xa9"), "ok caf\xc3\xa9");
+  EXPECT_EQ(EscapeControl("\x1b]0;x\x07\xff\xc2\x9b"), "\\x1b]0;x\\x07\\xff\\xc2\\x9b");
+  EXPECT_EQ(Printable("a\x1b\xc2\x9b"
+                      "b",
+                      10),
+            "a??b");
+  EXPECT_EQ(Printable("abcdef", 3), "abc...");
+}
+
 TEST(TextTest, Utf8) {
   EXPECT_TRUE(IsValidUtf8("caf\xc3\xa9 \xf0\x9f\x98\x80"));
   EXPECT_FALSE(IsValidUtf8("\xff"));

@@ -41,63 +41,70 @@ bool IsValidUtf8(std::string_view s) {
   return true;
 }
 
-std::string Printable(std::string_view text, size_t max_bytes) {
-  std::string out;
+namespace {
+
+size_t SequenceLength(unsigned char c) {
+  return c < 0x80             ? 1
+         : (c & 0xE0) == 0xC0 ? 2
+         : (c & 0xF0) == 0xE0 ? 3
+         : (c & 0xF8) == 0xF0 ? 4
+                              : 0;
+}
+
+// Calls emit(piece, clean) for each UTF-8 sequence of `text`, or for each single byte that
+// is not part of one; clean is false for such bytes and for control characters (C0, DEL,
+// and C1, U+0080..U+009F, which some terminals act on). Stops when emit returns false;
+// returns the bytes consumed.
+template <typename Emit>
+size_t WalkUtf8(std::string_view text, Emit&& emit) {
   size_t i = 0;
-  while (i < text.size() && out.size() < max_bytes) {
+  while (i < text.size()) {
     unsigned char c = static_cast<unsigned char>(text[i]);
-    size_t len = c < 0x80             ? 1
-                 : (c & 0xE0) == 0xC0 ? 2
-                 : (c & 0xF0) == 0xE0 ? 3
-                 : (c & 0xF8) == 0xF0 ? 4
-                                      : 0;
-    if (len == 0 || i + len > text.size() || !IsValidUtf8(text.substr(i, len))) {
-      out.push_back('?');
-      ++i;
-      continue;
-    }
-    if (len == 1 && (c < 0x20 || c == 0x7f)) {
-      out.push_back('?');
-    } else {
-      out.append(text.substr(i, len));
-    }
+    size_t len = SequenceLength(c);
+    bool valid = len != 0 && i + len <= text.size() && IsValidUtf8(text.substr(i, len));
+    if (!valid) len = 1;
+    bool control = (len == 1 && (c < 0x20 || c == 0x7f)) ||
+                   (len == 2 && c == 0xC2 && static_cast<unsigned char>(text[i + 1]) < 0xA0);
+    if (!emit(text.substr(i, len), valid && !control)) break;
     i += len;
   }
-  if (i < text.size()) out += "...";
+  return i;
+}
+
+}  // namespace
+
+std::string Printable(std::string_view text, size_t max_bytes) {
+  std::string out;
+  size_t used = WalkUtf8(text, [&](std::string_view piece, bool clean) {
+    if (out.size() >= max_bytes) return false;
+    if (clean) {
+      out.append(piece);
+    } else {
+      out.push_back('?');
+    }
+    return true;
+  });
+  if (used < text.size()) out += "...";
   return out;
 }
 
 std::string EscapeControl(std::string_view text) {
   static constexpr char kHex[] = "0123456789abcdef";
-  auto escape = [](std::string& out, unsigned char b) {
-    out += "\\x";
-    out.push_back(kHex[b >> 4]);
-    out.push_back(kHex[b & 0xf]);
-  };
   std::string out;
   out.reserve(text.size());
-  size_t i = 0;
-  while (i < text.size()) {
-    unsigned char c = static_cast<unsigned char>(text[i]);
-    size_t len = c < 0x80             ? 1
-                 : (c & 0xE0) == 0xC0 ? 2
-                 : (c & 0xF0) == 0xE0 ? 3
-                 : (c & 0xF8) == 0xF0 ? 4
-                                      : 0;
-    if (len == 0 || i + len > text.size() || !IsValidUtf8(text.substr(i, len))) {
-      escape(out, c);
-      ++i;
-      continue;
+  WalkUtf8(text, [&](std::string_view piece, bool clean) {
+    if (clean) {
+      out.append(piece);
+      return true;
     }
-    // U+0080..U+009F encode as C2 80..C2 9F; some terminals act on them as C1 controls.
-    bool c1 = len == 2 && c == 0xC2 && static_cast<unsigned char>(text[i + 1]) < 0xA0;
-    if ((len == 1 && (c < 0x20 || c == 0x7f)) || c1) {
-      for (size_t k = 0; k < len; ++k) escape(out, static_cast<unsigned char>(text[i + k]));
-    } else {
-      out.append(text.substr(i, len));
+    for (char ch : piece) {
+      unsigned char b = static_cast<unsigned char>(ch);
+      out += "\\x";
+      out.push_back(kHex[b >> 4]);
+      out.push_back(kHex[b & 0xf]);
     }
-    i += len;
-  }
+    return true;
+  });
   return out;
 }
 
