@@ -148,3 +148,13 @@ def run_main(main: Callable[[], int], tag: str) -> None:
     except RuntimeError as e:
         print(f"{tag}: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def targets_table(checks) -> list[str]:
+    """Report lines for (name, measured, ok) targets: a markdown table, then one line each."""
+    out = ["| target | measured | result |", "|---|---|---|"]
+    out += [f"| {name} | {val} | {'PASS' if ok else '**FAIL**'} |" for name, val, ok in checks]
+    out.append("")
+    out += [f"- {'PASS' if ok else 'FAIL'}: {name}: {val}" for name, val, ok in checks]
+    out.append("")
+    return out

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
 
-from bench_common import (remove_work, run_main, RESULTS, Terminated, _on_term, append_results,  # noqa: E402
+from bench_common import (remove_work, run_main, targets_table, RESULTS, Terminated, _on_term, append_results,  # noqa: E402
                           cpu_model, env_int, fmt, machine_busy_s, make_log, proc_stat, stop)
 from harness import MIB, HubStub, Nginx, base_env, free_port, make_repo  # noqa: E402
 from serve_bench import env_pairs, proc_status, wait_tcp  # noqa: E402
@@ -306,14 +306,7 @@ def report(info: dict, runs: list[dict], lat: dict, hwm_kib: int) -> tuple[str, 
     checks.append((f"small-GET max latency under 4 big downloads < {TARGET_LATENCY_MS:.0f} ms",
                    f"max {lat['max']:.1f} ms, median {lat['median']:.1f} ms ({lat['ok']}/"
                    f"{lat['n']} ok, {lat['during']}/{lat['n']} under load)", lat_ok))
-    out.append("| target | measured | result |")
-    out.append("|---|---|---|")
-    for name, val, ok in checks:
-        out.append(f"| {name} | {val} | {'PASS' if ok else '**FAIL**'} |")
-    out.append("")
-    for name, val, ok in checks:
-        out.append(f"- {'PASS' if ok else 'FAIL'}: {name}: {val}")
-    out.append("")
+    out.extend(targets_table(checks))
     return "\n".join(out) + "\n", all(ok for _, _, ok in checks)
 
 

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
 
-from bench_common import (remove_work, run_main, RESULTS, Terminated, _on_term, append_results,  # noqa: E402
+from bench_common import (remove_work, run_main, targets_table, RESULTS, Terminated, _on_term, append_results,  # noqa: E402
                           cpu_model, env_int, fmt, machine_busy_s, make_log, proc_stat, stop)
 from harness import MIB, HubStub, base_env, free_port, make_repo, run  # noqa: E402
 
@@ -335,14 +335,7 @@ def report(info: dict, ip: dict, runs: list[dict], hwm_kib: int, model_bytes: in
                    bool(a and b and a["mbps"] >= b["mbps"])))
     checks.append(("server peak RSS <= 256 MiB", f"{hwm_kib / 1024:.1f} MiB",
                    0 < hwm_kib <= 256 * 1024))
-    out.append("| target | measured | result |")
-    out.append("|---|---|---|")
-    for name, val, ok in checks:
-        out.append(f"| {name} | {val} | {'PASS' if ok else '**FAIL**'} |")
-    out.append("")
-    for name, val, ok in checks:
-        out.append(f"- {'PASS' if ok else 'FAIL'}: {name}: {val}")
-    out.append("")
+    out.extend(targets_table(checks))
     return "\n".join(out) + "\n", all(ok for _, _, ok in checks)
 
 

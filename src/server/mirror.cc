@@ -114,12 +114,7 @@ Result<MirrorRoute> ParseMirrorRoute(std::string_view raw) {
 
 HttpResponse Mirror::Error(const Status& st) const {
   // Local cache paths are nobody's business on the network.
-  std::string m = st.message();
-  const std::string& root = manager_->config().hub.cache_dir;
-  for (size_t at; !root.empty() && (at = m.find(root)) != std::string::npos;) {
-    m.replace(at, root.size(), "<cache>");
-  }
-  m = Printable(m, 512);
+  std::string m = SafeMessage(st.message(), manager_->config().hub.cache_dir);
   switch (st.code()) {
     case StatusCode::kInvalidArgument:
       return HubError(400, "BadRequest", m);

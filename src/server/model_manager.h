@@ -39,6 +39,12 @@ struct LocalSnapshot {
   std::vector<LocalFile> files;  // sorted by relative path
 };
 
+// Errors that leave the server (gRPC statuses, mirror answers) are bounded to this.
+inline constexpr size_t kMaxErrorBytes = 512;
+// An error message fit for the network: the cache directory (as given and resolved)
+// replaced by "<cache>", control characters replaced, at most kMaxErrorBytes.
+std::string SafeMessage(std::string message, const std::string& cache_dir);
+
 // True for the files ignore_weights leaves out (*.safetensors, *.bin, *.pt, ...).
 bool IsWeightFile(const std::string& path);
 

@@ -64,32 +64,6 @@ grpc::Status ToGrpc(const Status& st) {
   return grpc::Status(code, st.message());
 }
 
-namespace {
-
-void ReplaceAll(std::string* text, const std::string& from, const std::string& to) {
-  if (from.empty()) return;
-  for (size_t p = text->find(from); p != std::string::npos; p = text->find(from, p + to.size())) {
-    text->replace(p, from.size(), to);
-  }
-}
-
-// Bounded, printable, and without the server's local layout.
-std::string SafeMessage(std::string msg, const std::string& cache_dir) {
-  std::string dir = cache_dir;
-  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-  std::error_code ec;
-  std::string real = std::filesystem::weakly_canonical(dir, ec).string();
-  if (!ec && real.size() > 1) ReplaceAll(&msg, real, "<cache>");
-  if (dir.size() > 1) ReplaceAll(&msg, dir, "<cache>");
-  if (msg.size() > kMaxErrorBytes) msg = msg.substr(0, kMaxErrorBytes) + "...";
-  for (char& c : msg) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
-  }
-  return msg;
-}
-
-}  // namespace
-
 std::string ClientText(std::string_view text) { return Printable(text, kMaxEchoBytes); }
 
 grpc::Status ToGrpc(const Status& st, const std::string& cache_dir) {

@@ -42,7 +42,6 @@
 
 namespace mx::server {
 
-inline constexpr size_t kMaxErrorBytes = 512;
 inline constexpr size_t kMaxEchoBytes = 128;
 inline constexpr uint64_t kMinChunkBytes = 64 << 10;
 inline constexpr size_t kMaxIdBytes = 256;

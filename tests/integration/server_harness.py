@@ -198,9 +198,9 @@ class HubAndServersCase(unittest.TestCase):
         for s in self.servers:
             s.stop()
 
-    def server(self, env=None, args=None, start=True) -> MxServer:
+    def server(self, env=None, args=None, start=True, cache=None) -> MxServer:
         e = self.server_env()
         e.update(env or {})
-        s = MxServer(self.tmp, self.cache, env=e, args=args)
+        s = MxServer(self.tmp, cache or self.cache, env=e, args=args)
         self.servers.append(s)
         return s.start() if start else s

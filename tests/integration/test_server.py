@@ -8,9 +8,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 import unittest
@@ -20,8 +18,8 @@ from pathlib import Path
 import grpc
 
 import hf_reader
-from harness import MIB, HubStub, Nginx, make_repo, mx_binary, run
-from server_harness import MxServer, RedisServer, stubs
+from harness import MIB, Nginx, make_repo, mx_binary, run
+from server_harness import HubAndServersCase, RedisServer, stubs
 
 S = stubs()
 model_pb2, model_grpc = S["model_pb2"], S["model_pb2_grpc"]
@@ -71,38 +69,28 @@ def assemble(chunks):
     return files
 
 
-class ServerTestBase(unittest.TestCase):
+class ServerTestBase(HubAndServersCase):
+    PREFIX = "mx-srv-"
+
+    @classmethod
+    def make_repos(cls, tmp):
+        cls.content = make_repo(tmp / "content", FILES, seed=21)
+        return {"org/m": {"revisions": {"main": cls.content}},
+                "org/other": {"revisions": {"main": cls.content}}}
+
     @classmethod
     def setUpClass(cls):
-        cls.tmp = Path(tempfile.mkdtemp(prefix="mx-srv-"))
-        cls.content = make_repo(cls.tmp / "content", FILES, seed=21)
-        cls.hub = HubStub(cls.tmp, {"org/m": {"revisions": {"main": cls.content}},
-                                    "org/other": {"revisions": {"main": cls.content}}}).start()
+        super().setUpClass()
         cls.commit = cls.hub.commit("org/m")
 
-    @classmethod
-    def tearDownClass(cls):
-        cls.hub.stop()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-
     def setUp(self):
-        self.hub.reset()
-        self.cache = Path(tempfile.mkdtemp(prefix="cache-", dir=self.tmp))
-        self.servers = []
+        super().setUp()
         self.redis = None
 
     def tearDown(self):
-        for s in self.servers:
-            s.stop()
+        super().tearDown()
         if self.redis:
             self.redis.stop()
-
-    def server(self, env=None, args=None, cache=None, start=True):
-        e = {"HF_ENDPOINT": self.hub.endpoint}
-        e.update(env or {})
-        s = MxServer(self.tmp, cache or self.cache, env=e, args=args)
-        self.servers.append(s)
-        return s.start() if start else s
 
     def origin_bytes(self):
         return self.hub.stats()["bytes_total"]
