@@ -46,3 +46,14 @@ if [ "$need_npm" -eq 1 ]; then
   echo "install-deps: npm install -g ${NPM_PACKAGES[*]}"
   npm install -g --no-audit --no-fund --loglevel=error "${NPM_PACKAGES[@]}" >/dev/null
 fi
+
+# Test-only oracles: the official AWS, Google and Azure SDKs' credential chains, which the
+# credential tests run beside mx against the same stand-ins (tests/sdk_oracle, not shipped).
+ORACLE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/sdk_oracle"
+ORACLE_WANT="$(sha256sum "$ORACLE_DIR/package.json" | cut -d' ' -f1)"
+if [ "$(cat "$ORACLE_DIR/node_modules/.mx-installed" 2>/dev/null)" != "$ORACLE_WANT" ]; then
+  command -v npm >/dev/null 2>&1 || { echo "install-deps: npm is missing; install Node.js 20+" >&2; exit 1; }
+  echo "install-deps: npm install (tests/sdk_oracle: the cloud SDKs' credential chains)"
+  (cd "$ORACLE_DIR" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$ORACLE_WANT" > "$ORACLE_DIR/node_modules/.mx-installed"
+fi

@@ -10,6 +10,7 @@
 #include "common/env.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "common/text.h"
 #include "storage/storage.h"
 #include "streamer/cuda_upload.h"
 #include "streamer/streamer.h"
@@ -23,6 +24,7 @@ struct StreamArgs {
   bool verify = false;
   bool direct = false;
   bool digests = false;
+  bool explain_credentials = false;
   std::string device;  // "cuda:N": tensors go on to GPU memory
 };
 
@@ -79,7 +81,25 @@ class Verifier {
   std::map<std::string, std::unique_ptr<storage::RangeReader>> readers_;
 };
 
+// --explain-credentials: for each URI, which identity its backend reads with and which link
+// of the cloud's credential chain supplied it. No secret is printed (the providers' Source()
+// contract); nothing is read.
+int ExplainCredentials(const StreamArgs& a) {
+  InitLogging("warn");
+  for (const auto& named : a.uris) {
+    Result<std::string> uri = streamer::ResolveModelUri(named);
+    if (!uri.ok()) return ReportError(uri.status());
+    auto store = storage::OpenStorage(*uri, storage::StorageOptions{});
+    if (!store.ok()) return ReportError(store.status());
+    Result<std::string> who = (*store)->DescribeCredentials();
+    if (!who.ok()) return ReportError(who.status().WithContext(named));
+    std::printf("%s: %s\n", EscapeControl(named).c_str(), EscapeControl(*who).c_str());
+  }
+  return 0;
+}
+
 int RunStream(const StreamArgs& a, const GlobalFlags& flags) {
+  if (a.explain_credentials) return ExplainCredentials(a);
   InitLogging(flags.json ? "warn" : "info");
   auto options = streamer::StreamOptions::FromEnvironment();
   if (!options.ok()) return ReportError(options.status());
@@ -211,6 +231,9 @@ void RegisterStream(CLI::App& app, GlobalFlags& flags, int& exit_code) {
   cmd->add_flag("--tensor-digests", args->digests,
                 "Add each tensor's sha256 to the JSON summary (with --device: of the bytes read "
                 "back from GPU memory)");
+  cmd->add_flag("--explain-credentials", args->explain_credentials,
+                "Say which identity (and which link of the cloud's credential chain) each URI "
+                "is read with, then exit; prints no secret");
   cmd->add_flag("--json", flags.json, "Only the JSON summary");
   cmd->callback([args, &flags, &exit_code] {
     if (args->uris.empty()) {

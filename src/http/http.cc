@@ -153,6 +153,13 @@ static Result<Response> FetchOnce(const Request& request) {
   curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, follow ? 1L : 0L);
   curl_easy_setopt(easy, CURLOPT_TIMEOUT, request.timeout_seconds);
   if (request.method == "HEAD") curl_easy_setopt(easy, CURLOPT_NOBODY, 1L);
+  if (request.method == "POST" || request.method == "PUT") {
+    // COPYPOSTFIELDS: curl keeps its own copy, so a retry re-sends the same bytes.
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
+                     static_cast<curl_off_t>(request.body.size()));
+    curl_easy_setopt(easy, CURLOPT_COPYPOSTFIELDS, request.body.c_str());
+    if (request.method == "PUT") curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, "PUT");
+  }
   BodySink sink{&response, request.max_body_bytes};
   curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, CollectBody);
   curl_easy_setopt(easy, CURLOPT_WRITEDATA, &sink);

@@ -30,8 +30,10 @@ bool IsRetryableStatus(long status);
 std::optional<double> ParseRetryAfter(std::string_view value);
 
 struct Request {
-  std::string method = "GET";  // GET or HEAD
+  std::string method = "GET";  // GET, HEAD, POST or PUT
   std::string url;
+  // Sent as the request body (POST/PUT: token endpoints' form or JSON bodies). Never logged.
+  std::string body;
   // "Name: value" lines. Authorization is only ever sent to the URL's own host: libcurl
   // drops custom Authorization headers when a redirect changes host; requests carrying
   // other credential headers (see CarriesStorageCredentials) do not follow redirects.

@@ -56,6 +56,7 @@ struct JobState {
   std::string data_url;  // where the bytes really are, learned from the first redirect
   size_t ranges_left = 0;
   bool finished = false;
+  bool auth_retried = false;  // on_auth_failure was asked once already
 };
 
 // One range in flight or waiting for a retry.
@@ -367,6 +368,12 @@ bool RangeEngine::Impl::Complete(Transfer* t, CURLcode rc) {
   // better by retrying, except on a cached CDN URL, which may simply have expired.
   bool permanent =
       !t->validated && ((s >= 300 && s < 400) || (s >= 400 && s < 500 && !IsRetryableStatus(s)));
+  if (permanent && !t->used_data_url && (s == 401 || s == 403) && js->job.on_auth_failure &&
+      !js->auth_retried) {
+    js->auth_retried = true;
+    if (js->job.on_auth_failure())
+      return Retry(t, "HTTP " + std::to_string(s) + ", credential renewed");
+  }
   if (permanent && !t->used_data_url) {
     std::string hint = (s == 401 || s == 403) && !js->job.auth_hint.empty()
                            ? " (" + js->job.auth_hint + ")"

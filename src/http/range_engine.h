@@ -54,6 +54,10 @@ struct FetchJob {
   std::string display_name;  // used in errors
   // Appended to 401/403 errors: what the user should check ("set HF_TOKEN or --token").
   std::string auth_hint;
+  // Engine thread, on a 401/403 from `url`'s origin, at most once per job: true when the
+  // credential behind headers_for_range was dropped and may be fresh next time (a
+  // short-lived cloud token that expired); the range is then retried with new headers.
+  std::function<bool()> on_auth_failure;
   // Engine thread, after bytes up to `cursor` (absolute offset) of ranges[index] are written.
   std::function<void(size_t index, uint64_t cursor)> on_progress;
   // Engine thread, exactly once: OK when every range is written, else the first fatal error.

@@ -21,9 +21,12 @@ Result<std::unique_ptr<Storage>> OpenAzureStorage(const StorageOptions& options)
 // Signs one ranged GET of an object: the request headers for bytes [begin, end).
 using RangeSigner = std::function<std::vector<std::string>(uint64_t begin, uint64_t end)>;
 
-// A RangeReader over HTTP ranges, through a shared background RangeEngine.
+// A RangeReader over HTTP ranges, through a shared background RangeEngine. When set,
+// `on_auth_failure` is asked once per read after a 401/403 (see FetchJob::on_auth_failure):
+// it drops an expired cached token and returns true to have the range signed again.
 std::unique_ptr<RangeReader> MakeRemoteReader(ObjectInfo info, std::string url, RangeSigner signer,
-                                              std::string auth_hint, http::RangeEngine* engine);
+                                              std::string auth_hint, http::RangeEngine* engine,
+                                              std::function<bool()> on_auth_failure = nullptr);
 
 // A background RangeEngine with `connections` connections.
 std::unique_ptr<http::RangeEngine> StartEngine(int connections);

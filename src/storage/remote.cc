@@ -10,12 +10,13 @@ namespace {
 class RemoteReader : public RangeReader {
  public:
   RemoteReader(ObjectInfo info, std::string url, RangeSigner signer, std::string auth_hint,
-               http::RangeEngine* engine)
+               http::RangeEngine* engine, std::function<bool()> on_auth_failure)
       : info_(std::move(info)),
         url_(std::move(url)),
         signer_(std::move(signer)),
         auth_hint_(std::move(auth_hint)),
-        engine_(engine) {}
+        engine_(engine),
+        on_auth_failure_(std::move(on_auth_failure)) {}
 
   const ObjectInfo& info() const override { return info_; }
 
@@ -32,6 +33,7 @@ class RemoteReader : public RangeReader {
     job.display_name = info_.uri;
     job.auth_hint = auth_hint_;
     job.headers_for_range = signer_;
+    job.on_auth_failure = on_auth_failure_;
     // A retried range resumes at its cursor; `at` is always the absolute offset.
     job.sink = [dst, offset](uint64_t at, const char* data, size_t n) {
       std::memcpy(dst + (at - offset), data, n);
@@ -48,14 +50,16 @@ class RemoteReader : public RangeReader {
   RangeSigner signer_;
   std::string auth_hint_;
   http::RangeEngine* engine_;
+  std::function<bool()> on_auth_failure_;
 };
 
 }  // namespace
 
 std::unique_ptr<RangeReader> MakeRemoteReader(ObjectInfo info, std::string url, RangeSigner signer,
-                                              std::string auth_hint, http::RangeEngine* engine) {
+                                              std::string auth_hint, http::RangeEngine* engine,
+                                              std::function<bool()> on_auth_failure) {
   return std::make_unique<RemoteReader>(std::move(info), std::move(url), std::move(signer),
-                                        std::move(auth_hint), engine);
+                                        std::move(auth_hint), engine, std::move(on_auth_failure));
 }
 
 std::unique_ptr<http::RangeEngine> StartEngine(int connections) {

@@ -2,6 +2,8 @@
 #include <algorithm>
 #include <ctime>
 
+#include "cloud/aws_credentials.h"
+#include "cloud/google_credentials.h"
 #include "common/env.h"
 #include "common/hash.h"
 #include "http/http.h"
@@ -18,6 +20,9 @@ struct S3Config {
   std::string region = "us-east-1";
   std::string access_key, secret_key, session_token;
   std::string bearer_token;  // GCS OAuth token instead of HMAC keys
+  // The cloud's default credential chain (src/cloud), for the scheme in use.
+  std::shared_ptr<cloud::AwsCredentialProvider> aws;        // s3
+  std::shared_ptr<cloud::GoogleCredentialProvider> google;  // gs
 };
 
 std::string FirstEnv(std::initializer_list<const char*> names) {
@@ -27,34 +32,46 @@ std::string FirstEnv(std::initializer_list<const char*> names) {
   return "";
 }
 
-S3Config ConfigFromEnvironment(const std::string& scheme) {
+void NormaliseEndpoint(S3Config* c) {
+  while (!c->endpoint.empty() && c->endpoint.back() == '/') c->endpoint.pop_back();
+  if (c->endpoint.find("://") == std::string::npos) c->endpoint = "http://" + c->endpoint;
+}
+
+S3Config GcsConfigFromEnvironment() {
   S3Config c;
-  c.scheme = scheme;
-  if (scheme == "gs") {
-    c.endpoint = FirstEnv({"GCS_ENDPOINT_URL", "STORAGE_EMULATOR_HOST"});
-    if (c.endpoint.empty()) c.endpoint = "https://storage.googleapis.com";
-    c.region = "auto";
-    c.access_key = FirstEnv({"GCS_HMAC_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"});
-    c.secret_key = FirstEnv({"GCS_HMAC_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"});
-    c.bearer_token =
-        FirstEnv({"GCS_OAUTH_TOKEN", "CLOUDSDK_AUTH_ACCESS_TOKEN", "GOOGLE_OAUTH_ACCESS_TOKEN"});
-    c.path_style = true;
-  } else {
-    c.region = FirstEnv({"AWS_REGION", "AWS_DEFAULT_REGION"});
-    if (c.region.empty()) c.region = "us-east-1";
-    c.endpoint = FirstEnv({"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"});
-    bool custom = !c.endpoint.empty();
-    if (!custom) c.endpoint = "https://s3." + c.region + ".amazonaws.com";
-    std::string style = FirstEnv({"MX_S3_ADDRESSING_STYLE"});
-    // Custom endpoints (MinIO, s3rver, Ceph) usually want path-style; AWS wants virtual-hosted.
-    c.path_style = style.empty() ? custom : style == "path";
-    c.access_key = FirstEnv({"AWS_ACCESS_KEY_ID"});
-    c.secret_key = FirstEnv({"AWS_SECRET_ACCESS_KEY"});
-    c.session_token = FirstEnv({"AWS_SESSION_TOKEN"});
-  }
-  while (!c.endpoint.empty() && c.endpoint.back() == '/') c.endpoint.pop_back();
-  if (c.endpoint.find("://") == std::string::npos) c.endpoint = "http://" + c.endpoint;
+  c.scheme = "gs";
+  c.endpoint = FirstEnv({"GCS_ENDPOINT_URL", "STORAGE_EMULATOR_HOST"});
+  if (c.endpoint.empty()) c.endpoint = "https://storage.googleapis.com";
+  c.region = "auto";
+  c.access_key = FirstEnv({"GCS_HMAC_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"});
+  c.secret_key = FirstEnv({"GCS_HMAC_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"});
+  c.bearer_token =
+      FirstEnv({"GCS_OAUTH_TOKEN", "CLOUDSDK_AUTH_ACCESS_TOKEN", "GOOGLE_OAUTH_ACCESS_TOKEN"});
+  c.path_style = true;
+  NormaliseEndpoint(&c);
   return c;
+}
+
+S3Config AwsConfigFromEnvironment() {
+  S3Config c;
+  c.scheme = "s3";
+  c.region = FirstEnv({"AWS_REGION", "AWS_DEFAULT_REGION"});
+  if (c.region.empty()) c.region = "us-east-1";
+  c.endpoint = FirstEnv({"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"});
+  bool custom = !c.endpoint.empty();
+  if (!custom) c.endpoint = "https://s3." + c.region + ".amazonaws.com";
+  std::string style = FirstEnv({"MX_S3_ADDRESSING_STYLE"});
+  // Custom endpoints (MinIO, s3rver, Ceph) usually want path-style; AWS wants virtual-hosted.
+  c.path_style = style.empty() ? custom : style == "path";
+  c.access_key = FirstEnv({"AWS_ACCESS_KEY_ID"});
+  c.secret_key = FirstEnv({"AWS_SECRET_ACCESS_KEY"});
+  c.session_token = FirstEnv({"AWS_SESSION_TOKEN"});
+  NormaliseEndpoint(&c);
+  return c;
+}
+
+S3Config ConfigFromEnvironment(const std::string& scheme) {
+  return scheme == "gs" ? GcsConfigFromEnvironment() : AwsConfigFromEnvironment();
 }
 
 std::string HostOf(const std::string& endpoint) {
@@ -94,10 +111,19 @@ class S3Storage : public Storage {
     MX_RETURN_IF_ERROR(SplitBucketKey(object.uri, c_.scheme.size() + 3, &bucket, &key));
     std::string path = ObjectPath(bucket, key);
     std::string url = BaseUrl(bucket) + path;
+    // Fail here, with the chain's own message, when no identity can be had; a later
+    // refresh failure (the token endpoint down) falls back to the still-valid token.
+    MX_RETURN_IF_ERROR(Sign(bucket, path, {}).status());
     RangeSigner signer = [this, bucket, path](uint64_t, uint64_t) {
-      return Sign(bucket, path, {});
+      Result<std::vector<std::string>> headers = Sign(bucket, path, {});
+      return headers.ok() ? *headers : std::vector<std::string>{};
     };
-    return MakeRemoteReader(object, url, signer, Hint(), engine_.get());
+    return MakeRemoteReader(object, url, signer, Hint(), engine_.get(),
+                            [this] { return RenewAfterAuthFailure(); });
+  }
+
+  Result<std::string> DescribeCredentials() override {
+    return c_.scheme == "gs" ? DescribeGcs() : DescribeAws();
   }
 
  private:
@@ -127,11 +153,34 @@ class S3Storage : public Storage {
     return c_.path_style ? "/" + bucket + path : path;
   }
 
-  std::vector<std::string> Sign(
+  // The headers of one signed request (path-style or virtual-hosted `path`, and the query
+  // it carries); an error when the credential chain cannot supply an identity.
+  Result<std::vector<std::string>> Sign(
       const std::string& bucket, const std::string& path,
       const std::vector<std::pair<std::string, std::string>>& query) const {
-    if (!c_.bearer_token.empty()) return {"Authorization: Bearer " + c_.bearer_token};
-    if (c_.access_key.empty() || c_.secret_key.empty()) return {};  // anonymous (public bucket)
+    return c_.scheme == "gs" ? SignGcs(bucket, path, query) : SignAws(bucket, path, query);
+  }
+
+  Result<std::vector<std::string>> SignGcs(
+      const std::string& bucket, const std::string& path,
+      const std::vector<std::pair<std::string, std::string>>& query) const {
+    if (!c_.bearer_token.empty())
+      return std::vector<std::string>{"Authorization: Bearer " + c_.bearer_token};
+    return SigV4Headers(bucket, path, query, c_.access_key, c_.secret_key, "");
+  }
+
+  Result<std::vector<std::string>> SignAws(
+      const std::string& bucket, const std::string& path,
+      const std::vector<std::pair<std::string, std::string>>& query) const {
+    return SigV4Headers(bucket, path, query, c_.access_key, c_.secret_key, c_.session_token);
+  }
+
+  // SigV4 headers for the given keys; none (anonymous: a public bucket) without keys.
+  std::vector<std::string> SigV4Headers(
+      const std::string& bucket, const std::string& path,
+      const std::vector<std::pair<std::string, std::string>>& query, const std::string& access_key,
+      const std::string& secret_key, const std::string& session_token) const {
+    if (access_key.empty() || secret_key.empty()) return {};
     SigV4Request r;
     r.canonical_uri = path;
     r.query = query;
@@ -139,13 +188,29 @@ class S3Storage : public Storage {
     std::string date = AmzDate(std::time(nullptr));
     r.headers = {
         {"host", host}, {"x-amz-content-sha256", "UNSIGNED-PAYLOAD"}, {"x-amz-date", date}};
-    if (!c_.session_token.empty()) r.headers["x-amz-security-token"] = c_.session_token;
+    if (!session_token.empty()) r.headers["x-amz-security-token"] = session_token;
     r.payload_hash = "UNSIGNED-PAYLOAD";
     std::vector<std::string> out = {
-        "Authorization: " + SigV4Authorization(r, c_.access_key, c_.secret_key, c_.region, "s3"),
+        "Authorization: " + SigV4Authorization(r, access_key, secret_key, c_.region, "s3"),
         "x-amz-content-sha256: UNSIGNED-PAYLOAD", "x-amz-date: " + date};
-    if (!c_.session_token.empty()) out.push_back("x-amz-security-token: " + c_.session_token);
+    if (!session_token.empty()) out.push_back("x-amz-security-token: " + session_token);
     return out;
+  }
+
+  // After a 401/403 on a read: true when a short-lived token was dropped and a fresh one may
+  // succeed (see FetchJob::on_auth_failure).
+  bool RenewAfterAuthFailure() const { return c_.scheme == "gs" ? RenewGcs() : RenewAws(); }
+  bool RenewGcs() const { return false; }
+  bool RenewAws() const { return false; }
+
+  Result<std::string> DescribeGcs() const {
+    if (!c_.bearer_token.empty()) return std::string("bearer token from the environment");
+    if (!c_.access_key.empty()) return std::string("HMAC keys (GCS_HMAC_ACCESS_KEY_ID)");
+    return std::string("anonymous");
+  }
+  Result<std::string> DescribeAws() const {
+    if (!c_.access_key.empty()) return std::string("environment (AWS_ACCESS_KEY_ID)");
+    return std::string("anonymous");
   }
 
   // (key, size) of every object whose key starts with `prefix`, following continuation.
@@ -165,7 +230,7 @@ class S3Storage : public Storage {
         query += (query.empty() ? "?" : "&") + http::UrlQuote(k) + "=" + http::UrlQuote(v);
       http::Request req;
       req.url = BaseUrl(bucket) + path + query;
-      req.headers = Sign(bucket, path, q);
+      MX_ASSIGN_OR_RETURN(req.headers, Sign(bucket, path, q));
       MX_ASSIGN_OR_RETURN(http::Response r, http::FetchMetadata(req));
       if (r.status != 200) return ListError(r, where);
       size_t pos = 0;

@@ -70,6 +70,10 @@ class Storage {
   // sorted by name. NotFound when there is nothing.
   virtual Result<std::vector<ObjectInfo>> List(const std::string& uri) = 0;
   virtual Result<std::unique_ptr<RangeReader>> Open(const ObjectInfo& object) = 0;
+  // Which identity this backend reads with and where it came from (the credential chain's
+  // link, in the cloud SDK's terms), with no secret in it: `mx stream --explain-credentials`.
+  // May fetch a credential to find out; an error says what the chain tried.
+  virtual Result<std::string> DescribeCredentials() { return std::string("none (local files)"); }
 };
 
 // The backend for a URI's scheme.

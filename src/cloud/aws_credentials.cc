@@ -1,0 +1,1 @@
+#include "cloud/aws_credentials.h"

@@ -1,0 +1,3 @@
+#include "cloud/aws_credentials.h"
+
+#include <gtest/gtest.h>

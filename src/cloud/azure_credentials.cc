@@ -1,0 +1,1 @@
+#include "cloud/azure_credentials.h"

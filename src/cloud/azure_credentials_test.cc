@@ -1,0 +1,3 @@
+#include "cloud/azure_credentials.h"
+
+#include <gtest/gtest.h>

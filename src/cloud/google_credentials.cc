@@ -1,0 +1,1 @@
+#include "cloud/google_credentials.h"

@@ -1,0 +1,3 @@
+#include "cloud/google_credentials.h"
+
+#include <gtest/gtest.h>
