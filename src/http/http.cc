@@ -41,6 +41,16 @@ void ApplyCommonOptions(CURL* easy) {
   curl_easy_setopt(easy, CURLOPT_MAXREDIRS, 10L);
   curl_easy_setopt(easy, CURLOPT_UNRESTRICTED_AUTH, 0L);
   curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, nullptr);  // byte ranges must be raw
+  // A private CA (an in-cluster mirror, an S3-compatible store, an emulator over TLS): the
+  // variables curl, OpenSSL and Python's requests read, in that order. libcurl's built-in
+  // bundle path would otherwise win over OpenSSL's SSL_CERT_FILE.
+  static const std::string ca_bundle = [] {
+    for (const char* name : {"CURL_CA_BUNDLE", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"}) {
+      if (auto v = GetEnv(name); v && !v->empty()) return *v;
+    }
+    return std::string();
+  }();
+  if (!ca_bundle.empty()) curl_easy_setopt(easy, CURLOPT_CAINFO, ca_bundle.c_str());
 }
 
 bool ParseHeaderLine(std::string_view line, std::string* name, std::string_view* value) {
