@@ -47,6 +47,11 @@ S3Config GcsConfigFromEnvironment() {
   c.secret_key = FirstEnv({"GCS_HMAC_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"});
   c.bearer_token =
       FirstEnv({"GCS_OAUTH_TOKEN", "CLOUDSDK_AUTH_ACCESS_TOKEN", "GOOGLE_OAUTH_ACCESS_TOKEN"});
+  // Explicit mx settings (a bearer token, HMAC keys) win; without them, Google's default
+  // chain (Application Default Credentials), resolved on first use.
+  bool hmac = !c.access_key.empty() && !c.secret_key.empty();
+  if (c.bearer_token.empty() && !hmac)
+    c.google = std::make_shared<cloud::GoogleCredentialProvider>();
   c.path_style = true;
   NormaliseEndpoint(&c);
   return c;
@@ -166,6 +171,14 @@ class S3Storage : public Storage {
       const std::vector<std::pair<std::string, std::string>>& query) const {
     if (!c_.bearer_token.empty())
       return std::vector<std::string>{"Authorization: Bearer " + c_.bearer_token};
+    if (c_.google) {
+      MX_ASSIGN_OR_RETURN(bool found, c_.google->Found());
+      if (found) {
+        MX_ASSIGN_OR_RETURN(std::string token, c_.google->Get());
+        return std::vector<std::string>{"Authorization: Bearer " + token};
+      }
+      return std::vector<std::string>{};  // nothing found: anonymous (a public bucket)
+    }
     return SigV4Headers(bucket, path, query, c_.access_key, c_.secret_key, "");
   }
 
@@ -200,12 +213,20 @@ class S3Storage : public Storage {
   // After a 401/403 on a read: true when a short-lived token was dropped and a fresh one may
   // succeed (see FetchJob::on_auth_failure).
   bool RenewAfterAuthFailure() const { return c_.scheme == "gs" ? RenewGcs() : RenewAws(); }
-  bool RenewGcs() const { return false; }
+  // An ADC token is short-lived: drop it and let the next signature mint another. Explicit
+  // tokens and HMAC keys cannot be renewed.
+  bool RenewGcs() const {
+    if (!c_.google || !c_.google->Refreshable()) return false;
+    c_.google->Invalidate();
+    return true;
+  }
   bool RenewAws() const { return false; }
 
   Result<std::string> DescribeGcs() const {
     if (!c_.bearer_token.empty()) return std::string("bearer token from the environment");
-    if (!c_.access_key.empty()) return std::string("HMAC keys (GCS_HMAC_ACCESS_KEY_ID)");
+    if (!c_.access_key.empty() && !c_.secret_key.empty())
+      return std::string("HMAC keys (GCS_HMAC_ACCESS_KEY_ID)");
+    if (c_.google) return c_.google->Source();
     return std::string("anonymous");
   }
   Result<std::string> DescribeAws() const {
