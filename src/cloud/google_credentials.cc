@@ -61,21 +61,46 @@ bool HeaderSafe(std::string_view s) {
   });
 }
 
-// Token endpoints receive secrets (assertions, refresh tokens, subject tokens): https, or
-// plain http only to this machine (test stand-ins, local proxies).
-Status CheckSecretEndpoint(const std::string& url, std::string_view what, std::string_view origin) {
+// True for a dotted-quad IPv4 literal in 127.0.0.0/8 (not "127.0.0.1.example.com").
+bool IsLoopbackIpv4(std::string_view host) {
+  int parts = 0;
+  size_t i = 0;
+  std::string first;
+  while (i <= host.size()) {
+    size_t dot = host.find('.', i);
+    if (dot == std::string_view::npos) dot = host.size();
+    std::string_view part = host.substr(i, dot - i);
+    if (part.empty() || part.size() > 3 ||
+        !std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+        std::stoi(std::string(part)) > 255) {
+      return false;
+    }
+    if (parts == 0) first = part;
+    ++parts;
+    i = dot + 1;
+  }
+  return parts == 4 && first == "127";
+}
+
+// https://..., or http:// to this machine: 127.0.0.0/8, localhost, [::1].
+bool IsHttpsOrLoopbackHttp(const std::string& url) {
   std::string lower = url;
   std::transform(lower.begin(), lower.end(), lower.begin(),
                  [](unsigned char c) { return std::tolower(c); });
-  if (lower.rfind("https://", 0) == 0) return Status::OK();
-  if (lower.rfind("http://", 0) == 0) {
-    std::string host = lower.substr(7, lower.find_first_of("/?#", 7) - 7);
-    if (size_t at = host.rfind('@'); at != std::string::npos) host = host.substr(at + 1);
-    if (host.rfind("127.", 0) == 0 || host.rfind("localhost", 0) == 0 ||
-        host.rfind("[::1]", 0) == 0) {
-      return Status::OK();
-    }
-  }
+  if (lower.rfind("https://", 0) == 0) return true;
+  if (lower.rfind("http://", 0) != 0) return false;
+  std::string authority = lower.substr(7, lower.find_first_of("/?#", 7) - 7);
+  if (authority.find('@') != std::string::npos) return false;  // no userinfo tricks
+  std::string host = authority;
+  if (host.rfind("[::1]", 0) == 0) return host.size() == 5 || host[5] == ':';
+  host = host.substr(0, host.find(':'));
+  return host == "localhost" || IsLoopbackIpv4(host);
+}
+
+// Token endpoints receive secrets (assertions, refresh tokens, subject tokens): https, or
+// plain http only to this machine (test stand-ins, local proxies).
+Status CheckSecretEndpoint(const std::string& url, std::string_view what, std::string_view origin) {
+  if (IsHttpsOrLoopbackHttp(url)) return Status::OK();
   return Status::InvalidArgument(std::string(origin) + ": " + std::string(what) + " " +
                                  RedactUrl(url) +
                                  " is not https (plain http is allowed only to 127.0.0.0/8)");
@@ -253,11 +278,11 @@ Result<std::string> SignRs256(std::string_view pem, std::string_view data) {
 std::string OAuthErrorCode(std::string_view body) {
   json j = json::parse(body.substr(0, 64 << 10), nullptr, false);
   if (j.is_discarded() || !j.is_object()) return "";
-  auto it = j.find("error");
-  if (it == j.end()) return "";
-  if (it->is_object()) it = it->find("status");  // Google API errors: {"error":{"status":..}}
-  if (it == j.end() || !it->is_string()) return "";
-  std::string code = it->get<std::string>();
+  const json& error = j.value("error", json());
+  // OAuth: {"error": "invalid_grant"}; Google APIs: {"error": {"status": "PERMISSION_DENIED"}}.
+  const json& value = error.is_object() ? error.value("status", json()) : error;
+  if (!value.is_string()) return "";
+  std::string code = value.get<std::string>();
   bool plain =
       !code.empty() && code.size() <= 64 && std::all_of(code.begin(), code.end(), [](char c) {
         return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';

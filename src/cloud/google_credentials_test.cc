@@ -6,11 +6,13 @@
 #include <openssl/rsa.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "common/hash.h"
 
@@ -114,6 +116,18 @@ TEST(GoogleCredentialFile, ServiceAccountErrorsNameTheFieldNotTheSecret) {
   f = ParseGoogleCredentialFile(j.dump(), "t");
   ASSERT_FALSE(f.ok());
   EXPECT_NE(f.status().message().find("not https"), std::string::npos);
+  // Loopback means the address, not a name that starts like one.
+  for (const char* uri : {"http://127.0.0.1.evil.example/t", "http://localhost.evil.example/t",
+                          "http://127.0.0.1@evil.example/t", "http://[::1].evil/t",
+                          "ftp://127.0.0.1/t", "http://1270.0.0.1/t"}) {
+    j["token_uri"] = uri;
+    EXPECT_FALSE(ParseGoogleCredentialFile(j.dump(), "t").ok()) << uri;
+  }
+  for (const char* uri : {"https://oauth2.googleapis.com/token", "http://127.0.0.5:8080/t",
+                          "http://localhost:1/t", "http://[::1]:9/t", "HTTP://127.1.2.3/t"}) {
+    j["token_uri"] = uri;
+    EXPECT_TRUE(ParseGoogleCredentialFile(j.dump(), "t").ok()) << uri;
+  }
 }
 
 TEST(GoogleCredentialFile, AuthorizedUser) {
@@ -433,6 +447,32 @@ TEST_F(GooglePrecedence, NothingFoundGetIsAnErrorAndNotRefreshable) {
   EXPECT_FALSE(*found);
   EXPECT_FALSE(p.Refreshable());
   EXPECT_EQ(p.Get().status().code(), StatusCode::kFailedPrecondition);
+}
+
+TEST_F(GooglePrecedence, ConcurrentFirstUseResolvesOnce) {
+  env_["GOOGLE_APPLICATION_CREDENTIALS"] = (dir_ / "sa.json").string();
+  GoogleCredentialProvider::Options o;
+  auto env = env_;
+  std::atomic<int> lookups{0};
+  o.env = [env, &lookups](const char* name) -> std::optional<std::string> {
+    if (std::string(name) == "GOOGLE_APPLICATION_CREDENTIALS") ++lookups;
+    auto it = env.find(name);
+    return it == env.end() ? std::nullopt : std::optional<std::string>(it->second);
+  };
+  GoogleCredentialProvider p(o);
+  std::vector<std::thread> threads;
+  std::vector<std::string> sources(8);
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      auto s = p.Source();
+      sources[i] = s.ok() ? *s : s.status().message();
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(lookups.load(), 1);
+  for (const auto& s : sources) EXPECT_EQ(s, sources[0]);
+  EXPECT_EQ(sources[0].rfind("service account key file:", 0), 0u) << sources[0];
+  EXPECT_TRUE(p.Refreshable());
 }
 
 }  // namespace
