@@ -392,6 +392,10 @@ TEST_F(GooglePrecedence, KeyFileBeatsGcloudFileBeatsMetadata) {
   s = Source();
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(*s, "metadata server: default service account (GCE_METADATA_HOST=127.0.0.1:9)");
+  env_["GCE_METADATA_IP"] = "127.0.0.2:7";  // google-auth reads it before GCE_METADATA_HOST
+  s = Source();
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(*s, "metadata server: default service account (GCE_METADATA_IP=127.0.0.2:7)");
 
   env_["METADATA_SERVER_DETECTION"] = "none";
   s = Source();
