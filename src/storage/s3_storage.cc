@@ -141,8 +141,8 @@ class S3Storage : public Storage {
 
   std::string Hint() const {
     return c_.scheme == "gs"
-               ? "check the HMAC keys (GCS_HMAC_ACCESS_KEY_ID/GCS_HMAC_SECRET_ACCESS_KEY) or "
-                 "GCS_OAUTH_TOKEN, and the bucket's permissions"
+               ? "check the identity (mx stream --explain-credentials: GCS_OAUTH_TOKEN, HMAC "
+                 "keys, or Application Default Credentials) and the bucket's permissions"
                : "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN and the "
                  "bucket policy";
   }
