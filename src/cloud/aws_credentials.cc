@@ -138,10 +138,16 @@ Result<Expiring<AwsCredentials>> ParseStsCredentials(std::string_view xml, std::
   return Checked(std::move(c), *expiration, now);
 }
 
-std::string StsErrorSummary(std::string_view xml) {
+std::string StsErrorSummary(std::string_view xml, std::string_view redact) {
   std::string code = XmlText(xml, "Code").value_or("");
   std::string message = XmlText(xml, "Message").value_or("");
   if (code.empty() && message.empty()) return "";
+  // Redacted before truncation, so that no part of the secret can survive the cut.
+  for (std::string* text : {&code, &message}) {
+    for (size_t at; !redact.empty() && (at = text->find(redact)) != std::string::npos;) {
+      text->replace(at, redact.size(), "<redacted>");
+    }
+  }
   return Printable(code, 64) + (message.empty() ? "" : ": " + Printable(message));
 }
 
@@ -274,6 +280,7 @@ struct AwsCredentialProvider::Link {
 
   // kWebIdentity
   std::string role_arn, token_file, token_file_origin, session_name;
+  std::string configured_by;  // "AWS_ROLE_ARN, ..." or "profile x in <file>", for errors
   std::string sts_endpoint, sts_endpoint_origin;
 
   // kContainer
@@ -371,6 +378,7 @@ std::unique_ptr<Link> FromProfile(const Env& env, const std::string& profile,
     link->role_arn = merged["role_arn"];
     link->token_file = ExpandHome(merged["web_identity_token_file"], env);
     link->token_file_origin = "web_identity_token_file of " + named;
+    link->configured_by = named + " in " + where("role_arn");
     link->session_name =
         merged.count("role_session_name") ? merged["role_session_name"] : DefaultSessionName();
     link->source = "web identity: role " + link->role_arn + " (" + named + " in " +
@@ -449,6 +457,7 @@ std::unique_ptr<Link> Resolve(const Env& env) {
     link->role_arn = env("AWS_ROLE_ARN");
     link->token_file = env("AWS_WEB_IDENTITY_TOKEN_FILE");
     link->token_file_origin = "AWS_WEB_IDENTITY_TOKEN_FILE";
+    link->configured_by = "AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE";
     link->session_name = env("AWS_ROLE_SESSION_NAME");
     if (link->session_name.empty()) link->session_name = DefaultSessionName();
     link->source =
@@ -506,16 +515,14 @@ std::unique_ptr<Link> Resolve(const Env& env) {
     link->imds_endpoint.pop_back();
   }
   link->imds_v1_disabled = IsTruthyJs(env("AWS_EC2_METADATA_V1_DISABLED"));
-  tried += " (" + link->imds_endpoint + ": no answer)";
+  tried += " (" + link->imds_endpoint + ": no role credentials)";
   return finish(std::move(link));
 }
 
 // --- Fetchers -----------------------------------------------------------------------
 
 Result<Expiring<AwsCredentials>> FetchWebIdentity(const Link& l) {
-  std::string link_name = "web identity (" + l.source.substr(l.source.find('(') + 1);
-  if (!link_name.empty() && link_name.back() == ')') link_name.pop_back();
-  link_name += ")";
+  std::string link_name = "web identity (" + l.configured_by + ")";
   Result<std::string> token = ReadTokenFile(l.token_file, l.token_file_origin);
   if (!token.ok()) return token.status().WithContext(link_name);
   http::Request req;
@@ -536,11 +543,8 @@ Result<Expiring<AwsCredentials>> FetchWebIdentity(const Link& l) {
       http::FetchMetadata(std::move(req), kMaxAnswerBytes, http::RetryPolicy{3, 0.25, 2.0});
   if (!r.ok()) return r.status().WithContext(where);
   if (r->status != 200) {
-    std::string summary = StsErrorSummary(r->body);
-    // A hostile or echoing endpoint must not put the token into our error.
-    if (size_t at = summary.find(token->substr(0, 32)); token->size() >= 8 && at != summary.npos) {
-      summary = "(message withheld)";
-    }
+    // A careless or hostile endpoint may echo the token: it must not reach our error.
+    std::string summary = StsErrorSummary(r->body, *token);
     StatusCode code = r->status == 400 || r->status == 401 || r->status == 403
                           ? StatusCode::kPermissionDenied
                           : StatusCode::kUnavailable;
@@ -649,7 +653,8 @@ Result<Expiring<AwsCredentials>> AwsCredentialProvider::Fetch() {
   std::string name = Trim(std::string_view(role->body).substr(0, role->body.find('\n')));
   if (name.empty()) return absent();
   if (name.size() > 128 || !std::all_of(name.begin(), name.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) || std::strchr("+=,.@_-", c);
+        return std::isalnum(static_cast<unsigned char>(c)) ||
+               (c != '\0' && std::strchr("+=,.@_-", c));
       })) {
     return Status::InvalidArgument(where + ": the role name is not an IAM role name");
   }

@@ -58,8 +58,9 @@ using EnvLookup = std::function<std::optional<std::string>(const std::string& na
 // required; an expiry at or before `now` is an error.
 Result<Expiring<AwsCredentials>> ParseStsCredentials(std::string_view xml, std::time_t now);
 
-// "Code: Message" of an STS <ErrorResponse> (bounded, printable), or "" when there is none.
-std::string StsErrorSummary(std::string_view xml);
+// "Code: Message" of an STS <ErrorResponse> (bounded, printable, every occurrence of
+// `redact` replaced), or "" when there is none.
+std::string StsErrorSummary(std::string_view xml, std::string_view redact = {});
 
 // The JSON of the container endpoint and of instance metadata:
 // {AccessKeyId, SecretAccessKey, Token, Expiration[, Code]}; Code, when present, must be

@@ -78,6 +78,12 @@ TEST(AwsStsXml, ErrorSummaryIsBoundedAndPrintable) {
   EXPECT_EQ(s.rfind("AccessDenied: Not authorized? ", 0), 0u) << s;
   EXPECT_LT(s.size(), 300u);
   EXPECT_EQ(StsErrorSummary("garbage"), "");
+  std::string echo = "<Error><Code>AccessDenied</Code><Message>bad token " + std::string(150, 'x') +
+                     "jwt-SECRET-jwt</Message></Error>";
+  std::string redacted = StsErrorSummary(echo, "jwt-SECRET-jwt");
+  EXPECT_EQ(redacted.find("SECRET"), std::string::npos) << redacted;
+  EXPECT_EQ(redacted.find("jwt-"), std::string::npos) << redacted;  // not even cut in half
+  EXPECT_EQ(redacted.rfind("AccessDenied: bad token", 0), 0u);
 }
 
 TEST(AwsCredentialJson, ParsesContainerAndImdsAnswers) {

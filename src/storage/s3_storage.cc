@@ -62,7 +62,10 @@ S3Config AwsConfigFromEnvironment() {
   c.region = FirstEnv({"AWS_REGION", "AWS_DEFAULT_REGION"});
   if (c.region.empty()) c.region = c.aws->ProfileRegion();
   if (c.region.empty()) c.region = "us-east-1";
-  c.endpoint = FirstEnv({"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"});
+  // AWS_IGNORE_CONFIGURED_ENDPOINT_URLS: the SDKs' switch to ignore both variables.
+  if (!EnvIsTruthy("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")) {
+    c.endpoint = FirstEnv({"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"});
+  }
   bool custom = !c.endpoint.empty();
   if (!custom) c.endpoint = "https://s3." + c.region + ".amazonaws.com";
   std::string style = FirstEnv({"MX_S3_ADDRESSING_STYLE"});

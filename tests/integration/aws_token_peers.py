@@ -200,8 +200,9 @@ class _StsHandler(_Handler):
         if sts.refuse:
             status, code = sts.refuse
             sts.record(**rec, status=status)
-            return self.reply(status, _sts_error(code, "Not authorized to perform sts:AssumeRoleWithWebIdentity"),
-                              "text/xml")
+            # Echoes the token, as a careless or hostile endpoint might: mx must not repeat it.
+            return self.reply(status, _sts_error(code, f"Not authorized to perform sts:AssumeRoleWithWebIdentity "
+                                                       f"with token {jwt}"), "text/xml")
         if form.get("Action") != "AssumeRoleWithWebIdentity" or form.get("Version") != "2011-06-15" \
                 or not form.get("RoleArn") or not form.get("RoleSessionName"):
             sts.record(**rec, status=400)

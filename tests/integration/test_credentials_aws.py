@@ -317,7 +317,7 @@ class AwsCredentialChainTest(unittest.TestCase):
         self.assertEqual(source,
                          "anonymous: nothing found; tried environment, web identity, shared files "
                          f"({self.home}/.aws/credentials, {self.home}/.aws/config), container, "
-                         f"instance metadata (http://127.0.0.1:{self.closed}: no answer)")
+                         f"instance metadata (http://127.0.0.1:{self.closed}: no role credentials)")
         # Unsigned requests, as before: s3rver serves them (a public bucket).
         self.stream(self.env(AWS_ENDPOINT_URL=self.s3.endpoint))
 
@@ -329,8 +329,10 @@ class AwsCredentialChainTest(unittest.TestCase):
         for args in (("stream", "--explain-credentials", URI), ("stream", "--json", URI)):
             r = self.mx(*args, env=env)
             self.assertNotEqual(r.returncode, 0)
-            for part in ("web identity", self.sts.endpoint, "AWS_ENDPOINT_URL_STS", "AccessDenied"):
+            for part in ("web identity", self.sts.endpoint, "AWS_ENDPOINT_URL_STS", "AccessDenied",
+                         "<redacted>"):  # the stand-in echoed the token; mx does not
                 self.assertIn(part, r.stderr)
+            self.assertNotIn("jwt-irsa-1", r.stderr)
         self.assertFalse(self.proxy.snapshot())  # never fell through to anonymous reads
 
     def test_broken_container_endpoint_is_a_clear_error(self):
