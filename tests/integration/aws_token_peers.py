@@ -32,6 +32,7 @@ import http.client
 import http.server
 import json
 import socketserver
+import sys
 import threading
 import urllib.parse
 from pathlib import Path
@@ -96,6 +97,10 @@ class _Server:
             daemon_threads = True
             allow_reuse_address = True
 
+            def handle_error(self, request, client_address):
+                if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+                    super().handle_error(request, client_address)
+
         handler_cls.peer = self
         self.server = Server(("127.0.0.1", 0), handler_cls)
         self.port = self.server.server_address[1]
@@ -143,7 +148,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped reading (a capped, oversized answer)
 
     def read_body(self) -> bytes:
         n = int(self.headers.get("Content-Length") or 0)
@@ -250,6 +258,7 @@ class ContainerStandIn(_Server):
         self.token_file = Path(token_file) if token_file else None
         self.lifetime_s = lifetime_s
         self.generation = 0
+        self.answer = None  # bytes: served instead of credentials (hostile answers)
         super().__init__(_ContainerHandler)
 
     def expected(self) -> str | None:
@@ -266,6 +275,9 @@ class _ContainerHandler(_Handler):
             c.record(path=self.path, authorization=auth, status=401)
             return self.reply(401, json.dumps({"Code": "AccessDenied", "Message": "bad token"}),
                               "application/json")
+        if c.answer is not None:
+            c.record(path=self.path, authorization=auth, status=200, hostile=True)
+            return self.reply(200, c.answer, "application/json")
         with c.lock:
             generation = c.generation
         cred = c.registry.issue("container", f"{auth}|{self.path}|{generation}", c.lifetime_s)
@@ -289,6 +301,9 @@ class ImdsStandIn(_Server):
         self.lifetime_s = lifetime_s
         self.tokens = set()
         self.generation = 0
+        # None: IMDSv2 only. A status (403, 404, 405): the token call answers that and GETs
+        # without a token are served (an IMDSv1-only service, which the SDK falls back to).
+        self.token_status = None
         super().__init__(_ImdsHandler)
 
 
@@ -300,6 +315,9 @@ class _ImdsHandler(_Handler):
         if self.path != "/latest/api/token" or not ttl or not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
             m.record(method="PUT", path=self.path, ttl=ttl, status=400)
             return self.reply(400, "bad token request")
+        if m.token_status:
+            m.record(method="PUT", path=self.path, ttl=ttl, status=m.token_status)
+            return self.reply(m.token_status, "")
         token = "imds-" + _digest("imds", len(m.tokens), m.port)[:32]
         with m.lock:
             m.tokens.add(token)
@@ -309,18 +327,18 @@ class _ImdsHandler(_Handler):
     def do_GET(self):
         m: ImdsStandIn = self.peer
         token = self.headers.get("X-aws-ec2-metadata-token")
-        if token not in m.tokens:  # IMDSv2 only
+        if token not in m.tokens and not (m.token_status and token is None):  # IMDSv2 only
             m.record(method="GET", path=self.path, token=bool(token), status=401)
             return self.reply(401, "")
         base = "/latest/meta-data/iam/security-credentials/"
         if self.path == base:
-            m.record(method="GET", path=self.path, token=True, status=200)
+            m.record(method="GET", path=self.path, token=token is not None, status=200)
             return self.reply(200, m.role)
         if self.path == base + m.role:
             with m.lock:
                 generation = m.generation
             cred = m.registry.issue("imds", f"{m.role}|{generation}", m.lifetime_s)
-            m.record(method="GET", path=self.path, token=True, status=200, issued=cred["AccessKeyId"],
+            m.record(method="GET", path=self.path, token=token is not None, status=200, issued=cred["AccessKeyId"],
                      session_token=cred["SessionToken"])
             body = {"Code": "Success", "LastUpdated": _iso(datetime.datetime.now(datetime.timezone.utc)),
                     "Type": "AWS-HMAC", "AccessKeyId": cred["AccessKeyId"],

@@ -235,6 +235,22 @@ class AwsCredentialChainTest(unittest.TestCase):
         self.assertTrue(any(r["method"] == "PUT" and r["status"] == 200 for r in records))
         self.assertFalse([r for r in records if r["status"] == 401])  # always with a token
 
+    def test_instance_metadata_v1_fallback(self):
+        # A service without IMDSv2 (the token call answers 403): the SDK falls back to
+        # IMDSv1, and so does mx, unless AWS_EC2_METADATA_V1_DISABLED forbids it.
+        self.imds.token_status = 403
+        try:
+            env = self.env(AWS_EC2_METADATA_SERVICE_ENDPOINT=self.imds.endpoint)
+            sdk, seen = self.agree(env, "instance metadata", "imds")
+            self.assert_same_credential(sdk, seen)
+            env["AWS_EC2_METADATA_V1_DISABLED"] = "true"
+            self.assertFalse(self.oracle(env)["ok"])
+            r = self.mx("stream", "--explain-credentials", URI, env=env)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("AWS_EC2_METADATA_V1_DISABLED", r.stderr)
+        finally:
+            self.imds.token_status = None
+
     # -- precedence ----------------------------------------------------------------------
 
     def test_environment_keys_beat_web_identity(self):
@@ -347,6 +363,31 @@ class AwsCredentialChainTest(unittest.TestCase):
         r = self.mx("stream", "--explain-credentials", URI, env=foreign)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("not accepted", r.stderr)
+
+    def test_hostile_container_answers(self):
+        # Oversized, not JSON, a field missing or of the wrong type, already expired, a header
+        # injection in the token: mx refuses each with an error naming the endpoint (no fall
+        # to anonymous), and nothing is read.
+        url = f"{self.container.endpoint}/v1/credentials"
+        env = self.env(AWS_CONTAINER_CREDENTIALS_FULL_URI=url,
+                       AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=str(self.pod_token_file))
+        good = {"AccessKeyId": "ASIAHOSTILE", "SecretAccessKey": "s", "Token": "t",
+                "Expiration": "2099-01-01T00:00:00Z"}
+        answers = [b"{" + b" " * (2 << 20) + b"}", b"<html>not json</html>", b"[]",
+                   json.dumps({k: v for k, v in good.items() if k != "Token"}).encode(),
+                   json.dumps(dict(good, AccessKeyId=7)).encode(),
+                   json.dumps(dict(good, Expiration="2001-01-01T00:00:00Z")).encode(),
+                   json.dumps(dict(good, Token="t\r\nX-Injected: 1")).encode()]
+        try:
+            for answer in answers:
+                self.container.answer = answer
+                r = self.mx("stream", "--json", URI, env=env)
+                self.assertNotEqual(r.returncode, 0, answer[:60])
+                self.assertIn(f"container credentials at {url}", r.stderr)
+                self.assertNotIn("Traceback", r.stderr)
+        finally:
+            self.container.answer = None
+        self.assertFalse(self.proxy.snapshot())
 
     # -- last: no secret in any output ---------------------------------------------------
 
