@@ -57,7 +57,7 @@ def mx_link(source: str) -> str:
 
 class AwsCredentialChainTest(unittest.TestCase):
     outputs: list = []  # every mx stdout/stderr of the suite (checked for secrets last)
-    static_secrets = {"env-secret-Zq9", "env-session-Zq9", "file-secret-Xw3", "default-secret-Kp7",
+    static_secrets = {"stale-token", "env-secret-Zq9", "env-session-Zq9", "file-secret-Xw3", "default-secret-Kp7",
                       "S3RVER-not-issued-secret"}
 
     @classmethod
@@ -225,6 +225,15 @@ class AwsCredentialChainTest(unittest.TestCase):
         self.assertEqual(self.explain(env), f"container credentials: {url} "
                                             "(AWS_CONTAINER_CREDENTIALS_FULL_URI, "
                                             "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)")
+        # The token as a variable instead (ECS, older EKS setups); the file wins when both are set.
+        env = self.env(AWS_CONTAINER_CREDENTIALS_FULL_URI=url,
+                       AWS_CONTAINER_AUTHORIZATION_TOKEN="eks-pod-token-1")
+        sdk, seen = self.agree(env, "container", "container")
+        self.assert_same_credential(sdk, seen)
+        env["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = "stale-token"
+        env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] = str(self.pod_token_file)
+        sdk, seen = self.agree(env, "container", "container")
+        self.assert_same_credential(sdk, seen)
 
     def test_instance_metadata_v2(self):
         env = self.env(AWS_EC2_METADATA_SERVICE_ENDPOINT=self.imds.endpoint)
