@@ -1,5 +1,8 @@
 #include "cloud/aws_credentials.h"
 
+#include <pwd.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -307,9 +310,16 @@ struct Env {
   }
 };
 
+// "~/x" -> $HOME/x, or the passwd entry's home without HOME (as os.homedir() does).
 std::string ExpandHome(const std::string& path, const Env& env) {
-  if (path.rfind("~/", 0) == 0) return env("HOME") + path.substr(1);
-  return path;
+  if (path.rfind("~/", 0) != 0) return path;
+  std::string home = env("HOME");
+  if (home.empty()) {
+    if (const passwd* pw = ::getpwuid(::getuid()); pw != nullptr && pw->pw_dir != nullptr) {
+      home = pw->pw_dir;
+    }
+  }
+  return home + path.substr(1);
 }
 
 // STS: AWS_ENDPOINT_URL_STS, else AWS_ENDPOINT_URL, else the regional endpoint.
