@@ -368,8 +368,10 @@ bool RangeEngine::Impl::Complete(Transfer* t, CURLcode rc) {
   // better by retrying, except on a cached CDN URL, which may simply have expired.
   bool permanent =
       !t->validated && ((s >= 300 && s < 400) || (s >= 400 && s < 500 && !IsRetryableStatus(s)));
-  if (permanent && !t->used_data_url && (s == 401 || s == 403) && js->job.on_auth_failure &&
-      !js->auth_retried) {
+  // 400 too: S3 answers an expired session token with 400 ExpiredToken (the body, which
+  // names it, is not kept), so a signed read with a renewable credential tries once more.
+  if (permanent && !t->used_data_url && (s == 400 || s == 401 || s == 403) &&
+      js->job.on_auth_failure && !js->auth_retried) {
     js->auth_retried = true;
     if (js->job.on_auth_failure())
       return Retry(t, "HTTP " + std::to_string(s) + ", credential renewed");

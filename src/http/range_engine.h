@@ -54,7 +54,8 @@ struct FetchJob {
   std::string display_name;  // used in errors
   // Appended to 401/403 errors: what the user should check ("set HF_TOKEN or --token").
   std::string auth_hint;
-  // Engine thread, on a 401/403 from `url`'s origin, at most once per job: true when the
+  // Engine thread, on a 400/401/403 from `url`'s origin (S3 says ExpiredToken with a 400),
+  // at most once per job: true when the
   // credential behind headers_for_range was dropped and may be fresh next time (a
   // short-lived cloud token that expired); the range is then retried with new headers.
   std::function<bool()> on_auth_failure;

@@ -60,17 +60,22 @@ S3Config GcsConfigFromEnvironment() {
 S3Config AwsConfigFromEnvironment() {
   S3Config c;
   c.scheme = "s3";
+  // The default credential chain (src/cloud/aws_credentials.h): environment keys, shared
+  // files, web identity (IRSA), container, instance metadata. It also knows the profile's
+  // region, which comes after AWS_REGION/AWS_DEFAULT_REGION.
+  c.aws = cloud::AwsCredentialProvider::FromEnvironment();
   c.region = FirstEnv({"AWS_REGION", "AWS_DEFAULT_REGION"});
+  if (c.region.empty()) c.region = c.aws->ProfileRegion();
   if (c.region.empty()) c.region = "us-east-1";
-  c.endpoint = FirstEnv({"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"});
+  // AWS_IGNORE_CONFIGURED_ENDPOINT_URLS: the SDKs' switch to ignore both variables.
+  if (!EnvIsTruthy("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")) {
+    c.endpoint = FirstEnv({"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"});
+  }
   bool custom = !c.endpoint.empty();
   if (!custom) c.endpoint = "https://s3." + c.region + ".amazonaws.com";
   std::string style = FirstEnv({"MX_S3_ADDRESSING_STYLE"});
   // Custom endpoints (MinIO, s3rver, Ceph) usually want path-style; AWS wants virtual-hosted.
   c.path_style = style.empty() ? custom : style == "path";
-  c.access_key = FirstEnv({"AWS_ACCESS_KEY_ID"});
-  c.secret_key = FirstEnv({"AWS_SECRET_ACCESS_KEY"});
-  c.session_token = FirstEnv({"AWS_SESSION_TOKEN"});
   NormaliseEndpoint(&c);
   return c;
 }
@@ -143,8 +148,8 @@ class S3Storage : public Storage {
     return c_.scheme == "gs"
                ? "check the identity (mx stream --explain-credentials: GCS_OAUTH_TOKEN, HMAC "
                  "keys, or Application Default Credentials) and the bucket's permissions"
-               : "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN and the "
-                 "bucket policy";
+               : "check the identity (mx stream --explain-credentials: environment keys, "
+                 "profile, IRSA web identity, container or instance role) and the bucket policy";
   }
 
   std::string BaseUrl(const std::string& bucket) const {
@@ -185,7 +190,10 @@ class S3Storage : public Storage {
   Result<std::vector<std::string>> SignAws(
       const std::string& bucket, const std::string& path,
       const std::vector<std::pair<std::string, std::string>>& query) const {
-    return SigV4Headers(bucket, path, query, c_.access_key, c_.secret_key, c_.session_token);
+    // The chain's current credential (refreshed before expiry); anonymous when it is empty.
+    MX_ASSIGN_OR_RETURN(cloud::AwsCredentials creds, c_.aws->Get());
+    return SigV4Headers(bucket, path, query, creds.access_key_id, creds.secret_access_key,
+                        creds.session_token);
   }
 
   // SigV4 headers for the given keys; none (anonymous: a public bucket) without keys.
@@ -220,7 +228,14 @@ class S3Storage : public Storage {
     c_.google->Invalidate();
     return true;
   }
-  bool RenewAws() const { return false; }
+  // A temporary credential (STS, container, instance metadata) may have been revoked or have
+  // expired early: drop it so that the retry signs with a fresh one. Static keys will not
+  // get better.
+  bool RenewAws() const {
+    if (!c_.aws->Refreshable()) return false;
+    c_.aws->Invalidate();
+    return true;
+  }
 
   Result<std::string> DescribeGcs() const {
     if (!c_.bearer_token.empty()) return std::string("bearer token from the environment");
@@ -229,9 +244,11 @@ class S3Storage : public Storage {
     if (c_.google) return c_.google->Source();
     return std::string("anonymous");
   }
+  // Which link of the chain supplies the identity; fetching it first, so that a broken
+  // link is reported as the error it is and instance metadata names its role.
   Result<std::string> DescribeAws() const {
-    if (!c_.access_key.empty()) return std::string("environment (AWS_ACCESS_KEY_ID)");
-    return std::string("anonymous");
+    MX_RETURN_IF_ERROR(c_.aws->Get().status());
+    return c_.aws->Source();
   }
 
   // (key, size) of every object whose key starts with `prefix`, following continuation.
