@@ -413,11 +413,41 @@ Result<std::unique_ptr<AzureCredentialProvider>> AzureCredentialProvider::FromEn
   std::string authority = get("AZURE_AUTHORITY_HOST");
   if (authority.empty()) authority = kAzureDefaultAuthorityHost;
 
+  // AZURE_TOKEN_CREDENTIALS narrows the chain as in the SDK: "prod" (the three links mx
+  // has), or one credential's name. mx has none of the developer credentials.
+  bool use_env = true, use_wi = true, use_mi = true;
+  std::string only = Lower(get("AZURE_TOKEN_CREDENTIALS"));
+  only.erase(0, only.find_first_not_of(" \t"));
+  only.erase(only.find_last_not_of(" \t") + 1);
+  if (only == "environmentcredential") {
+    use_wi = use_mi = false;
+  } else if (only == "workloadidentitycredential") {
+    use_env = use_mi = false;
+  } else if (only == "managedidentitycredential") {
+    use_env = use_wi = false;
+  } else if (only == "dev" || only == "visualstudiocodecredential" ||
+             only == "azureclicredential" || only == "azurepowershellcredential" ||
+             only == "azuredeveloperclicredential") {
+    return Status::Unimplemented("AZURE_TOKEN_CREDENTIALS=" + only +
+                                 " selects developer credentials, which mx does not have; use "
+                                 "prod, EnvironmentCredential, WorkloadIdentityCredential or "
+                                 "ManagedIdentityCredential");
+  } else if (!only.empty() && only != "prod") {
+    return Status::InvalidArgument(
+        "AZURE_TOKEN_CREDENTIALS must be prod, dev or one credential's name "
+        "(EnvironmentCredential, WorkloadIdentityCredential, ManagedIdentityCredential, ...)");
+  }
+  auto skipped = [&](const char* link) {
+    p->tried_.push_back(std::string(link) + " (skipped: AZURE_TOKEN_CREDENTIALS=" + only + ")");
+  };
+
   // 1. EnvironmentCredential: a service principal's secret, else its certificate.
   std::string secret = get("AZURE_CLIENT_SECRET");
   std::string cert = get("AZURE_CLIENT_CERTIFICATE_PATH");
   bool sp_ids = !p->tenant_id_.empty() && !p->client_id_.empty();
-  if (sp_ids && (!secret.empty() || !cert.empty())) {
+  if (!use_env) {
+    skipped("environment");
+  } else if (sp_ids && (!secret.empty() || !cert.empty())) {
     p->link_ = secret.empty() ? Link::kClientCertificate : Link::kClientSecret;
     p->client_secret_ = secret;
     p->certificate_path_ = cert;
@@ -437,7 +467,9 @@ Result<std::unique_ptr<AzureCredentialProvider>> AzureCredentialProvider::FromEn
   }
   // 2. WorkloadIdentityCredential.
   std::string token_file = get("AZURE_FEDERATED_TOKEN_FILE");
-  if (p->link_ == Link::kNone) {
+  if (p->link_ == Link::kNone && !use_wi) {
+    skipped("workload identity");
+  } else if (p->link_ == Link::kNone) {
     if (!token_file.empty() && !p->client_id_.empty() && !p->tenant_id_.empty()) {
       p->link_ = Link::kWorkloadIdentity;
       p->token_file_ = token_file;
@@ -459,7 +491,9 @@ Result<std::unique_ptr<AzureCredentialProvider>> AzureCredentialProvider::FromEn
     MX_ASSIGN_OR_RETURN(p->authority_host_, CheckUrl(authority, "AZURE_AUTHORITY_HOST", true));
   }
   // 3. ManagedIdentityCredential, in MSAL's order of sources.
-  if (p->link_ == Link::kNone) {
+  if (p->link_ == Link::kNone && !use_mi) {
+    skipped("managed identity");
+  } else if (p->link_ == Link::kNone) {
     std::string endpoint = get("IDENTITY_ENDPOINT");
     std::string header = get("IDENTITY_HEADER");
     if (!endpoint.empty() && !header.empty() && env("IDENTITY_SERVER_THUMBPRINT")) {
@@ -490,7 +524,8 @@ Result<std::unique_ptr<AzureCredentialProvider>> AzureCredentialProvider::FromEn
         // The SDK probes the default address first (1 s): off Azure nothing answers there.
         p->identity_endpoint_ = std::string(kAzureImdsHost) + "/metadata/identity/oauth2/token";
         p->endpoint_variable_ = "the default IMDS address";
-        p->probe_imds_ = true;
+        // Named alone, managed identity is meant: no probe (the SDK's sendProbeRequest=false).
+        p->probe_imds_ = use_env;
       }
     }
   }

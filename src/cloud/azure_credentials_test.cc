@@ -362,6 +362,29 @@ TEST(AzureCredentialChainTest, FollowsDefaultAzureCredentialOrder) {
   EXPECT_EQ(LinkFor({}), Link::kImds);
 }
 
+TEST(AzureCredentialChainTest, AzureTokenCredentialsNarrowsTheChain) {
+  std::map<std::string, std::string> all = {{"AZURE_TENANT_ID", "t"},
+                                            {"AZURE_CLIENT_ID", "c"},
+                                            {"AZURE_CLIENT_SECRET", "s"},
+                                            {"AZURE_FEDERATED_TOKEN_FILE", "/f"},
+                                            {"IDENTITY_ENDPOINT", "http://127.0.0.1:1/msi"},
+                                            {"IDENTITY_HEADER", "h"}};
+  auto with = [&](const char* value) {
+    auto v = all;
+    v["AZURE_TOKEN_CREDENTIALS"] = value;
+    return v;
+  };
+  EXPECT_EQ(LinkFor(with("prod")), Link::kClientSecret);
+  EXPECT_EQ(LinkFor(with(" WorkloadIdentityCredential ")), Link::kWorkloadIdentity);
+  EXPECT_EQ(LinkFor(with("managedidentitycredential")), Link::kAppService);
+  auto only_env = with("EnvironmentCredential");
+  only_env.erase("AZURE_CLIENT_SECRET");
+  EXPECT_EQ(LinkFor(only_env), Link::kNone);  // nothing else may be used
+  EXPECT_FALSE(AzureCredentialProvider::FromEnvironment(MapEnv(with("dev"))).ok());
+  EXPECT_FALSE(AzureCredentialProvider::FromEnvironment(MapEnv(with("AzureCliCredential"))).ok());
+  EXPECT_FALSE(AzureCredentialProvider::FromEnvironment(MapEnv(with("bogus"))).ok());
+}
+
 TEST(AzureCredentialChainTest, UnsupportedOrMalformedConfigurationIsAnError) {
   auto bad = [](std::map<std::string, std::string> vars) {
     return !AzureCredentialProvider::FromEnvironment(MapEnv(std::move(vars))).ok();

@@ -370,3 +370,72 @@ class AzuriteOAuth(Azurite):
         with mock.patch.object(http.client, "HTTPConnection", tls_connection):
             assert http.client.HTTPSConnection.__mro__[1] is plain
             return super()._request(method, path, query, body, extra)
+
+
+class RefusingProxy:
+    """An HTTPS proxy in front of AzuriteOAuth that refuses the first `refuse` ranged GETs
+    with 403 AuthenticationFailed (what storage answers a token that expired or was revoked
+    early) and records the bearer token of every ranged GET: the test of mx's renewal of a
+    token after a 403 in the middle of reading."""
+
+    def __init__(self, upstream: AzuriteOAuth, tls: tuple[Path, Path], refuse: int = 1):
+        self.upstream = upstream
+        self.refuse = refuse
+        self.lock = threading.Lock()
+        self.ranged: list[tuple[str, int]] = []  # (bearer token, status sent)
+        ctx_up = ssl.create_default_context(cafile=str(tls[0]))
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                if "Range" in self.headers:
+                    with proxy.lock:
+                        refuse = proxy.refuse > 0
+                        proxy.refuse -= refuse
+                        proxy.ranged.append((token, 403 if refuse else 206))
+                    if refuse:
+                        body = (b'<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthenticationFailed'
+                                b'</Code><Message>Lifetime validation failed. The token is expired.</Message></Error>')
+                        self.send_response(403)
+                        self.send_header("Content-Type", "application/xml")
+                        self.send_header("Content-Length", str(len(body)))
+                        self.end_headers()
+                        self.wfile.write(body)
+                        return
+                conn = http.client.HTTPSConnection("127.0.0.1", proxy.upstream.port, timeout=60, context=ctx_up)
+                conn.request("GET", self.path, headers=dict(self.headers))
+                r = conn.getresponse()
+                data = r.read()
+                conn.close()
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = _Server(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    @property
+    def endpoint(self):
+        return f"https://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -22,7 +22,8 @@ import unittest
 from pathlib import Path
 
 from azure_token_peers import (STORAGE_RESOURCE, STORAGE_SCOPE, AzureAD, AzuriteOAuth,
-                               ManagedIdentity, jwt_claims, make_client_certificate, make_tls_cert)
+                               ManagedIdentity, RefusingProxy, jwt_claims, make_client_certificate,
+                               make_tls_cert)
 from harness import base_env, free_port, mx_binary, run
 from storage_peers import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, write_model
 
@@ -247,6 +248,14 @@ class AzureCredentialsTest(unittest.TestCase):
                          "EnvironmentCredential", "environment (client secret)")
         self.assertEqual(self.mi.token_records(), [])
 
+    def test_azure_token_credentials_selects_managed_identity(self):
+        # AZURE_TOKEN_CREDENTIALS names one credential: the service principal is ignored.
+        self.check_agree({"AZURE_TOKEN_CREDENTIALS": "ManagedIdentityCredential",
+                          "AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": SP_CLIENT,
+                          "AZURE_CLIENT_SECRET": SP_SECRET, "AZURE_POD_IDENTITY_AUTHORITY_HOST": self.mi.host},
+                         "ManagedIdentityCredential", "managed identity (IMDS)")
+        self.assertEqual(self.aad.token_records(), [])
+
     # -- nothing, failures, rotation, renewal ----------------------------------------------
 
     def test_nothing_configured(self):
@@ -329,6 +338,23 @@ class AzureCredentialsTest(unittest.TestCase):
         recs = self.issued(self.aad, "mx")
         self.assertEqual(len(recs), 2, "the refused token, then one more")
         self.assertLess(jwt_claims(recs[0]["token"])["exp"], time.time())
+
+    def test_token_refused_mid_read_is_renewed(self):
+        # The listing succeeds; then storage refuses a ranged GET (403: the token expired or was
+        # revoked early). mx drops the token, fetches another and signs that range again.
+        proxy = RefusingProxy(self.azurite, self.tls, refuse=1).start()
+        try:
+            env = self.env({"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": WI_CLIENT,
+                            "AZURE_FEDERATED_TOKEN_FILE": str(self.token_file),
+                            "AZURE_STORAGE_BLOB_ENDPOINT": proxy.endpoint})
+            self.stream(env, verify=False)
+        finally:
+            proxy.stop()
+        recs = self.issued(self.aad, "mx")
+        self.assertEqual(len(recs), 2, "one token, then one more after the 403")
+        first, second = recs[0]["token"], recs[1]["token"]
+        self.assertEqual(proxy.ranged[0], (first, 403))
+        self.assertIn((second, 206), proxy.ranged)
 
     # -- reading Azurite ---------------------------------------------------------------------
 
