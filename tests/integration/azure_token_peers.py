@@ -238,8 +238,10 @@ class AzureAD(_Peer):
             error = "invalid_client"
         if error:
             self._record(**rec, error=error)
+            # A hostile endpoint echoes what it was sent: mx must not print it.
+            echoed = f.get("client_secret") or f.get("client_assertion") or ""
             return self._send(h, 401 if error == "invalid_client" else 400, {
-                "error": error, "error_description": f"AADSTS700016: stand-in refused ({error})",
+                "error": error, "error_description": f"AADSTS700016: stand-in refused ({error}) {echoed}",
                 "error_codes": [700016]})
         token, expires_in = self.issue(link, tenant, client)
         rec.update(link=link, token=token)
@@ -318,7 +320,8 @@ class ManagedIdentity(_Peer):
         elif path == self.APP_SERVICE_PATH:
             if h.headers.get("X-IDENTITY-HEADER") != self.identity_header:
                 self._record(**rec, error="bad X-IDENTITY-HEADER")
-                return self._send(h, 401, {"statusCode": 401, "message": "bad identity header"})
+                return self._send(h, 401, {"statusCode": 401, "message": "bad identity header "
+                                           + h.headers.get("X-IDENTITY-HEADER", "")})
             link, version = "app_service", "2019-08-01"
         else:
             self._record(**rec, error="unknown path")

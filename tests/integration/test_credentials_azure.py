@@ -284,6 +284,8 @@ class AzureCredentialsTest(unittest.TestCase):
         self.assertIn("environment (client secret)", r.stderr)
         self.assertIn(f"{self.aad.authority}/{TENANT}/oauth2/v2.0/token", r.stderr)
         self.assertIn("HTTP 401 invalid_client", r.stderr)
+        self.assertIn("[redacted]", r.stderr)  # the stand-in echoed the secret back
+        self.assertNotIn("wrong-" + SP_SECRET, r.stderr)
         self.assertNotIn("anonymous", r.stderr + r.stdout)
         # An App Service endpoint that refuses the header: an error naming it.
         env = self.env({"IDENTITY_ENDPOINT": self.mi.app_service_endpoint, "IDENTITY_HEADER": "wrong-header"})
@@ -291,6 +293,7 @@ class AzureCredentialsTest(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("managed identity (App Service)", r.stderr)
         self.assertIn("HTTP 401", r.stderr)
+        self.assertNotIn("wrong-header", r.stderr)
 
     def test_federated_token_file_rotates(self):
         # The stand-in plays kubelet: after each grant it writes the next token. Tokens live
