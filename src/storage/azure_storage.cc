@@ -126,7 +126,8 @@ class AzureStorage : public Storage {
       // A bearer token is good for every account the identity can read: never in clear text.
       return Status::FailedPrecondition(
           provider_->Source() + ": a bearer token is only sent over https, and the blob endpoint " +
-          RedactUrl(c_.endpoint) + " is not (AZURE_STORAGE_BLOB_ENDPOINT)");
+          RedactUrl(c_.endpoint) +
+          " is not (AZURE_STORAGE_BLOB_ENDPOINT or the connection string's BlobEndpoint)");
     }
     return *(auth_ = AzureAuth::kBearer);
   }
