@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "common/env.h"
@@ -166,6 +167,17 @@ struct PkeyFree {
 struct MdCtxFree {
   void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
 };
+
+// OpenSSL's default password callback prompts on the terminal: never that. Without a
+// password an encrypted key simply fails to load.
+int PemPassword(char* buf, int size, int /*rwflag*/, void* user) {
+  const auto* password = static_cast<const std::string*>(user);
+  if (password == nullptr || password->empty() || password->size() > static_cast<size_t>(size)) {
+    return -1;
+  }
+  std::memcpy(buf, password->data(), password->size());
+  return static_cast<int>(password->size());
+}
 
 std::string Digest(const EVP_MD* md, std::string_view data) {
   unsigned char out[EVP_MAX_MD_SIZE];
@@ -354,12 +366,11 @@ Result<std::string> MakeAzureClientAssertion(std::string_view pem, const std::st
   };
   auto cert_bio = bio();
   std::unique_ptr<X509, X509Free> cert(
-      PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr));
+      PEM_read_bio_X509(cert_bio.get(), nullptr, PemPassword, nullptr));
   if (!cert) return Status::InvalidArgument("no PEM certificate in it");
   auto key_bio = bio();
-  std::unique_ptr<EVP_PKEY, PkeyFree> key(
-      PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr,
-                              password.empty() ? nullptr : const_cast<char*>(password.c_str())));
+  std::unique_ptr<EVP_PKEY, PkeyFree> key(PEM_read_bio_PrivateKey(
+      key_bio.get(), nullptr, PemPassword, const_cast<std::string*>(&password)));
   if (!key) {
     return Status::InvalidArgument(
         password.empty() ? "no (unencrypted) PEM private key in it"

@@ -307,6 +307,24 @@ TEST(AzureClientAssertionTest, SignedRs256WithThumbprintsAndClaims) {
   EXPECT_NE(*again, *jwt);
 }
 
+TEST(AzureClientAssertionTest, EncryptedKeyNeedsItsPasswordAndNeverPrompts) {
+  TestCert cert;
+  MakeTestCert(&cert);
+  BIO* bio = BIO_new(BIO_s_mem());
+  const char* password = "pem-pass";
+  ASSERT_EQ(PEM_write_bio_PKCS8PrivateKey(bio, cert.key, EVP_aes_256_cbc(), nullptr, 0, nullptr,
+                                          const_cast<char*>(password)),
+            1);
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio, &data);
+  std::string pem(data, len);
+  BIO_free(bio);
+  pem += cert.pem.substr(cert.pem.find("-----BEGIN CERTIFICATE"));
+  EXPECT_TRUE(MakeAzureClientAssertion(pem, password, "c", "a", 1).ok());
+  EXPECT_FALSE(MakeAzureClientAssertion(pem, "wrong", "c", "a", 1).ok());
+  EXPECT_FALSE(MakeAzureClientAssertion(pem, "", "c", "a", 1).ok());  // no terminal prompt
+}
+
 TEST(AzureClientAssertionTest, RefusesPemsWithoutKeyOrCertificate) {
   TestCert cert;
   MakeTestCert(&cert);
