@@ -180,81 +180,61 @@ class AzureCredentialsTest(unittest.TestCase):
             self.assertEqual(m.get(field), s.get(field), field)
         return m, s, said
 
-    # -- the table: one environment, one link --------------------------------------------
+    # -- the table: one environment -> the link both pick, the request, the token --------
 
-    def test_service_principal_secret(self):
-        m, _, said = self.check_agree(
-            {"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": SP_CLIENT, "AZURE_CLIENT_SECRET": SP_SECRET},
-            "EnvironmentCredential", "environment (client secret)")
-        self.assertTrue(m["secret_ok"])
-        self.assertEqual(m["scope"], STORAGE_SCOPE)
-        self.assertIn(SP_CLIENT, said)
+    def table(self):
+        sp = {"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": SP_CLIENT, "AZURE_CLIENT_SECRET": SP_SECRET}
+        cert = {"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": CERT_CLIENT,
+                "AZURE_CLIENT_CERTIFICATE_PATH": str(self.cert_path)}
+        wi = {"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": WI_CLIENT,
+              "AZURE_FEDERATED_TOKEN_FILE": str(self.token_file)}
+        imds = {"AZURE_POD_IDENTITY_AUTHORITY_HOST": self.mi.host}
+        app = {"IDENTITY_ENDPOINT": self.mi.app_service_endpoint, "IDENTITY_HEADER": self.mi.identity_header}
+        env_link, wi_link = "environment (client secret)", "workload identity"
+        # name, environment, SDK class, SDK managed identity source, mx's link, more checks
+        return [
+            ("service principal secret", sp, "EnvironmentCredential", None, env_link,
+             lambda m, s, said: (self.assertTrue(m["secret_ok"]), self.assertIn(SP_CLIENT, said))),
+            # Both assertions verified against the registered certificate (mx: RS256 + x5t; the
+            # SDK now sends PS256 + x5t#S256).
+            ("service principal certificate", cert, "EnvironmentCredential", None,
+             "environment (client certificate)",
+             lambda m, s, said: (self.assertEqual(m["assertion_check"], "valid RS256"),
+                                 self.assertTrue(s["assertion_check"].startswith("valid"), s))),
+            ("workload identity", wi, "WorkloadIdentityCredential", None, wi_link,
+             lambda m, s, said: (self.assertEqual(m["assertion"], "federated-token-generation-1"),
+                                 self.assertEqual(s["assertion"], m["assertion"]),
+                                 self.assertIn("AZURE_FEDERATED_TOKEN_FILE", said))),
+            ("managed identity, IMDS, system-assigned", imds, "ManagedIdentityCredential", None,
+             "managed identity (IMDS)", lambda m, s, said: self.assertIsNone(m["client_id"])),
+            ("managed identity, IMDS, user-assigned", {**imds, "AZURE_CLIENT_ID": MI_CLIENT},
+             "ManagedIdentityCredential", None, "managed identity (IMDS)",
+             lambda m, s, said: self.assertEqual(m["client_id"], MI_CLIENT)),
+            ("managed identity, App Service", app, "ManagedIdentityCredential", "AppService",
+             "managed identity (App Service)",
+             lambda m, s, said: self.assertEqual(m["api_version"], "2019-08-01")),
+            ("environment beats workload identity", {**wi, **sp}, "EnvironmentCredential", None,
+             env_link, None),
+            ("workload identity beats managed identity", {**app, **imds, **wi},
+             "WorkloadIdentityCredential", None, wi_link,
+             lambda m, s, said: self.assertEqual(self.mi.token_records(), [])),
+            ("environment beats managed identity", {**imds, **sp}, "EnvironmentCredential", None,
+             env_link, lambda m, s, said: self.assertEqual(self.mi.token_records(), [])),
+            ("AZURE_TOKEN_CREDENTIALS=ManagedIdentityCredential",
+             {**sp, **imds, "AZURE_TOKEN_CREDENTIALS": "ManagedIdentityCredential"},
+             "ManagedIdentityCredential", None, "managed identity (IMDS)",
+             lambda m, s, said: self.assertEqual(self.aad.token_records(), [])),
+        ]
 
-    def test_service_principal_certificate(self):
-        m, s, _ = self.check_agree(
-            {"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": CERT_CLIENT,
-             "AZURE_CLIENT_CERTIFICATE_PATH": str(self.cert_path)},
-            "EnvironmentCredential", "environment (client certificate)")
-        # Both assertions verified against the registered certificate (mx: RS256 + x5t; the
-        # SDK now sends PS256 + x5t#S256).
-        self.assertEqual(m["assertion_check"], "valid RS256")
-        self.assertTrue(s["assertion_check"].startswith("valid"), s["assertion_check"])
-
-    def test_workload_identity(self):
-        m, s, said = self.check_agree(
-            {"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": WI_CLIENT,
-             "AZURE_FEDERATED_TOKEN_FILE": str(self.token_file)},
-            "WorkloadIdentityCredential", "workload identity")
-        self.assertEqual(m["assertion"], "federated-token-generation-1")
-        self.assertEqual(s["assertion"], m["assertion"])
-        self.assertIn("AZURE_FEDERATED_TOKEN_FILE", said)
-
-    def test_managed_identity_imds(self):
-        m, _, said = self.check_agree({"AZURE_POD_IDENTITY_AUTHORITY_HOST": self.mi.host},
-                                      "ManagedIdentityCredential", "managed identity (IMDS)")
-        self.assertEqual(m["resource"], STORAGE_RESOURCE)
-        self.assertIsNone(m["client_id"])  # system-assigned
-
-    def test_managed_identity_imds_user_assigned(self):
-        m, _, _ = self.check_agree({"AZURE_POD_IDENTITY_AUTHORITY_HOST": self.mi.host, "AZURE_CLIENT_ID": MI_CLIENT},
-                                   "ManagedIdentityCredential", "managed identity (IMDS)")
-        self.assertEqual(m["client_id"], MI_CLIENT)
-
-    def test_managed_identity_app_service(self):
-        m, _, _ = self.check_agree(
-            {"IDENTITY_ENDPOINT": self.mi.app_service_endpoint, "IDENTITY_HEADER": self.mi.identity_header},
-            "ManagedIdentityCredential", "managed identity (App Service)", want_source="AppService")
-        self.assertEqual(m["api_version"], "2019-08-01")
-
-    # -- precedence ------------------------------------------------------------------------
-
-    def test_environment_beats_workload_identity(self):
-        self.check_agree({"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": SP_CLIENT, "AZURE_CLIENT_SECRET": SP_SECRET,
-                          "AZURE_FEDERATED_TOKEN_FILE": str(self.token_file)},
-                         "EnvironmentCredential", "environment (client secret)")
-
-    def test_workload_identity_beats_managed_identity(self):
-        self.check_agree({"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": WI_CLIENT,
-                          "AZURE_FEDERATED_TOKEN_FILE": str(self.token_file),
-                          "IDENTITY_ENDPOINT": self.mi.app_service_endpoint,
-                          "IDENTITY_HEADER": self.mi.identity_header,
-                          "AZURE_POD_IDENTITY_AUTHORITY_HOST": self.mi.host},
-                         "WorkloadIdentityCredential", "workload identity")
-        self.assertEqual(self.mi.token_records(), [])
-
-    def test_environment_beats_managed_identity(self):
-        self.check_agree({"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": SP_CLIENT, "AZURE_CLIENT_SECRET": SP_SECRET,
-                          "AZURE_POD_IDENTITY_AUTHORITY_HOST": self.mi.host},
-                         "EnvironmentCredential", "environment (client secret)")
-        self.assertEqual(self.mi.token_records(), [])
-
-    def test_azure_token_credentials_selects_managed_identity(self):
-        # AZURE_TOKEN_CREDENTIALS names one credential: the service principal is ignored.
-        self.check_agree({"AZURE_TOKEN_CREDENTIALS": "ManagedIdentityCredential",
-                          "AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": SP_CLIENT,
-                          "AZURE_CLIENT_SECRET": SP_SECRET, "AZURE_POD_IDENTITY_AUTHORITY_HOST": self.mi.host},
-                         "ManagedIdentityCredential", "managed identity (IMDS)")
-        self.assertEqual(self.aad.token_records(), [])
+    def test_table_mx_agrees_with_the_sdk(self):
+        cases = self.table()
+        self.assertGreaterEqual(len(cases), 8)
+        for name, extra, sdk_class, sdk_source, mx_link, more in cases:
+            with self.subTest(name):
+                self.setUp()
+                m, s, said = self.check_agree(extra, sdk_class, mx_link, want_source=sdk_source)
+                if more:
+                    more(m, s, said)
 
     # -- nothing, failures, rotation, renewal ----------------------------------------------
 
