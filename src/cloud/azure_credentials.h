@@ -20,6 +20,8 @@
 //
 // A link whose variables are set but that fails is an error naming the link and the
 // endpoint; mx never falls through from a configured link to a later one or to anonymous.
+// IMDS is the exception, as in the SDK: it is "configured" only when it answers (nothing
+// listening, or a 400 "no identity" for a system-assigned request, ends the chain).
 // The provider follows token_cache.h's contract (cached, refreshed kRefreshMargin before
 // expiry, Invalidate() after a 401/403, thread-safe, no secret in any message).
 #pragma once
