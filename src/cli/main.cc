@@ -5,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "common/log.h"
+#include "common/version.h"
 #include "server/server.h"
 
 namespace {
@@ -40,7 +41,7 @@ int main(int argc, char** argv) {
   flags.token = ScrubSecretFlag(argc, argv, "--token");
   CLI::App app{"mx: fill, serve and stream a Hugging Face model cache"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "mx 0.1.0");
+  app.set_version_flag("--version", mx::BuildDescription("mx"));
   int exit_code = 0;
   mx::cli::RegisterDownload(app, flags, exit_code);
   mx::cli::RegisterCache(app, flags, exit_code);

@@ -7,6 +7,7 @@
 
 #include "common/env.h"
 #include "common/fs.h"
+#include "common/version.h"
 
 namespace mx::server {
 namespace {
@@ -33,6 +34,7 @@ Result<ServerConfig> LoadServerConfig(int argc, char** argv, bool* validate_only
   std::string config_file;
   app.add_option("--config", config_file, "YAML configuration file");
   app.add_flag("--validate-config", *validate_only, "Check the configuration and exit");
+  app.set_version_flag("--version", BuildDescription("mx-server"));
   auto flag = [&](const std::string& opt, const std::string& key, const std::string& help) {
     app.add_option_function<std::string>(
         opt, [&s, key](const std::string& v) { s[key].flag = v; }, help);
@@ -67,6 +69,9 @@ Result<ServerConfig> LoadServerConfig(int argc, char** argv, bool* validate_only
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
     std::printf("%s", app.help().c_str());
+    std::exit(0);
+  } catch (const CLI::CallForVersion&) {
+    std::printf("%s\n", BuildDescription("mx-server").c_str());
     std::exit(0);
   } catch (const CLI::ParseError& e) {
     return Status::InvalidArgument(e.what());
