@@ -14,6 +14,7 @@
 
 #include "common/env.h"
 #include "common/fs.h"
+#include "common/text.h"
 #include "http/http.h"
 
 namespace mx::cloud {
@@ -27,22 +28,7 @@ constexpr size_t kMaxSecretBytes = 1024;
 constexpr size_t kMaxSessionTokenBytes = 16u << 10;
 constexpr size_t kMaxSharedFileBytes = 1u << 20;
 
-std::string Trim(std::string_view s) {
-  size_t b = 0, e = s.size();
-  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
-  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
-  return std::string(s.substr(b, e - b));
-}
-
-// What an answer may say about itself in an error: printable ASCII, bounded.
-std::string Printable(std::string_view s, size_t max = 160) {
-  std::string out;
-  for (char c : s.substr(0, max)) {
-    out += (c >= 0x20 && c < 0x7f) ? c : '?';
-  }
-  if (s.size() > max) out += "...";
-  return out;
-}
+std::string Trim(std::string_view s) { return std::string(TrimWhitespace(s)); }
 
 // The URL without its query (which may carry a signature) for errors.
 std::string NoQuery(std::string_view url) { return std::string(url.substr(0, url.find('?'))); }

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "cloud/jwt.h"
 #include "common/env.h"
 #include "common/fs.h"
 #include "common/hash.h"
@@ -38,16 +39,6 @@ std::string Lower(std::string_view s) {
   std::transform(out.begin(), out.end(), out.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return out;
-}
-
-std::string Base64Url(std::string_view bytes) {
-  std::string s = Base64Encode(bytes);
-  for (char& c : s) {
-    if (c == '+') c = '-';
-    if (c == '/') c = '_';
-  }
-  while (!s.empty() && s.back() == '=') s.pop_back();
-  return s;
 }
 
 // Replaces every occurrence of each secret in text a server sent (a hostile endpoint may
@@ -164,20 +155,6 @@ struct X509Free {
 struct PkeyFree {
   void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
 };
-struct MdCtxFree {
-  void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
-};
-
-// OpenSSL's default password callback prompts on the terminal: never that. Without a
-// password an encrypted key simply fails to load.
-int PemPassword(char* buf, int size, int /*rwflag*/, void* user) {
-  const auto* password = static_cast<const std::string*>(user);
-  if (password == nullptr || password->empty() || password->size() > static_cast<size_t>(size)) {
-    return -1;
-  }
-  std::memcpy(buf, password->data(), password->size());
-  return static_cast<int>(password->size());
-}
 
 std::string Digest(const EVP_MD* md, std::string_view data) {
   unsigned char out[EVP_MAX_MD_SIZE];
@@ -366,11 +343,11 @@ Result<std::string> MakeAzureClientAssertion(std::string_view pem, const std::st
   };
   auto cert_bio = bio();
   std::unique_ptr<X509, X509Free> cert(
-      PEM_read_bio_X509(cert_bio.get(), nullptr, PemPassword, nullptr));
+      PEM_read_bio_X509(cert_bio.get(), nullptr, PemPasswordCallback, nullptr));
   if (!cert) return Status::InvalidArgument("no PEM certificate in it");
   auto key_bio = bio();
   std::unique_ptr<EVP_PKEY, PkeyFree> key(PEM_read_bio_PrivateKey(
-      key_bio.get(), nullptr, PemPassword, const_cast<std::string*>(&password)));
+      key_bio.get(), nullptr, PemPasswordCallback, const_cast<std::string*>(&password)));
   if (!key) {
     return Status::InvalidArgument(
         password.empty() ? "no (unencrypted) PEM private key in it"
@@ -395,21 +372,7 @@ Result<std::string> MakeAzureClientAssertion(std::string_view pem, const std::st
   json claims = {{"aud", audience},          {"iss", client_id},    {"sub", client_id},
                  {"jti", RandomId()},        {"nbf", int64_t(now)}, {"iat", int64_t(now)},
                  {"exp", int64_t(now) + 600}};
-  std::string signing_input = Base64Url(header.dump()) + "." + Base64Url(claims.dump());
-
-  std::unique_ptr<EVP_MD_CTX, MdCtxFree> ctx(EVP_MD_CTX_new());
-  size_t sig_len = 0;
-  if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, EVP_sha256(), nullptr, key.get()) != 1 ||
-      EVP_DigestSignUpdate(ctx.get(), signing_input.data(), signing_input.size()) != 1 ||
-      EVP_DigestSignFinal(ctx.get(), nullptr, &sig_len) != 1) {
-    return Status::Internal("cannot sign the client assertion");
-  }
-  std::string sig(sig_len, '\0');
-  if (EVP_DigestSignFinal(ctx.get(), reinterpret_cast<unsigned char*>(sig.data()), &sig_len) != 1) {
-    return Status::Internal("cannot sign the client assertion");
-  }
-  sig.resize(sig_len);
-  return signing_input + "." + Base64Url(sig);
+  return MakeJwtRs256(header.dump(), claims.dump(), pem, password);
 }
 
 // ---------------------------------------------------------------------------------------

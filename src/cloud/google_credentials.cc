@@ -9,6 +9,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "cloud/jwt.h"
 #include "common/env.h"
 #include "common/fs.h"
 #include "common/hash.h"
@@ -230,47 +231,6 @@ Result<GoogleCredentialFile> ParseExternalAccount(const json& j, std::string_vie
 }
 
 // ---------------------------------------------------------------------------------------
-// JWT (RS256)
-
-std::string Base64Url(std::string_view bytes) {
-  std::string out = Base64Encode(bytes);
-  while (!out.empty() && out.back() == '=') out.pop_back();
-  for (char& c : out) {
-    if (c == '+') c = '-';
-    if (c == '/') c = '_';
-  }
-  return out;
-}
-
-// Never prompts for a passphrase (an encrypted key is an error, not a hang on a tty).
-int NoPassphrase(char*, int, int, void*) { return -1; }
-
-Result<std::string> SignRs256(std::string_view pem, std::string_view data) {
-  std::unique_ptr<BIO, decltype(&BIO_free)> bio(
-      BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())), BIO_free);
-  if (!bio) return Status::Internal("BIO_new_mem_buf failed");
-  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(
-      PEM_read_bio_PrivateKey(bio.get(), nullptr, NoPassphrase, nullptr), EVP_PKEY_free);
-  if (!key || EVP_PKEY_base_id(key.get()) != EVP_PKEY_RSA) {
-    return Status::InvalidArgument("private_key is not an unencrypted PEM RSA private key");
-  }
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-  size_t size = 0;
-  if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, EVP_sha256(), nullptr, key.get()) != 1 ||
-      EVP_DigestSign(ctx.get(), nullptr, &size, reinterpret_cast<const unsigned char*>(data.data()),
-                     data.size()) != 1) {
-    return Status::Internal("RS256 signing failed");
-  }
-  std::string sig(size, '\0');
-  if (EVP_DigestSign(ctx.get(), reinterpret_cast<unsigned char*>(sig.data()), &size,
-                     reinterpret_cast<const unsigned char*>(data.data()), data.size()) != 1) {
-    return Status::Internal("RS256 signing failed");
-  }
-  sig.resize(size);
-  return sig;
-}
-
-// ---------------------------------------------------------------------------------------
 // Token endpoints
 
 // The OAuth error code of a refusal ("invalid_grant"), when it is a short plain word:
@@ -405,9 +365,9 @@ Result<std::string> BuildGoogleJwtAssertion(const GoogleServiceAccountKey& key,
                  {"aud", key.token_uri},
                  {"iat", static_cast<int64_t>(now)},
                  {"exp", static_cast<int64_t>(now) + 3600}};
-  std::string signing_input = Base64Url(header.dump()) + "." + Base64Url(claims.dump());
-  MX_ASSIGN_OR_RETURN(std::string sig, SignRs256(key.private_key, signing_input));
-  return signing_input + "." + Base64Url(sig);
+  Result<std::string> jwt = MakeJwtRs256(header.dump(), claims.dump(), key.private_key);
+  if (!jwt.ok()) return jwt.status().WithContext("private_key");
+  return jwt;
 }
 
 Result<Expiring<std::string>> ParseGoogleTokenResponse(std::string_view body,

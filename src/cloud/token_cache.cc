@@ -3,6 +3,7 @@
 #include <cctype>
 
 #include "common/fs.h"
+#include "common/text.h"
 #include "http/http.h"
 
 namespace mx::cloud {
@@ -52,12 +53,7 @@ Result<std::string> ReadTokenFile(const std::string& path, std::string_view vari
     return Status(text.status().code(), "cannot read the token file named by " +
                                             std::string(variable) + ": " + text.status().message());
   }
-  std::string token = std::move(*text);
-  auto is_space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
-  while (!token.empty() && is_space(token.back())) token.pop_back();
-  size_t start = 0;
-  while (start < token.size() && is_space(token[start])) ++start;
-  token.erase(0, start);
+  std::string token(TrimWhitespace(*text));
   if (token.empty()) {
     return Status::InvalidArgument("the token file named by " + std::string(variable) + " (" +
                                    path + ") is empty");

@@ -1,9 +1,16 @@
 #include "cloud/token_cache.h"
 
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
 
 #include <cstdlib>
 #include <fstream>
+#include <memory>
+
+#include "cloud/jwt.h"
+#include "common/hash.h"
 
 namespace mx::cloud {
 namespace {
@@ -56,6 +63,54 @@ TEST(TokenCacheTest, FormEncodeAndTokenFiles) {
   ASSERT_FALSE(empty.ok());
   EXPECT_NE(empty.status().message().find("AWS_WEB_IDENTITY_TOKEN_FILE"), std::string::npos);
   EXPECT_FALSE(ReadTokenFile(path + ".missing", "X").ok());
+}
+
+std::string FromBase64Url(std::string s) {
+  for (char& c : s) c = c == '-' ? '+' : c == '_' ? '/' : c;
+  while (s.size() % 4) s += '=';
+  std::string out(s.size(), '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(s.data()), s.size());
+  out.resize(n - (s.size() - s.find_last_not_of('=') - 1));
+  return out;
+}
+
+TEST(JwtTest, SignsRs256ThatThePublicKeyVerifies) {
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(EVP_RSA_gen(2048), EVP_PKEY_free);
+  ASSERT_TRUE(key);
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new(BIO_s_mem()), BIO_free);
+  ASSERT_EQ(PEM_write_bio_PrivateKey(bio.get(), key.get(), nullptr, nullptr, 0, nullptr, nullptr),
+            1);
+  char* data = nullptr;
+  long size = BIO_get_mem_data(bio.get(), &data);
+  std::string pem(data, static_cast<size_t>(size));
+
+  Result<std::string> jwt = MakeJwtRs256(R"({"alg":"RS256"})", R"({"iss":"a"})", pem);
+  ASSERT_TRUE(jwt.ok()) << jwt.status().message();
+  size_t d1 = jwt->find('.'), d2 = jwt->rfind('.');
+  EXPECT_EQ(FromBase64Url(jwt->substr(0, d1)), R"({"alg":"RS256"})");
+  EXPECT_EQ(FromBase64Url(jwt->substr(d1 + 1, d2 - d1 - 1)), R"({"iss":"a"})");
+  EXPECT_EQ(jwt->find_first_of("+/="), std::string::npos);  // base64url, unpadded
+  std::string signed_part = jwt->substr(0, d2), sig = FromBase64Url(jwt->substr(d2 + 1));
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  ASSERT_EQ(EVP_DigestVerifyInit(ctx.get(), nullptr, EVP_sha256(), nullptr, key.get()), 1);
+  EXPECT_EQ(EVP_DigestVerify(ctx.get(), reinterpret_cast<const unsigned char*>(sig.data()),
+                             sig.size(), reinterpret_cast<const unsigned char*>(signed_part.data()),
+                             signed_part.size()),
+            1);
+  // Another claim set does not verify with this signature.
+  std::string forged = Base64Url(R"({"alg":"RS256"})") + "." + Base64Url(R"({"iss":"b"})");
+  ASSERT_EQ(EVP_DigestVerifyInit(ctx.get(), nullptr, EVP_sha256(), nullptr, key.get()), 1);
+  EXPECT_NE(
+      EVP_DigestVerify(ctx.get(), reinterpret_cast<const unsigned char*>(sig.data()), sig.size(),
+                       reinterpret_cast<const unsigned char*>(forged.data()), forged.size()),
+      1);
+}
+
+TEST(JwtTest, RefusesWhatIsNotAnRsaKeyWithoutQuotingIt) {
+  Result<std::string> jwt = MakeJwtRs256("{}", "{}", "-----BEGIN PRIVATE KEY-----\nSECRETBITS\n");
+  ASSERT_FALSE(jwt.ok());
+  EXPECT_EQ(jwt.status().message().find("SECRETBITS"), std::string::npos);
 }
 
 }  // namespace

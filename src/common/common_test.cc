@@ -329,6 +329,13 @@ TEST(TextTest, EscapeAndPrintable) {
   EXPECT_EQ(Printable("abcdef", 3), "abc...");
 }
 
+TEST(TextTest, TrimWhitespace) {
+  EXPECT_EQ(TrimWhitespace(" \t token\r\n"), "token");
+  EXPECT_EQ(TrimWhitespace("a b"), "a b");
+  EXPECT_EQ(TrimWhitespace(" \n "), "");
+  EXPECT_EQ(TrimWhitespace("\x01x"), "\x01x");  // only whitespace goes, not other controls
+}
+
 TEST(TextTest, Utf8) {
   EXPECT_TRUE(IsValidUtf8("caf\xc3\xa9 \xf0\x9f\x98\x80"));
   EXPECT_FALSE(IsValidUtf8("\xff"));

@@ -108,4 +108,11 @@ std::string EscapeControl(std::string_view text) {
   return out;
 }
 
+std::string_view TrimWhitespace(std::string_view text) {
+  auto space = [](char c) { return c == ' ' || (c >= '\t' && c <= '\r'); };
+  while (!text.empty() && space(text.front())) text.remove_prefix(1);
+  while (!text.empty() && space(text.back())) text.remove_suffix(1);
+  return text;
+}
+
 }  // namespace mx

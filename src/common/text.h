@@ -23,4 +23,8 @@ std::string Printable(std::string_view text, size_t max_bytes = 128);
 // file name shows up as text and cannot drive the terminal.
 std::string EscapeControl(std::string_view text);
 
+// `text` without leading and trailing ASCII whitespace (space, \t, \n, \v, \f, \r): token
+// files, INI lines, metadata answers.
+std::string_view TrimWhitespace(std::string_view text);
+
 }  // namespace mx
