@@ -29,13 +29,12 @@ import datetime
 import hashlib
 import hmac
 import http.client
-import http.server
 import json
-import socketserver
-import sys
 import threading
 import urllib.parse
 from pathlib import Path
+
+from http_peers import LoopbackHttpServer, QuietHandler, read_body, relay_head, reply
 
 
 def _digest(*parts) -> str:
@@ -89,36 +88,14 @@ class Registry:
             return out
 
 
-class _Server:
-    """A threaded http.server on 127.0.0.1:<free port> running `handler_cls`."""
+class _Server(LoopbackHttpServer):
+    """A threaded http.server on 127.0.0.1:<free port> running `handler_cls`, with a request log."""
 
     def __init__(self, handler_cls):
-        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-            def handle_error(self, request, client_address):
-                if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
-                    super().handle_error(request, client_address)
-
         handler_cls.peer = self
-        self.server = Server(("127.0.0.1", 0), handler_cls)
-        self.port = self.server.server_address[1]
+        super().__init__(handler_cls, quiet_disconnects=True)
         self.lock = threading.Lock()
         self.records = []
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def record(self, **kw):
         with self.lock:
@@ -133,29 +110,17 @@ class _Server:
             self.records.clear()
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(QuietHandler):
     peer = None
 
-    def log_message(self, *a):
-        pass
-
     def reply(self, status: int, body: bytes | str, ctype: str = "text/plain"):
-        if isinstance(body, str):
-            body = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            try:
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client stopped reading (a capped, oversized answer)
+        try:
+            reply(self, status, body, ctype, head=self.command == "HEAD")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped reading (a capped, oversized answer)
 
     def read_body(self) -> bytes:
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
+        return read_body(self)
 
 
 # ---------------------------------------------------------------------------------------
@@ -446,12 +411,7 @@ class _ProxyHandler(_Handler):
         r = conn.getresponse()
         data = r.read()
         conn.close()
-        self.send_response(r.status)
-        for k, v in r.getheaders():
-            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
+        relay_head(self, r, len(data))
         if self.command != "HEAD":
             self.wfile.write(data)
 

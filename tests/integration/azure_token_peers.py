@@ -20,9 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
-import http.server
 import json
-import socketserver
 import ssl
 import subprocess
 import threading
@@ -32,7 +30,8 @@ from pathlib import Path
 from unittest import mock
 
 from harness import free_port
-from storage_peers import AZURITE_ACCOUNT, Azurite, _wait_port
+from http_peers import LoopbackHttpServer, QuietHandler, relay_head, reply
+from storage_peers import AZURITE_ACCOUNT, Azurite
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -76,12 +75,7 @@ def make_client_certificate(directory: Path, name: str = "sp") -> tuple[Path, by
     return both, der
 
 
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _Peer:
+class _Peer(LoopbackHttpServer):
     """Common plumbing: a threaded server, a request log, a token serial."""
 
     def __init__(self, tls: tuple[Path, Path] | None):
@@ -94,12 +88,7 @@ class _Peer:
         self.jwt_lifetime_override: list[int] = []
         peer = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 peer._handle(self, "GET", b"")
 
@@ -107,21 +96,7 @@ class _Peer:
                 n = int(self.headers.get("Content-Length") or 0)
                 peer._handle(self, "POST", self.rfile.read(min(n, 1 << 20)))
 
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        if tls:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
-            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, tls=tls)
 
     def reset(self):
         with self.lock:
@@ -146,12 +121,7 @@ class _Peer:
         return f"{signing_input}.{sig}", expires_in
 
     def _send(self, h, status: int, body: dict):
-        data = json.dumps(body).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
+        reply(h, status, json.dumps(body))
 
     def _record(self, **fields):
         with self.lock:
@@ -348,15 +318,8 @@ class AzuriteOAuth(Azurite):
         super().__init__(tmpdir, container)
         self.tls = tls
 
-    def start(self):
-        import subprocess as sp
-        self.proc = sp.Popen(["azurite-blob", "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
-                              "--location", str(self.dir), "--silent", "--skipApiVersionCheck", "--loose",
-                              "--oauth", "basic", "--cert", str(self.tls[0]), "--key", str(self.tls[1])],
-                             stdout=sp.DEVNULL, stderr=sp.DEVNULL, start_new_session=True)
-        _wait_port(self.port)
-        self._request("PUT", f"/{AZURITE_ACCOUNT}/{self.container}", {"restype": "container"}, b"")
-        return self
+    def _extra_args(self) -> list[str]:
+        return ["--oauth", "basic", "--cert", str(self.tls[0]), "--key", str(self.tls[1])]
 
     @property
     def endpoint(self):
@@ -375,7 +338,7 @@ class AzuriteOAuth(Azurite):
             return super()._request(method, path, query, body, extra)
 
 
-class RefusingProxy:
+class RefusingProxy(LoopbackHttpServer):
     """An HTTPS proxy in front of AzuriteOAuth that refuses the first `refuse` ranged GETs
     with 403 AuthenticationFailed (what storage answers a token that expired or was revoked
     early) and records the bearer token of every ranged GET: the test of mx's renewal of a
@@ -389,12 +352,7 @@ class RefusingProxy:
         ctx_up = ssl.create_default_context(cafile=str(tls[0]))
         proxy = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 token = self.headers.get("Authorization", "").removeprefix("Bearer ")
                 if "Range" in self.headers:
@@ -405,40 +363,17 @@ class RefusingProxy:
                     if refuse:
                         body = (b'<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthenticationFailed'
                                 b'</Code><Message>Lifetime validation failed. The token is expired.</Message></Error>')
-                        self.send_response(403)
-                        self.send_header("Content-Type", "application/xml")
-                        self.send_header("Content-Length", str(len(body)))
-                        self.end_headers()
-                        self.wfile.write(body)
-                        return
+                        return reply(self, 403, body, "application/xml")
                 conn = http.client.HTTPSConnection("127.0.0.1", proxy.upstream.port, timeout=60, context=ctx_up)
                 conn.request("GET", self.path, headers=dict(self.headers))
                 r = conn.getresponse()
                 data = r.read()
                 conn.close()
-                self.send_response(r.status)
-                for k, v in r.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
+                relay_head(self, r, len(data))
                 self.wfile.write(data)
 
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(str(tls[0]), str(tls[1]))
-        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self):
-        self.thread.start()
-        return self
+        super().__init__(Handler, tls=tls)
 
     @property
     def endpoint(self):
         return f"https://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()

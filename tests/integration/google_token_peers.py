@@ -22,11 +22,9 @@ test process and stopped with server.shutdown().
 from __future__ import annotations
 
 import base64
-import http.server
 import json
 import os
 import secrets
-import socketserver
 import threading
 import time
 import urllib.parse
@@ -37,6 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from harness import free_port
+from http_peers import LoopbackHttpServer, QuietHandler, read_body, reply
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -54,23 +53,15 @@ def _b64url_decode(s: str) -> bytes:
     return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
 
 
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Peer(LoopbackHttpServer):
+    """Binds host:<free port> at start()."""
 
-
-class _Peer:
     host = "127.0.0.1"
 
     def start(self):
         peer = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 peer._handle(self, "GET")
 
@@ -80,36 +71,12 @@ class _Peer:
             def do_POST(self):
                 peer._handle(self, "POST")
 
-        self.server = _Server((self.host, 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.listen(Handler, self.host)
+        return super().start()
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @staticmethod
-    def _send(h, status: int, body: bytes = b"", ctype: str = "application/json",
-              headers: dict | None = None, head: bool = False):
-        h.send_response(status)
-        h.send_header("Content-Type", ctype)
-        h.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            h.send_header(k, v)
-        h.end_headers()
-        if not head:
-            h.wfile.write(body)
-
-    @staticmethod
-    def _body(h) -> bytes:
-        n = int(h.headers.get("Content-Length") or 0)
-        return h.rfile.read(n) if n else b""
+        return self.endpoint
 
 
 class GoogleTokenPeer(_Peer):
@@ -165,12 +132,12 @@ class GoogleTokenPeer(_Peer):
             self.records.append(rec)
 
     def _oauth_error(self, h, code: str, status: int = 400):
-        self._send(h, status, json.dumps({"error": code, "error_description": "refused by stand-in"}).encode())
+        reply(h, status, json.dumps({"error": code, "error_description": "refused by stand-in"}).encode())
 
     def _token_answer(self, h, kind: str):
         token, life = self._issue(kind)
-        self._send(h, 200, json.dumps({"access_token": token, "expires_in": life,
-                                       "token_type": "Bearer"}).encode())
+        reply(h, 200, json.dumps({"access_token": token, "expires_in": life,
+                                  "token_type": "Bearer"}).encode())
         return token
 
     # -- routes --------------------------------------------------------------------------
@@ -184,15 +151,15 @@ class GoogleTokenPeer(_Peer):
         if method == "GET" and path == "/subject":
             return self._subject(h)
         if method != "POST":
-            return self._send(h, 404, b"{}")
-        body = self._body(h)
+            return reply(h, 404, b"{}")
+        body = read_body(h)
         if path == "/token":
             return self._oauth_token(h, urllib.parse.parse_qs(body.decode()), ua)
         if path == "/v1/token":
             return self._sts(h, urllib.parse.parse_qs(body.decode()), ua)
         if path.endswith(":generateAccessToken"):
             return self._impersonate(h, path, body, ua)
-        return self._send(h, 404, b"{}")
+        return reply(h, 404, b"{}")
 
     def _oauth_token(self, h, form: dict, ua: str):
         one = {k: v[0] for k, v in form.items()}
@@ -251,9 +218,9 @@ class GoogleTokenPeer(_Peer):
             tmp.write_text(fresh)
             os.replace(tmp, self.subject_file)
         token, life = self._issue("sts")
-        self._send(h, 200, json.dumps({"access_token": token, "expires_in": life,
-                                       "issued_token_type": rec["requested_token_type"],
-                                       "token_type": "Bearer"}).encode())
+        reply(h, 200, json.dumps({"access_token": token, "expires_in": life,
+                                  "issued_token_type": rec["requested_token_type"],
+                                  "token_type": "Bearer"}).encode())
 
     def _impersonate(self, h, path: str, body: bytes, ua: str):
         auth = h.headers.get("Authorization", "")
@@ -267,32 +234,32 @@ class GoogleTokenPeer(_Peer):
                "scope": data.get("scope"), "lifetime": data.get("lifetime")}
         self._record(rec)
         if not bearer.startswith("ya29.sts-") or not self.valid(bearer):
-            return self._send(h, 401, json.dumps({"error": {"code": 401, "status": "UNAUTHENTICATED"}}).encode())
+            return reply(h, 401, json.dumps({"error": {"code": 401, "status": "UNAUTHENTICATED"}}).encode())
         token, life = self._issue("imp")
         expire = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + life))
-        self._send(h, 200, json.dumps({"accessToken": token, "expireTime": expire}).encode())
+        reply(h, 200, json.dumps({"accessToken": token, "expireTime": expire}).encode())
 
     def _metadata(self, h, path: str, query: dict, ua: str):
         flavor = {"Metadata-Flavor": "Google"}
         if h.headers.get("Metadata-Flavor") != "Google":
-            return self._send(h, 403, b"missing Metadata-Flavor", "text/plain", flavor)
+            return reply(h, 403, b"missing Metadata-Flavor", "text/plain", flavor)
         if path.rstrip("/") == "/computeMetadata/v1/instance":
             self._record({"kind": "md-ping", "ua": ua})
-            return self._send(h, 200, b"attributes/\nid\n", "application/text", flavor)
+            return reply(h, 200, b"attributes/\nid\n", "application/text", flavor)
         if path == "/computeMetadata/v1/instance/service-accounts/default/token":
             self._record({"kind": "md", "ua": ua, "scopes": (query.get("scopes") or [None])[0]})
             token, life = self._issue("md")
-            return self._send(h, 200, json.dumps({"access_token": token, "expires_in": life,
-                                                  "token_type": "Bearer"}).encode(),
-                              "application/json", flavor)
-        return self._send(h, 404, b"", "text/plain", flavor)
+            return reply(h, 200, json.dumps({"access_token": token, "expires_in": life,
+                                             "token_type": "Bearer"}).encode(),
+                         "application/json", flavor)
+        return reply(h, 404, b"", "text/plain", flavor)
 
     def _subject(self, h):
         token, name, value = self.url_subject
         self._record({"kind": "subject-url", "header": h.headers.get(name)})
         if h.headers.get(name) != value:
-            return self._send(h, 403, b"{}")
-        self._send(h, 200, json.dumps({"id_token": token}).encode())
+            return reply(h, 403, b"{}")
+        reply(h, 200, json.dumps({"id_token": token}).encode())
 
 
 class GcsPeer(_Peer):
@@ -325,7 +292,7 @@ class GcsPeer(_Peer):
             self.refused += 1
         body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
                 b"<Message>Access denied.</Message></Error>")
-        self._send(h, 401, body, "application/xml", head=head)
+        reply(h, 401, body, "application/xml", head=head)
 
     def _handle(self, h, method: str):
         url = urllib.parse.urlsplit(h.path)
@@ -334,13 +301,13 @@ class GcsPeer(_Peer):
         if not self._authorized(h):
             return self._deny(h, head)
         if parts[0] != self.bucket:
-            return self._send(h, 404, b"<Error><Code>NoSuchBucket</Code></Error>", "application/xml", head=head)
+            return reply(h, 404, b"<Error><Code>NoSuchBucket</Code></Error>", "application/xml", head=head)
         if len(parts) == 1 or parts[1] == "":
             return self._list(h, urllib.parse.parse_qs(url.query), head)
         key = parts[1]
         path = (self.root / key).resolve()
         if self.root.resolve() not in path.parents or not path.is_file():
-            return self._send(h, 404, b"<Error><Code>NoSuchKey</Code></Error>", "application/xml", head=head)
+            return reply(h, 404, b"<Error><Code>NoSuchKey</Code></Error>", "application/xml", head=head)
         if self.revoke_first:
             token = h.headers["Authorization"][7:]
             with self.tokens.lock:
@@ -352,9 +319,9 @@ class GcsPeer(_Peer):
             a, b = rng[6:].split("-")
             a = int(a)
             b = min(int(b) if b else len(data) - 1, len(data) - 1)
-            return self._send(h, 206, data[a:b + 1], "application/octet-stream",
-                              {"Content-Range": f"bytes {a}-{b}/{len(data)}"}, head)
-        return self._send(h, 200, data, "application/octet-stream", head=head)
+            return reply(h, 206, data[a:b + 1], "application/octet-stream",
+                         {"Content-Range": f"bytes {a}-{b}/{len(data)}"}, head)
+        return reply(h, 200, data, "application/octet-stream", head=head)
 
     def _list(self, h, query: dict, head: bool):
         prefix = (query.get("prefix") or [""])[0]
@@ -368,7 +335,7 @@ class GcsPeer(_Peer):
                 f"<Name>{self.bucket}</Name><Prefix>{escape(prefix)}</Prefix>"
                 f"<KeyCount>{len(items)}</KeyCount><IsTruncated>false</IsTruncated>"
                 + "".join(items) + "</ListBucketResult>").encode()
-        self._send(h, 200, body, "application/xml", head=head)
+        reply(h, 200, body, "application/xml", head=head)
 
 
 def closed_port(host: str) -> int:

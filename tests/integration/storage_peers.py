@@ -9,12 +9,10 @@ import datetime
 import hashlib
 import hmac
 import http.client
-import http.server
 import json
 import os
 import random
 import socket
-import socketserver
 import struct
 import subprocess
 import tempfile
@@ -24,6 +22,7 @@ import urllib.parse
 from pathlib import Path
 
 from harness import _stop_process, base_env, free_port
+from http_peers import LoopbackHttpServer, QuietHandler, read_body, relay_head
 
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -122,9 +121,14 @@ class Azurite:
         self.container = container
         self.proc = None
 
+    def _extra_args(self) -> list[str]:
+        """More azurite-blob options (AzuriteOAuth: --oauth and TLS)."""
+        return []
+
     def start(self):
         self.proc = subprocess.Popen(["azurite-blob", "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
-                                      "--location", str(self.dir), "--silent", "--skipApiVersionCheck", "--loose"],
+                                      "--location", str(self.dir), "--silent", "--skipApiVersionCheck", "--loose",
+                                      *self._extra_args()],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         _wait_port(self.port)
         self._request("PUT", f"/{AZURITE_ACCOUNT}/{self.container}", {"restype": "container"}, b"")
@@ -171,7 +175,7 @@ class Azurite:
         _stop_process(self.proc)
 
 
-class FaultProxy:
+class FaultProxy(LoopbackHttpServer):
     """HTTP proxy in front of one upstream: forwards everything as is (Host included, so
     signatures still verify) and injects faults into GET responses with a Range header:
     'drop' (half the body, then reset), '503', 'corrupt' (flip bytes), 'short' (close early)."""
@@ -183,15 +187,9 @@ class FaultProxy:
         self.triggered = []
         proxy = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
+        class Handler(QuietHandler):
             def _forward(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
+                body = read_body(self) or None
                 fault = None
                 if self.command == "GET" and "Range" in self.headers:
                     first, _, last = self.headers["Range"].partition("=")[2].partition("-")
@@ -210,12 +208,7 @@ class FaultProxy:
                 r = conn.getresponse()
                 data = r.read()
                 conn.close()
-                self.send_response(r.status)
-                for k, v in r.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
+                relay_head(self, r, len(data))
                 if self.command == "HEAD":
                     return
                 if fault == "corrupt" and data:
@@ -231,25 +224,7 @@ class FaultProxy:
 
             do_GET = do_HEAD = do_PUT = _forward
 
-        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    @property
-    def endpoint(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def _wait_port(port, timeout=30):
