@@ -148,8 +148,9 @@ class S3Storage : public Storage {
     return c_.scheme == "gs"
                ? "check the identity (mx stream --explain-credentials: GCS_OAUTH_TOKEN, HMAC "
                  "keys, or Application Default Credentials) and the bucket's permissions"
-               : "check the identity (mx stream --explain-credentials: environment keys, "
-                 "profile, IRSA web identity, container or instance role) and the bucket policy";
+               : "check the identity (mx stream --explain-credentials: AWS_ACCESS_KEY_ID/"
+                 "AWS_SECRET_ACCESS_KEY, a profile, IRSA web identity, a container or instance "
+                 "role) and the bucket policy";
   }
 
   std::string BaseUrl(const std::string& bucket) const {
