@@ -146,14 +146,29 @@ def _tail(path: Path, n: int = 4000) -> str:
         return ""
 
 
+# Cloud identity settings a developer's shell or a cloud VM may carry: never inherited.
+_CLOUD_PREFIXES = ("HF_", "AWS_", "AZURE_", "GOOGLE_", "GCE_", "GCS_", "CLOUDSDK_", "MSI_",
+                   "IDENTITY_", "METADATA_SERVER_")
+# Where the credential chains would look for instance metadata (169.254.169.254, a real
+# cloud's): a closed loopback port instead, so no test ever reaches beyond 127.0.0.0/8.
+# Tests of those links set their own stand-ins over these.
+_CLOSED = "127.0.0.1:9"
+_METADATA_DEFAULTS = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://{_CLOSED}",
+                      "GCE_METADATA_HOST": _CLOSED,
+                      "AZURE_POD_IDENTITY_AUTHORITY_HOST": f"http://{_CLOSED}"}
+
+
 def base_env() -> dict[str, str]:
-    """os.environ without proxy settings or HF_* variables, so a developer's
-    own token, cache or endpoint can never leak into a test."""
+    """os.environ without proxy settings, HF_* variables or cloud credentials, so a
+    developer's own token, cache, endpoint or cloud identity can never leak into a test;
+    instance-metadata lookups go to a closed loopback port."""
     drop = {"http_proxy", "https_proxy", "all_proxy", "no_proxy",
             "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
             "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_CACHE"}
-    return {k: v for k, v in os.environ.items()
-            if k not in drop and not k.startswith("HF_")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in drop and not k.startswith(_CLOUD_PREFIXES)}
+    env.update(_METADATA_DEFAULTS)
+    return env
 
 
 def run(cmd, env: dict | None = None, timeout: float = 600, cwd=None,
