@@ -166,7 +166,10 @@ void CheckCacheAndLocks(const std::string& cache, const DoctorArgs& a, Report* r
     r->Line(Outcome::kSkip, "free space", "not checked (no cache directory)");
     return;
   }
-  std::string probe = dir + "/.mx-doctor-" + std::to_string(::getpid()) + ".tmp";
+  // Unique per run: a probe left by a killed doctor must not fail the next one (O_EXCL).
+  std::string probe = dir + "/.mx-doctor-" + std::to_string(::getpid()) + "-" +
+                      std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()) +
+                      ".tmp";
   int fd = ::open(probe.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0 || ::write(fd, "mx", 2) != 2 || ::fsync(fd) != 0) {
     std::string why = std::strerror(errno);

@@ -85,6 +85,13 @@ bool ExplainUnknownCommand(CLI::App& app, int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string word = argv[i];
     if (word.empty() || word[0] == '-') continue;  // the command levels take only flags
+    // After an option this level does not know ("mx cache --cache-dir DIR ls"), the word
+    // is likely its value: leave that error to CLI11, which names the option.
+    std::string previous = i > 1 ? argv[i - 1] : "";
+    if (!previous.empty() && previous[0] == '-' && previous.find('=') == std::string::npos &&
+        level->get_option_no_throw(previous) == nullptr) {
+      return false;
+    }
     std::vector<CLI::App*> subs = level->get_subcommands({});
     if (subs.empty()) return false;  // a leaf: the rest are its arguments
     CLI::App* next = nullptr;

@@ -140,6 +140,11 @@ class CliBasicsTest(Base):
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("unknown command 'zzzzzzzz'", r.stderr)
         self.assertNotIn("did you mean", r.stderr)
+        # A misplaced option's value is not taken for a command: CLI11 names the option.
+        r = run_mx(["cache", "--cache-dir", "/tmp", "ls"])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertNotIn("unknown command", r.stderr)
+        self.assertIn("--cache-dir", r.stderr)
         # A control character in the word is shown escaped.
         r = run_mx(["dow\x1bnload"])
         self.assertEqual(r.returncode, 2)
@@ -165,6 +170,10 @@ class CliBasicsTest(Base):
         self.assertEqual(r.returncode, 0, r.stderr)
         for opt in ("--port", "--mirror-port", "--cache-dir", "--validate-config"):
             self.assertIn(opt, r.stdout)
+        # Behind a global flag, serve still hands its words to the server's parser.
+        r = run_mx(["-v", "serve", "--version"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.startswith("mx-server "), r.stdout)
 
     def test_token_shows_its_argument(self):
         for cmd in (["download"], ["doctor"]):
