@@ -1,5 +1,6 @@
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -99,16 +100,20 @@ void SplitRepoRevision(const std::string& spec, std::string* repo,
 int RunPath(const CacheArgs& a) {
   auto type = hub::ParseRepoType(a.repo_type);
   if (!type.ok()) return ReportError(type.status());
-  if (Status st = hub::ValidateRepoId(a.repo); !st.ok()) return ReportError(st);
-  if (int code = RefuseBadRevision(a.revision.empty() ? "main" : a.revision); code != 0)
-    return code;
-  hub::RepoCache cache(CacheRoot(a), *type, a.repo);
-  auto commit = cache.ResolveLocal(a.revision.empty() ? "main" : a.revision);
+  std::string repo;
+  std::optional<std::string> rev;
+  SplitRepoRevision(a.repo, &repo, &rev);  // REPO@REV, as verify and rm take it
+  if (!a.revision.empty()) rev = a.revision;
+  std::string revision = rev.value_or("main");
+  if (Status st = hub::ValidateRepoId(repo); !st.ok()) return ReportError(st);
+  if (int code = RefuseBadRevision(revision); code != 0) return code;
+  hub::RepoCache cache(CacheRoot(a), *type, repo);
+  auto commit = cache.ResolveLocal(revision);
   if (!commit.ok()) return ReportError(commit.status());
   std::string snap = cache.snapshot_dir(*commit);
   if (::access(snap.c_str(), F_OK) != 0) {
     return ReportError(
-        Status::NotFound("snapshot " + snap + " is missing; run mx download " + a.repo));
+        Status::NotFound("snapshot " + snap + " is missing; run mx download " + repo));
   }
   std::printf("%s\n", Shown(snap).c_str());
   return 0;
@@ -144,6 +149,47 @@ void PrintRemoved(const hub::RemoveReport& r) {
               r.blobs_removed, FormatBytes(r.bytes_freed).c_str());
 }
 
+// Entries of `dir` (0 when it does not exist).
+size_t CountEntries(const std::string& dir) {
+  std::error_code ec;
+  size_t n = 0;
+  for (auto it = std::filesystem::directory_iterator(dir, ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    ++n;
+  }
+  return n;
+}
+
+// Blobs (names of 40 or 64 lowercase hex) in a repo folder: what removing it frees.
+size_t CountBlobs(const std::string& repo_dir) {
+  std::error_code ec;
+  size_t n = 0;
+  for (auto it = std::filesystem::directory_iterator(repo_dir + "/blobs", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    bool hex = (name.size() == 40 || name.size() == 64) &&
+               name.find_first_not_of("0123456789abcdef") == std::string::npos;
+    if (hex && it->is_regular_file(ec)) ++n;
+  }
+  return n;
+}
+
+// A repo folder with no snapshot and nothing in blobs/ (not even a download's temp file)
+// holds nothing a user can read: it is removed, through RemoveFromCache and so under the
+// cache protocol (refused while a download or a stream holds the repo), so that
+// `mx cache ls` no longer lists it.
+void RemoveIfEmpty(const std::string& root, hub::RepoType type, const std::string& repo_id) {
+  hub::RepoCache cache(root, type, repo_id);
+  if (CountEntries(cache.repo_dir() + "/snapshots") > 0) return;
+  if (CountEntries(cache.repo_dir() + "/blobs") > 0) return;
+  auto removed = hub::RemoveFromCache(root, type, repo_id, std::nullopt);
+  if (removed.ok()) {
+    spdlog::debug("removed {}: nothing left in it", repo_id);
+  } else {
+    spdlog::debug("left empty {} in place: {}", repo_id, removed.status().message());
+  }
+}
+
 int RunRm(const CacheArgs& a) {
   auto type = hub::ParseRepoType(a.repo_type);
   if (!type.ok()) return ReportError(type.status());
@@ -153,15 +199,27 @@ int RunRm(const CacheArgs& a) {
   if (rev) {
     if (int code = RefuseBadRevision(*rev); code != 0) return code;
   }
-  auto report = hub::RemoveFromCache(CacheRoot(a), *type, repo, rev);
+  if (Status st = hub::ValidateRepoId(repo); !st.ok()) return ReportError(st);
+  std::string root = CacheRoot(a);
+  // Removing the whole repo removes every blob in it; RemoveFromCache counts only bytes.
+  size_t blobs_before = rev ? 0 : CountBlobs(hub::RepoCache(root, *type, repo).repo_dir());
+  auto report = hub::RemoveFromCache(root, *type, repo, rev);
   if (!report.ok()) return ReportError(report.status());
+  if (!rev) report->blobs_removed = std::max(report->blobs_removed, blobs_before);
+  if (rev) RemoveIfEmpty(root, *type, repo);
   PrintRemoved(*report);
   return 0;
 }
 
 int RunPrune(const CacheArgs& a) {
-  auto report = hub::PruneCache(CacheRoot(a), a.grace_seconds);
+  std::string root = CacheRoot(a);
+  auto report = hub::PruneCache(root, a.grace_seconds);
   if (!report.ok()) return ReportError(report.status());
+  if (auto left = hub::ScanCache(root); left.ok()) {
+    for (const auto& r : *left) {
+      if (r.revisions.empty()) RemoveIfEmpty(root, r.type, r.repo_id);
+    }
+  }
   PrintRemoved(*report);
   if (report->repos_in_use > 0) {
     std::printf("left %zu repo(s) in use (a download or a stream) alone\n", report->repos_in_use);
@@ -177,7 +235,8 @@ void RegisterCache(CLI::App& app, GlobalFlags& flags, int& exit_code) {
   cache->require_subcommand(1);
   auto common = [&](CLI::App* c) {
     c->add_option("--cache-dir", args->cache_dir, "Cache root (default: $HF_HUB_CACHE)");
-    c->add_option("--repo-type", args->repo_type, "model, dataset or space")
+    c->add_option("--repo-type", args->repo_type,
+                  "model, dataset or space (plural as `cache ls --json` prints it, too)")
         ->check(CLI::IsMember({"model", "dataset", "space"}));
   };
   CLI::App* ls = cache->add_subcommand("ls", "List cached repos");
@@ -188,7 +247,7 @@ void RegisterCache(CLI::App& app, GlobalFlags& flags, int& exit_code) {
 
   CLI::App* path = cache->add_subcommand("path", "Print a repo's snapshot directory");
   common(path);
-  path->add_option("repo", args->repo, "Repository id")->required();
+  path->add_option("repo", args->repo, "Repository id (REPO or REPO@REV)")->required();
   path->add_option("--revision", args->revision, "Branch, tag or commit (default: main)");
   path->callback([args, &exit_code] { exit_code = RunPath(*args); });
 

@@ -1,6 +1,7 @@
 #include "streamer/streamer.h"
 
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
@@ -14,6 +15,7 @@
 #include "common/env.h"
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/text.h"
 #include "hub/cache.h"
 #include "hub/hub_client.h"
 #include "storage/storage.h"
@@ -552,6 +554,13 @@ Result<StreamOptions> StreamOptions::FromEnvironment() {
 Result<std::string> ResolveModelUri(const std::string& uri) {
   bool is_path = uri.rfind("/", 0) == 0 || uri.rfind("./", 0) == 0 || uri.rfind("../", 0) == 0;
   if (is_path || uri.find("://") != std::string::npos) return uri;
+  // A relative name that exists here (a directory or a file, `cd origin; mx stream acme/m`)
+  // is what the user points at: only a name that is not on disk is a hub id.
+  if (struct stat st; ::stat(uri.c_str(), &st) == 0) {
+    spdlog::debug("stream: '{}' is an existing {} here: reading it as a path", EscapeControl(uri),
+                  S_ISDIR(st.st_mode) ? "directory" : "file");
+    return "./" + uri;  // storage takes a relative path only in this explicit form
+  }
   std::string repo = uri, revision = "main";
   if (size_t at = uri.find('@'); at != std::string::npos) {
     repo = uri.substr(0, at);
@@ -563,9 +572,12 @@ Result<std::string> ResolveModelUri(const std::string& uri) {
   auto commit = cache.ResolveLocal(revision);
   if (!commit.ok()) {
     return Status::NotFound(repo + "@" + revision.substr(0, 256) +
-                            " is not in the local HF cache (" + cache.root() +
-                            "); run: mx download " + repo);
+                            " is no file or directory here, nor in the local HF cache (" +
+                            cache.root() + "); run: mx download " + repo);
   }
+  spdlog::debug("stream: '{}' is no file or directory here: the hub id {}@{} in the HF cache: {}",
+                EscapeControl(uri), EscapeControl(repo), EscapeControl(revision),
+                EscapeControl(cache.snapshot_dir(*commit)));
   return cache.snapshot_dir(*commit);
 }
 

@@ -64,9 +64,12 @@ struct ModelFile {
   uint64_t size = 0;
 };
 
-// The storage URI for what the user named: a hub id, org/name[@revision], becomes its
-// snapshot directory in the local HF cache (NotFound, naming the fix, when absent); any
-// path or scheme:// URI comes back unchanged. StreamModel applies it to every URI.
+// The storage URI for what the user named: a scheme:// URI or an absolute, ./ or ../ path
+// comes back unchanged, and a relative name that exists on disk (a directory or a file:
+// `cd origin; mx stream acme/m`) comes back as ./acme/m; only a name that exists nowhere
+// here is a hub id, org/name[@revision], and becomes its snapshot directory in the local
+// HF cache (NotFound, naming the fix, when absent). Logs the choice at debug level
+// (`mx -v`). StreamModel applies it to every URI.
 Result<std::string> ResolveModelUri(const std::string& uri);
 
 Result<StreamStats> StreamModel(const std::vector<std::string>& uris, const StreamOptions& options,

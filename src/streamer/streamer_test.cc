@@ -324,6 +324,30 @@ TEST(ResolveModelUriTest, PathsPassAndHubIdsResolveOrSayHow) {
   std::system(("rm -rf " + cache).c_str());
 }
 
+TEST(ResolveModelUriTest, ExistingRelativePathWinsOverHubId) {
+  char tmpl[] = "/tmp/mx_resolve_path_XXXXXX";
+  std::string dir = ::mkdtemp(tmpl);
+  std::string cache = dir + "/cache";
+  std::string commit(40, 'd');
+  std::system(("mkdir -p " + dir + "/acme/m " + cache + "/models--acme--m/refs " + cache +
+               "/models--acme--m/snapshots/" + commit)
+                  .c_str());
+  std::ofstream(cache + "/models--acme--m/refs/main") << commit;
+  ::setenv("HF_HUB_CACHE", cache.c_str(), 1);
+  char old_cwd[4096];
+  ASSERT_NE(::getcwd(old_cwd, sizeof old_cwd), nullptr);
+  ASSERT_EQ(::chdir(dir.c_str()), 0);
+  // acme/m exists here: a path, though the cache holds the hub id acme/m too.
+  EXPECT_EQ(*ResolveModelUri("acme/m"), "./acme/m");
+  std::ofstream(dir + "/acme/file.safetensors") << "x";
+  EXPECT_EQ(*ResolveModelUri("acme/file.safetensors"), "./acme/file.safetensors");
+  ASSERT_EQ(::chdir(old_cwd), 0);
+  // Not on disk from here: the hub id.
+  EXPECT_EQ(*ResolveModelUri("acme/m"), cache + "/models--acme--m/snapshots/" + commit);
+  ::unsetenv("HF_HUB_CACHE");
+  std::system(("rm -rf " + dir).c_str());
+}
+
 TEST(StreamOptionsTest, RunaiEnvironment) {
   ::setenv("RUNAI_STREAMER_CONCURRENCY", "7", 1);
   ::setenv("RUNAI_STREAMER_MEMORY_LIMIT", "-1", 1);

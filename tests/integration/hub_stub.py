@@ -796,6 +796,8 @@ class HubHandler(BaseHandler):
     def route_api(self, url, segs: list[str], head: bool):
         if self.api_fault(url, head):
             return
+        if segs == ["api", "whoami-v2"]:
+            return self.api_whoami(head)
         # /api/{models|datasets}/{repo_id}[/revision/{rev} | /tree/{rev}[/{path}]]
         if len(segs) < 3 or segs[1] not in ("models", "datasets"):
             raise HttpError(404, None, f"no route for {url.path}")
@@ -822,6 +824,16 @@ class HubHandler(BaseHandler):
             if len(rest) >= n and (rtype, "/".join(map(urllib.parse.unquote, rest[:n]))) in known:
                 raise HttpError(404, None, f"no route for {url.path}")
         raise HttpError(404, "RepoNotFound", f"Repository Not Found for {url.path}")
+
+    def api_whoami(self, head: bool):
+        """/api/whoami-v2: the hub's "who is this token" endpoint. A token is valid when
+        some configured repo has it (the stand-in has no user accounts)."""
+        auth = self.headers.get("Authorization") or ""
+        tokens = {r.token for r in self.state.repos.values() if r.token}
+        if not auth.startswith("Bearer ") or auth[len("Bearer "):] not in tokens:
+            raise HttpError(401, None, "Invalid credentials in Authorization header")
+        return self.send_json(200, {"type": "user", "name": "stub-user",
+                                    "auth": {"type": "access_token"}}, head)
 
     def api_revision(self, url, repo: Repo, rev: Revision, head: bool):
         q = urllib.parse.parse_qs(url.query)
