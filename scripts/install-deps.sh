@@ -14,7 +14,7 @@ APT_PACKAGES=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libsqlite3-dev libhiredis-dev libyaml-cpp-dev
   # test and benchmark peers
-  python3 python3-grpcio python3-protobuf python3-cryptography nginx-light aria2 curl time procps openssl redis-server iperf3 awscli fio
+  python3 python3-grpcio python3-protobuf python3-cryptography zsh nginx-light aria2 curl time procps openssl redis-server iperf3 awscli fio
 )
 
 missing=()
