@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import unittest
 import urllib.error
@@ -101,6 +102,26 @@ class HubOutageTest(HubCase):
         self.assertEqual(report["bytes"], sum(FILES.values()))
         r = self.ok("download", "acme/m", "config.json", "--quiet", env=dead)
         self.assertEqual(r.stdout.strip(), str(self.snapshot()))
+        # A cache without mx's listing (written by another tool) is taken as it is.
+        shutil.rmtree(self.cache / "models--acme--m" / "trees")
+        r = self.ok("download", "acme/m", "--quiet", env=dead)
+        self.assertEqual(r.stdout.strip(), str(self.snapshot()))
+
+    def test_dns_failure_and_timeout_answer_from_the_cache(self):
+        self.ok("download", "acme/m", "--quiet")
+        snapshot = str(self.snapshot())
+        r = self.ok("download", "acme/m", env={"HF_ENDPOINT": "http://mx-g1-no-such-host.invalid"})
+        self.assertEqual(r.stdout.strip().splitlines()[-1], snapshot)
+        self.assertEqual(r.stderr.count(UNREACHABLE_WARNING), 1, r.stderr)
+        # A listener that never answers: the metadata request times out.
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(64)
+            r = self.ok("download", "acme/m",
+                        env={"HF_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}",
+                             "MX_STALL_TIMEOUT_SECONDS": "1"})
+        self.assertEqual(r.stdout.strip().splitlines()[-1], snapshot)
+        self.assertEqual(r.stderr.count(UNREACHABLE_WARNING), 1, r.stderr)
 
     def test_server_errors_after_retries_answer_from_the_cache(self):
         self.ok("download", "acme/m", "--quiet")
@@ -231,6 +252,14 @@ class RepairTest(HubCase):
         self.assertEqual(blob.read_bytes(), (self.content / "config.json").read_bytes())
         self.ok("cache", "verify", "acme/m")
         self.ok("download", "acme/m", "--quiet")
+        # A blob of the wrong size is simply fetched again by a plain download.
+        blob = self.blob_of("tokenizer.json")
+        os.chmod(blob, 0o644)
+        blob.write_bytes(b"short")
+        r = self.ok("download", "acme/m", "--json")
+        self.assertEqual(json.loads(r.stdout.strip().splitlines()[-1])["bytes_fetched"],
+                         FILES["tokenizer.json"])
+        self.ok("cache", "verify", "acme/m")
 
 
 class ServerMessageTest(HubCase):
