@@ -74,13 +74,14 @@ class ProgressLogger {
   void Update(const hub::DownloadProgress& p) {
     std::lock_guard<std::mutex> l(mu_);
     last_ = p;
+    have_ = true;
   }
 
  private:
   void Loop() {
     std::unique_lock<std::mutex> l(mu_);
     while (!cv_.wait_for(l, std::chrono::seconds(interval_), [this] { return stop_; })) {
-      Print(last_);
+      if (have_) Print(last_);  // nothing before the listing is known
     }
   }
   void Print(const hub::DownloadProgress& p) const {
@@ -107,6 +108,7 @@ class ProgressLogger {
   std::condition_variable cv_;
   bool stop_ = false;
   hub::DownloadProgress last_;
+  bool have_ = false;
   std::thread thread_;
 };
 
