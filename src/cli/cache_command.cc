@@ -1,13 +1,16 @@
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "cli/commands.h"
 #include "common/env.h"
 #include "common/log.h"
 #include "hub/cache.h"
 #include "hub/cache_admin.h"
+#include "hub/downloader.h"
 
 namespace mx::cli {
 namespace {
@@ -18,6 +21,7 @@ struct CacheArgs {
   std::string repo;  // REPO or REPO@REV
   std::string revision;
   bool revisions = false;
+  bool repair = false;                              // verify: fetch the bad files again
   int64_t grace_seconds = hub::kCacheGraceSeconds;  // prune
 };
 
@@ -119,6 +123,38 @@ int RunPath(const CacheArgs& a) {
   return 0;
 }
 
+// Fetches the bad files of `report` again from the hub (each blob once, verified as every
+// download is, replacing the bad copy by rename) and returns the ones repaired.
+Result<std::vector<std::string>> RepairBadFiles(const CacheArgs& a, hub::RepoType type,
+                                                const std::string& repo,
+                                                const hub::VerifyReport& report) {
+  hub::HubConfig config = hub::HubConfig::FromEnvironment();
+  config.cache_dir = CacheRoot(a);
+  if (config.offline) {
+    return Status::FailedPrecondition("--repair fetches from the hub, and HF_HUB_OFFLINE is set");
+  }
+  hub::HubClient client(config, type);
+  // One download per commit; a blob shared by several paths or commits is fetched once.
+  std::map<std::string, std::vector<std::string>> paths_of_commit;
+  std::set<std::string> etags;
+  std::vector<std::string> repaired;
+  for (const auto& b : report.bad) {
+    if (!etags.insert(b.etag).second) continue;
+    paths_of_commit[b.commit].push_back(b.path);
+  }
+  for (const auto& [commit, paths] : paths_of_commit) {
+    hub::DownloadOptions o;
+    o.repo_id = repo;
+    o.revision = commit;
+    o.files = paths;
+    o.force = true;
+    auto done = hub::Download(client, o);
+    if (!done.ok()) return done.status().WithContext("repairing " + repo + "@" + commit);
+    for (const auto& p : paths) repaired.push_back(commit.substr(0, 8) + "/" + p);
+  }
+  return repaired;
+}
+
 int RunVerify(const CacheArgs& a, const GlobalFlags& flags) {
   auto type = hub::ParseRepoType(a.repo_type);
   if (!type.ok()) return ReportError(type.status());
@@ -132,16 +168,46 @@ int RunVerify(const CacheArgs& a, const GlobalFlags& flags) {
   auto report = hub::VerifyRepo(CacheRoot(a), *type, repo, rev);
   if (!report.ok()) return ReportError(report.status());
   for (const auto& p : report->problems) std::fprintf(stderr, "bad: %s\n", Shown(p).c_str());
+  std::vector<std::string> repaired;
+  size_t bad = report->problems.size();
+  if (a.repair && !report->bad.empty()) {
+    auto fixed = RepairBadFiles(a, *type, repo, *report);
+    if (!fixed.ok()) return ReportError(fixed.status());
+    repaired = *fixed;
+    for (const auto& r : repaired) std::fprintf(stderr, "repaired: %s\n", Shown(r).c_str());
+    // Check again: what is still bad after the repair decides the exit code.
+    auto again = hub::VerifyRepo(CacheRoot(a), *type, repo, rev);
+    if (!again.ok()) return ReportError(again.status());
+    for (const auto& p : again->problems) {
+      std::fprintf(stderr, "still bad: %s\n", Shown(p).c_str());
+    }
+    bad = again->problems.size();
+  }
   if (flags.json) {
     nlohmann::json j{{"files_checked", report->files_checked},
                      {"bytes_checked", report->bytes_checked},
                      {"problems", report->problems}};
+    if (a.repair) {
+      j["repaired"] = repaired;
+      j["bad_after_repair"] = bad;
+    }
     std::printf("%s\n", JsonText(j).c_str());
+  } else if (a.repair) {
+    std::printf("%zu files checked (%s), %zu bad, %zu repaired, %zu still bad\n",
+                report->files_checked, FormatBytes(report->bytes_checked).c_str(),
+                report->problems.size(), repaired.size(), bad);
   } else {
     std::printf("%zu files checked (%s), %zu bad\n", report->files_checked,
                 FormatBytes(report->bytes_checked).c_str(), report->problems.size());
+    if (!report->bad.empty()) {
+      std::fprintf(stderr,
+                   "repair with `mx cache verify --repair %s%s` (fetches exactly the bad files "
+                   "again)\n",
+                   Shown(a.repo).c_str(),
+                   a.repo_type == "model" ? "" : (" --repo-type " + a.repo_type).c_str());
+    }
   }
-  return report->problems.empty() ? 0 : 1;
+  return bad == 0 ? 0 : 1;
 }
 
 void PrintRemoved(const hub::RemoveReport& r) {
@@ -256,6 +322,8 @@ void RegisterCache(CLI::App& app, GlobalFlags& flags, int& exit_code) {
   verify->add_option("repo", args->repo, "Repository id (REPO or REPO@REV)")->required();
   verify->add_option("--revision", args->revision, "Only this revision");
   verify->add_flag("--json", flags.json, "JSON output");
+  verify->add_flag("--repair", args->repair,
+                   "Fetch the bad files again from the hub (HF_ENDPOINT, HF_TOKEN), verified");
   verify->callback([args, &flags, &exit_code] { exit_code = RunVerify(*args, flags); });
 
   CLI::App* rm = cache->add_subcommand("rm", "Remove a repo, or one revision (REPO@REV)");

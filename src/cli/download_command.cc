@@ -1,7 +1,12 @@
 #include <unistd.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
+#include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "cli/commands.h"
 #include "common/env.h"
@@ -40,6 +45,71 @@ struct DownloadArgs {
   std::string repo_type = "model";
   std::string cache_dir, local_dir;
   int max_workers = 16;
+  bool force_download = false;
+};
+
+// Default seconds between progress lines when stderr is not a terminal.
+constexpr int kDefaultProgressIntervalSeconds = 5;
+
+// Progress for pod logs and CI (stderr not a terminal): one plain line every interval,
+// from the latest numbers the download reported, and a line even while nothing arrives
+// (a stalled transfer still shows up as alive, with its rate falling).
+class ProgressLogger {
+ public:
+  explicit ProgressLogger(int interval_seconds)
+      : interval_(interval_seconds), start_(std::chrono::steady_clock::now()) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~ProgressLogger() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  ProgressLogger(const ProgressLogger&) = delete;
+  ProgressLogger& operator=(const ProgressLogger&) = delete;
+
+  void Update(const hub::DownloadProgress& p) {
+    std::lock_guard<std::mutex> l(mu_);
+    last_ = p;
+    have_ = true;
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> l(mu_);
+    while (!cv_.wait_for(l, std::chrono::seconds(interval_), [this] { return stop_; })) {
+      if (have_) Print(last_);  // nothing before the listing is known
+    }
+  }
+  void Print(const hub::DownloadProgress& p) const {
+    double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    double rate = elapsed > 0 ? p.bytes_done / elapsed : 0;
+    int percent =
+        p.bytes_total
+            ? static_cast<int>(std::min<uint64_t>(100, p.bytes_done * 100 / p.bytes_total))
+            : 100;
+    std::string eta = "--";
+    if (rate > 0 && p.bytes_total > p.bytes_done) {
+      eta = std::to_string(static_cast<long>((p.bytes_total - p.bytes_done) / rate)) + "s";
+    }
+    std::fprintf(stderr, "progress: %s / %s (%d%%), %s/s, files %zu/%zu, ETA %s, %.0fs elapsed\n",
+                 FormatBytes(p.bytes_done).c_str(), FormatBytes(p.bytes_total).c_str(), percent,
+                 FormatBytes(rate).c_str(), p.files_done, p.files_total, eta.c_str(), elapsed);
+    std::fflush(stderr);
+  }
+
+  const int interval_;
+  const std::chrono::steady_clock::time_point start_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  hub::DownloadProgress last_;
+  bool have_ = false;
+  std::thread thread_;
 };
 
 // One line redrawn in place on stderr: bytes, rate, ETA, files.
@@ -77,10 +147,29 @@ int RunDownload(const DownloadArgs& a, const GlobalFlags& flags) {
   o.exclude = a.exclude;
   o.max_workers = a.max_workers;
   if (!a.local_dir.empty()) o.local_dir = a.local_dir;
+  o.force = a.force_download;
+  o.use_cache_when_unreachable = true;  // as huggingface_hub does
+  o.fail_on_empty_selection = true;
+  if (!a.files.empty() && (!a.include.empty() || !a.exclude.empty())) {
+    spdlog::warn("ignoring --include/--exclude: files were named explicitly (as hf download does)");
+  }
   bool tty = ::isatty(STDERR_FILENO) && !flags.quiet && !flags.json;
-  if (tty) o.on_progress = DrawProgress;
+  std::unique_ptr<ProgressLogger> logger;
+  if (tty) {
+    o.on_progress = DrawProgress;
+  } else if (!flags.quiet) {
+    int interval = kDefaultProgressIntervalSeconds;
+    if (auto text = GetEnv("MX_PROGRESS_INTERVAL_SECONDS"); text && !text->empty()) {
+      auto parsed = ParseIntInRange("MX_PROGRESS_INTERVAL_SECONDS", *text, 1, 3600);
+      if (!parsed.ok()) return ReportError(parsed.status());
+      interval = static_cast<int>(*parsed);
+    }
+    logger = std::make_unique<ProgressLogger>(interval);
+    o.on_progress = [&logger](const hub::DownloadProgress& p) { logger->Update(p); };
+  }
 
   auto report = hub::Download(client, o);
+  logger.reset();
   if (tty) std::fprintf(stderr, "\n");
   if (!report.ok()) return ReportError(report.status());
   if (flags.json) {
@@ -125,6 +214,9 @@ void RegisterDownload(CLI::App& app, GlobalFlags& flags, int& exit_code) {
   cmd->add_option("--token", "Hub token (prefer HF_TOKEN: argv is visible to other users)");
   cmd->add_option("--max-workers", args->max_workers, "Parallel connections (default 16)")
       ->check(CLI::Range(1, 256));
+  cmd->add_flag("--force-download", args->force_download,
+                "Fetch every selected file again even if cached (verified, then replaces the "
+                "old copy)");
   cmd->add_flag("--quiet,-q", flags.quiet, "Print only the snapshot path");
   cmd->add_flag("--json", flags.json, "Print one JSON object");
   cmd->callback([args, &flags, &exit_code] { exit_code = RunDownload(*args, flags); });

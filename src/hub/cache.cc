@@ -231,9 +231,11 @@ Status RepoCache::MarkNoExist(const std::string& commit, const std::string& path
   return WriteFileAtomic(marker, "");
 }
 
-Status RepoCache::WriteTree(const std::string& commit, const std::vector<TreeEntry>& files) const {
+std::string TreeJson(const std::vector<TreeEntry>& files,
+                     const std::vector<std::pair<std::string, std::string>>& extra) {
   nlohmann::json doc;
   doc["format_version"] = 1;
+  for (const auto& [key, value] : extra) doc[key] = value;
   nlohmann::json& out = doc["files"] = nlohmann::json::object();
   for (const auto& e : files) {
     nlohmann::json f;
@@ -245,23 +247,19 @@ Status RepoCache::WriteTree(const std::string& commit, const std::vector<TreeEnt
     }
     out[e.path] = std::move(f);
   }
-  std::string path = repo_dir_ + "/trees/" + commit + ".json";
-  MX_RETURN_IF_ERROR(MakeDirs(DirName(path)));
-  return WriteFileAtomic(path, doc.dump());
+  return doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-Result<std::vector<TreeEntry>> RepoCache::ReadTree(const std::string& commit) const {
-  MX_ASSIGN_OR_RETURN(std::string text, ReadFile(repo_dir_ + "/trees/" + commit + ".json",
-                                                 64ull << 20, /*no_follow=*/true));
+Result<std::vector<TreeEntry>> ParseTreeJson(std::string_view text, const std::string& what) {
   nlohmann::json doc = nlohmann::json::parse(text, nullptr, false);
   if (!doc.is_object() || !doc.contains("files") || !doc["files"].is_object()) {
-    return Status::DataLoss("corrupt trees/" + commit + ".json");
+    return Status::DataLoss("corrupt " + what);
   }
   std::vector<TreeEntry> out;
   for (auto& [path, f] : doc["files"].items()) {
     if (!IsSafeRelativePath(path) || !f.is_object() || !f.contains("size") ||
         !f["size"].is_number_unsigned() || !f.contains("blob_id") || !f["blob_id"].is_string()) {
-      return Status::DataLoss("corrupt entry in trees/" + commit + ".json");
+      return Status::DataLoss("corrupt entry in " + what);
     }
     TreeEntry e;
     e.path = path;
@@ -270,9 +268,55 @@ Result<std::vector<TreeEntry>> RepoCache::ReadTree(const std::string& commit) co
     if (f.contains("lfs_sha256") && f["lfs_sha256"].is_string()) {
       e.lfs_sha256 = f["lfs_sha256"].get<std::string>();
     }
+    // The etag names a file in blobs/: only a hash may do that.
+    if (!IsLowerHex(e.etag(), e.is_lfs() ? 64 : 40)) {
+      return Status::DataLoss("corrupt entry in " + what);
+    }
     out.push_back(std::move(e));
   }
   return out;
+}
+
+std::optional<std::string> TreeJsonField(std::string_view text, const std::string& key) {
+  nlohmann::json doc = nlohmann::json::parse(text, nullptr, false);
+  if (!doc.is_object()) return std::nullopt;
+  auto it = doc.find(key);
+  if (it == doc.end() || !it->is_string()) return std::nullopt;
+  return it->get<std::string>();
+}
+
+Status RepoCache::WriteTree(const std::string& commit, const std::vector<TreeEntry>& files) const {
+  std::string path = repo_dir_ + "/trees/" + commit + ".json";
+  MX_RETURN_IF_ERROR(MakeDirs(DirName(path)));
+  return WriteFileAtomic(path, TreeJson(files));
+}
+
+Result<std::vector<TreeEntry>> RepoCache::ReadTree(const std::string& commit) const {
+  MX_ASSIGN_OR_RETURN(std::string text, ReadFile(repo_dir_ + "/trees/" + commit + ".json",
+                                                 64ull << 20, /*no_follow=*/true));
+  return ParseTreeJson(text, "trees/" + commit + ".json");
+}
+
+std::string RepoCache::bad_blob_marker(const std::string& etag) const {
+  return repo_dir_ + "/.mx-bad-blobs/" + etag;
+}
+
+bool RepoCache::BlobMarkedBad(const std::string& etag) const {
+  struct stat st;
+  return ::lstat(bad_blob_marker(etag).c_str(), &st) == 0;
+}
+
+Status RepoCache::MarkBlobBad(const std::string& etag) const {
+  if (!IsLowerHex(etag, 40) && !IsLowerHex(etag, 64)) {
+    return Status::InvalidArgument("not a blob name: " + etag);
+  }
+  std::string path = bad_blob_marker(etag);
+  MX_RETURN_IF_ERROR(MakeDirs(DirName(path)));
+  return WriteFileAtomic(path, "");
+}
+
+void RepoCache::ClearBlobBad(const std::string& etag) const {
+  ::unlink(bad_blob_marker(etag).c_str());
 }
 
 }  // namespace mx::hub

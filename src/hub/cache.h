@@ -8,6 +8,7 @@
 //   <root>/models--org--name/snapshots/<commit>/<path>  -> ../../blobs/<etag>
 //   <root>/models--org--name/.no_exist/<commit>/<path>  known-missing marker
 //   <root>/models--org--name/trees/<commit>.json        listing cache
+//   <root>/models--org--name/.mx-bad-blobs/<etag>       `mx cache verify` found it corrupt
 //   <root>/.locks/models--org--name/<etag>.lock         one writer per blob
 //   <root>/.locks/models--org--name/.repo.lock          the repo lock (below)
 //
@@ -67,8 +68,10 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/fs.h"
@@ -98,6 +101,17 @@ Status ValidateRevision(const std::string& revision);
 // exists and is a symlink (or not a directory): on a shared cache a neighbour could point
 // it at another user's files, which downloads would then write and cleaners delete.
 Status CheckRepoDirsNotSymlinks(const std::string& repo_dir);
+
+// trees/<commit>.json's format (huggingface_hub's, format_version 1) as JSON text, with the
+// `extra` string fields added at the top level (a --local-dir record keeps its revision and
+// commit there).
+std::string TreeJson(const std::vector<TreeEntry>& files,
+                     const std::vector<std::pair<std::string, std::string>>& extra = {});
+// Parses TreeJson's output; DataLoss (naming `what`) for anything malformed or a hostile
+// path or an etag that is not a hash.
+Result<std::vector<TreeEntry>> ParseTreeJson(std::string_view text, const std::string& what);
+// A top-level string field of a TreeJson text; nullopt when absent or not a string.
+std::optional<std::string> TreeJsonField(std::string_view text, const std::string& key);
 
 class RepoCache {
  public:
@@ -132,6 +146,16 @@ class RepoCache {
   Status WriteTree(const std::string& commit, const std::vector<TreeEntry>& files) const;
   // Reads trees/<commit>.json back. NotFound when absent.
   Result<std::vector<TreeEntry>> ReadTree(const std::string& commit) const;
+
+  // Bad-blob markers: `mx cache verify` marks a blob whose contents do not match its name,
+  // so a later download (which trusts published blobs without re-hashing them) refuses it
+  // and says how to repair it; publishing a fresh copy of the blob clears the mark. A
+  // marker is an empty file, <repo>/.mx-bad-blobs/<etag>, outside the folders
+  // huggingface_hub reads.
+  std::string bad_blob_marker(const std::string& etag) const;
+  bool BlobMarkedBad(const std::string& etag) const;
+  Status MarkBlobBad(const std::string& etag) const;
+  void ClearBlobBad(const std::string& etag) const;
 
   // The repo lock, shared, for a user (download or reader); waits up to `timeout_ms` for a
   // cleaner. Unavailable when a cleaner held it all that time.

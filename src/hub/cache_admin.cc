@@ -322,10 +322,13 @@ Result<VerifyReport> VerifyRepo(const std::string& root, RepoType type, const st
       std::error_code ec;
       std::string expected;
       fs::path target = fs::read_symlink(abs, ec);
-      if (!ec) {
+      bool linked = !ec;
+      if (linked) {
         expected = target.filename();
         if (!fs::exists(abs, ec)) {
           report.problems.push_back(where + ": broken symlink (blob missing)");
+          if (IsLowerHex(expected, 40) || IsLowerHex(expected, 64))
+            report.bad.push_back({commit, rel, expected});
           continue;
         }
       } else if (auto it = listed.find(rel); it != listed.end()) {
@@ -337,12 +340,22 @@ Result<VerifyReport> VerifyRepo(const std::string& root, RepoType type, const st
       HashKind kind = expected.size() == 64 ? HashKind::kSha256 : HashKind::kGitSha1;
       auto digest = HashFile(abs, kind);
       ++report.files_checked;
+      bool named_by_hash = IsLowerHex(expected, 40) || IsLowerHex(expected, 64);
       if (!digest.ok()) {
         report.problems.push_back(where + ": " + digest.status().message());
+        if (named_by_hash) report.bad.push_back({commit, rel, expected});
       } else if (*digest != expected) {
         report.problems.push_back(where + ": hash mismatch (expected " + expected + ", got " +
                                   *digest + ")");
+        if (named_by_hash) {
+          report.bad.push_back({commit, rel, expected});
+          // Downloads trust a published blob without re-hashing it: tell them it is bad.
+          if (Status st = cache.MarkBlobBad(expected); !st.ok()) {
+            spdlog::warn("cannot mark {} bad: {}", where, st.message());
+          }
+        }
       } else {
+        if (named_by_hash) cache.ClearBlobBad(expected);
         struct stat st;
         if (::stat(abs.c_str(), &st) == 0)
           report.bytes_checked += static_cast<uint64_t>(st.st_size);

@@ -38,9 +38,19 @@ struct VerifyReport {
   size_t files_checked = 0;
   uint64_t bytes_checked = 0;
   std::vector<std::string> problems;  // one line per bad file; empty = all good
+  // The bad files whose blob name is known (a mismatch, an unreadable or missing blob):
+  // what `mx cache verify --repair` fetches again.
+  struct BadFile {
+    std::string commit;
+    std::string path;  // in the snapshot
+    std::string etag;  // the blob it should be
+  };
+  std::vector<BadFile> bad;
 };
 // Re-hashes every file of every snapshot (or only `revision`'s): sha256 for LFS blobs,
 // git sha1 for the rest, as named by the blob (or by trees/<commit>.json without symlinks).
+// A blob whose contents do not match gets a bad-blob marker (RepoCache::MarkBlobBad), so
+// downloads stop trusting it; a blob that matches loses any marker it had.
 Result<VerifyReport> VerifyRepo(const std::string& root, RepoType type, const std::string& repo_id,
                                 const std::optional<std::string>& revision);
 

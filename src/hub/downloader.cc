@@ -7,10 +7,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -107,6 +109,7 @@ struct Target {
   Status fetch_status;
   Status verify_status;
   bool done = false;
+  bool fetched = false;  // published by this run (so --force-download fetches it once)
   bool retry = false;
   bool reserved = false;  // disk space reserved (only once bytes arrived)
 };
@@ -177,9 +180,14 @@ class Downloader {
   Result<DownloadReport> Run();
 
  private:
-  Result<DownloadReport> RunOffline();
+  Result<DownloadReport> RunOffline(const std::string& why);
+  Result<DownloadReport> RunLocalOffline(const std::string& why);
+  Result<DownloadReport> AnswerFromCache(const Status& hub_error);
   Result<std::vector<TreeEntry>> Select(const std::string& commit,
                                         const std::vector<TreeEntry>& listing);
+  Status CheckNotEmpty(const std::vector<TreeEntry>& selected, size_t listed) const;
+  Status CheckNoBadBlobs() const;
+  std::string RepairAdvice() const;
   void PlanTargets(const std::string& commit, const std::vector<TreeEntry>& selected);
   Status FetchAll();
   Status Stage(Target& t);
@@ -187,11 +195,17 @@ class Downloader {
   void AdvanceHash(Target& t, VerifyPool& pool);
   void HashRange(Target& t, uint64_t from, uint64_t to);
   void Verify(Target& t);
-  Status Publish(const std::string& commit, const std::vector<TreeEntry>& selected);
+  Status Publish(const std::string& commit, const std::vector<TreeEntry>& listing,
+                 const std::vector<TreeEntry>& selected);
   Status LinkBlob(const std::string& etag);
   Status FetchAndLink(const std::vector<TreeEntry>& selected);
   void ReportProgress(bool force);
 
+  // True when the target need not be fetched: it is in place and --force-download does not
+  // ask for a fresh copy (or this run already made one).
+  bool CanSkip(const Target& t) const {
+    return (!options_.force || t.fetched) && AlreadyPresent(t);
+  }
   // True when the target's final file is in place: a published blob (immutable, verified
   // when published), or a --local-dir file whose metadata records the same etag.
   bool AlreadyPresent(const Target& t) const {
@@ -206,6 +220,18 @@ class Downloader {
   bool use_symlinks() const { return !client_.config().disable_symlinks && !local_dir(); }
   bool local_dir() const { return options_.local_dir.has_value(); }
   std::string LocalMetaDir() const { return *options_.local_dir + "/.cache/huggingface/download"; }
+  // mx's record of the last complete download into the local dir: the whole listing, its
+  // revision and commit (TreeJson), so a later run can tell offline whether it is complete.
+  std::string LocalRecordPath() const { return LocalMetaDir() + "/.mx-snapshot.json"; }
+  // The local dir as an absolute path (hf prints it so, whatever the flag said).
+  std::string LocalDirShown() const {
+    std::error_code ec;
+    std::filesystem::path p = std::filesystem::weakly_canonical(*options_.local_dir, ec);
+    if (ec) p = std::filesystem::absolute(*options_.local_dir, ec).lexically_normal();
+    std::string out = ec ? *options_.local_dir : p.string();
+    while (out.size() > 1 && out.back() == '/') out.pop_back();
+    return out;
+  }
 
   HubClient& client_;
   const DownloadOptions& options_;
@@ -216,8 +242,13 @@ class Downloader {
   std::map<std::string, std::vector<std::string>> paths_of_etag_;
   std::vector<std::unique_ptr<Target>> targets_;
   Clock::time_point start_ = Clock::now();
+  // progress_ is written by the download thread and reported from the verify thread too
+  // (as files complete), so it and the callback are serialized by progress_mu_.
+  std::mutex progress_mu_;
   Clock::time_point last_progress_{};
   DownloadProgress progress_;
+  // Files in place, counted as each one is published (on the verify thread) or found.
+  std::atomic<size_t> files_done_{0};
   uint64_t bytes_fetched_ = 0;
 };
 
@@ -254,7 +285,7 @@ Result<std::vector<TreeEntry>> Downloader::Select(const std::string& commit,
         return Status::NotFound("file '" + f + "' does not exist in " + options_.repo_id + " at " +
                                 options_.revision + " (" + commit + ")");
       }
-      if (MatchesPatterns(f, options_.include, options_.exclude)) selected.push_back(*it->second);
+      selected.push_back(*it->second);  // named files win over include/exclude (as hf does)
     }
   } else {
     for (const auto& e : listing) {
@@ -262,6 +293,44 @@ Result<std::vector<TreeEntry>> Downloader::Select(const std::string& commit,
     }
   }
   return selected;
+}
+
+Status Downloader::CheckNotEmpty(const std::vector<TreeEntry>& selected, size_t listed) const {
+  if (!selected.empty() || !options_.fail_on_empty_selection || !options_.files.empty())
+    return Status::OK();
+  if (options_.include.empty() && options_.exclude.empty()) return Status::OK();
+  std::string patterns;
+  for (const auto& p : options_.include) patterns += " --include '" + p + "'";
+  for (const auto& p : options_.exclude) patterns += " --exclude '" + p + "'";
+  return Status::FailedPrecondition("no file of " + options_.repo_id + "@" + options_.revision +
+                                    " matches" + patterns + " (the revision has " +
+                                    std::to_string(listed) + " file(s)); nothing to download");
+}
+
+std::string Downloader::RepairAdvice() const {
+  std::string repo = options_.repo_id;
+  std::string type = client_.type() == RepoType::kModel
+                         ? ""
+                         : std::string(" --repo-type ") + RepoTypePlural(client_.type());
+  if (!type.empty()) type.pop_back();  // "datasets" -> "dataset"
+  return "repair it with `mx cache verify --repair " + repo + type + "` or `mx download " + repo +
+         type + " --force-download`";
+}
+
+Status Downloader::CheckNoBadBlobs() const {
+  if (local_dir() || options_.force) return Status::OK();
+  size_t bad = 0;
+  const Target* first = nullptr;
+  for (const auto& t : targets_) {
+    if (!cache_.BlobMarkedBad(t->entry.etag()) || !AlreadyPresent(*t)) continue;
+    if (!first) first = t.get();
+    ++bad;
+  }
+  if (!first) return Status::OK();
+  return Status::FailedPrecondition(
+      "the cache holds a bad blob for " + first->entry.path + " (blobs/" + first->entry.etag() +
+      (bad > 1 ? ", and " + std::to_string(bad - 1) + " more" : "") +
+      ": its contents do not match its hash, found by `mx cache verify`); " + RepairAdvice());
 }
 
 void Downloader::PlanTargets(const std::string& commit, const std::vector<TreeEntry>& selected) {
@@ -454,6 +523,10 @@ void Downloader::Verify(Target& t) {
     return;
   }
   t.done = true;
+  t.fetched = true;
+  ++files_done_;
+  ReportProgress(true);  // files done move as each file completes, not per batch
+  if (!local_dir()) cache_.ClearBlobBad(e.etag());  // a fresh, verified copy is in place
   // Referenced at once (protocol rule 3): a cleaner never sees this blob unreferenced.
   if (use_symlinks()) {
     Status linked = LinkBlob(t.entry.etag());
@@ -471,24 +544,30 @@ Status Downloader::LinkBlob(const std::string& etag) {
 void Downloader::ReportProgress(bool force) {
   if (!options_.on_progress) return;
   auto now = Clock::now();
+  std::lock_guard<std::mutex> l(progress_mu_);
   if (!force && now - last_progress_ < std::chrono::milliseconds(200)) return;
   last_progress_ = now;
   progress_.seconds = SecondsSince(start_);
+  progress_.files_done = files_done_.load();
   options_.on_progress(progress_);
 }
 
 Status Downloader::FetchAll() {
   std::vector<Target*> pending;
   for (auto& t : targets_) {
-    if (AlreadyPresent(*t)) {
+    if (CanSkip(*t)) {
       t->done = true;  // a published blob is immutable and was verified when published
-      ++progress_.files_done;
+      ++files_done_;
     } else {
       pending.push_back(t.get());
+      std::lock_guard<std::mutex> l(progress_mu_);
       progress_.bytes_total += t->entry.size;
     }
   }
-  progress_.files_total = targets_.size();
+  {
+    std::lock_guard<std::mutex> l(progress_mu_);
+    progress_.files_total = targets_.size();
+  }
   VerifyPool verifier(1);
   std::vector<Status> failures;
   bool announced_wait = false;
@@ -510,9 +589,9 @@ Status Downloader::FetchAll() {
         waiting.push_back(t);
         continue;
       }
-      if (AlreadyPresent(*t)) {
+      if (CanSkip(*t)) {
         t->done = true;  // another process finished it while we were busy
-        ++progress_.files_done;
+        ++files_done_;
         continue;
       }
       t->lock = std::move(*lock);
@@ -525,7 +604,10 @@ Status Downloader::FetchAll() {
         t->AbandonAfterFailure();
         continue;
       }
-      progress_.bytes_total -= std::min(progress_.bytes_total, t->progress.BytesDone());
+      {
+        std::lock_guard<std::mutex> l(progress_mu_);
+        progress_.bytes_total -= std::min(progress_.bytes_total, t->progress.BytesDone());
+      }
       round.push_back(t);
     }
 
@@ -534,7 +616,10 @@ Status Downloader::FetchAll() {
       eo.max_connections = options_.max_workers;
       eo.cancel = options_.cancel;
       eo.on_bytes = [this](uint64_t n) {
-        progress_.bytes_done += n;
+        {
+          std::lock_guard<std::mutex> l(progress_mu_);
+          progress_.bytes_done += n;
+        }
         ReportProgress(false);
       };
       http::RangeEngine engine(eo);
@@ -586,14 +671,17 @@ Status Downloader::FetchAll() {
     std::vector<Target*> next;
     for (Target* t : round) {
       if (t->done) {
-        ++progress_.files_done;
+        // counted in files_done_ when it was published
       } else if (!t->fetch_status.ok()) {
         t->AbandonAfterFailure();  // a partial file stays: a rerun (even ours) resumes it
         failures.push_back(t->fetch_status);
       } else if (t->verify_status.code() == StatusCode::kDataLoss &&
                  ++t->attempts < kMaxFileAttempts) {
         spdlog::warn("{}; fetching it again", t->verify_status.message());
-        progress_.bytes_total += t->entry.size;
+        {
+          std::lock_guard<std::mutex> l(progress_mu_);
+          progress_.bytes_total += t->entry.size;
+        }
         next.push_back(t);
       } else {
         failures.push_back(t->verify_status.code() == StatusCode::kDataLoss
@@ -622,7 +710,8 @@ Status Downloader::FetchAll() {
   return failures[0].WithContext(std::to_string(failures.size()) + " files failed; first");
 }
 
-Status Downloader::Publish(const std::string& commit, const std::vector<TreeEntry>& selected) {
+Status Downloader::Publish(const std::string& commit, const std::vector<TreeEntry>& listing,
+                           const std::vector<TreeEntry>& selected) {
   if (local_dir()) {
     // huggingface_hub's local-dir metadata: lets it (and us) skip up-to-date files later.
     for (const auto& e : selected) {
@@ -631,7 +720,9 @@ Status Downloader::Publish(const std::string& commit, const std::vector<TreeEntr
       MX_RETURN_IF_ERROR(WriteFileAtomic(
           meta, commit + "\n" + e.etag() + "\n" + std::to_string(std::time(nullptr)) + "\n"));
     }
-    return Status::OK();
+    // Last, like a ref: what an offline run checks the local dir against.
+    return WriteFileAtomic(LocalRecordPath(), TreeJson(listing, {{"revision", options_.revision},
+                                                                 {"commit", commit}}));
   }
   // Ref last (protocol rule 3): it never names a snapshot that lacks a file.
   return cache_.WriteRef(options_.revision, commit);
@@ -667,42 +758,109 @@ Status Downloader::FetchAndLink(const std::vector<TreeEntry>& selected) {
       t->done = false;
       t->attempts = 0;
     }
-    progress_ = DownloadProgress{};
+    {
+      std::lock_guard<std::mutex> l(progress_mu_);
+      progress_ = DownloadProgress{};
+    }
+    files_done_ = 0;
   }
 }
 
-Result<DownloadReport> Downloader::RunOffline() {
+// Answers from the cache alone. `why` starts every error ("offline mode (HF_HUB_OFFLINE)",
+// "the hub is unreachable").
+Result<DownloadReport> Downloader::RunOffline(const std::string& why) {
   auto commit = cache_.ResolveLocal(options_.revision);
   if (!commit.ok()) {
-    return Status::FailedPrecondition("offline mode (HF_HUB_OFFLINE) and " + options_.repo_id +
-                                      "@" + options_.revision + " is not in the cache at " +
-                                      cache_.root() + "; download it first with network access");
+    return Status::FailedPrecondition(why + " and " + options_.repo_id + "@" + options_.revision +
+                                      " is not in the cache at " + cache_.root() +
+                                      "; download it first with network access");
   }
+  commit_ = *commit;
   std::string snap = cache_.snapshot_dir(*commit);
   struct stat st;
   if (::stat(snap.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-    return Status::FailedPrecondition("offline mode and the snapshot " + snap + " is missing");
+    return Status::FailedPrecondition(why + " and the snapshot " + snap + " is missing");
   }
   DownloadReport report;
   report.commit = *commit;
   report.path = snap;
+  report.from_cache = true;
   auto tree = cache_.ReadTree(*commit);
   if (tree.ok()) {
     auto selected = Select(*commit, *tree);
     if (!selected.ok()) return selected.status();
+    MX_RETURN_IF_ERROR(CheckNotEmpty(*selected, tree->size()));
     if (!AllFilesPresent(cache_, *commit, *selected)) {
-      return Status::FailedPrecondition("offline mode and the cached snapshot " + snap +
+      return Status::FailedPrecondition(why + " and the cached snapshot " + snap +
                                         " lacks some of the requested files");
     }
+    PlanTargets(*commit, *selected);
+    MX_RETURN_IF_ERROR(CheckNoBadBlobs());
     report.files = selected->size();
     for (const auto& e : *selected) report.bytes += e.size;
   }
   for (const auto& f : options_.files) {
     if (::access(cache_.snapshot_path(*commit, f).c_str(), R_OK) != 0) {
-      return Status::FailedPrecondition("offline mode and '" + f + "' is not in " + snap);
+      return Status::FailedPrecondition(why + " and '" + f + "' is not in " + snap);
     }
   }
   report.seconds = SecondsSince(start_);
+  return report;
+}
+
+// A --local-dir without the hub: complete when mx's record of the last download there
+// names this revision (or commit) and every selected file is in place with its etag.
+Result<DownloadReport> Downloader::RunLocalOffline(const std::string& why) {
+  const std::string shown = LocalDirShown();
+  auto text = ReadFile(LocalRecordPath(), 64ull << 20, /*no_follow=*/true);
+  if (!text.ok()) {
+    return Status::FailedPrecondition(why + " and " + shown +
+                                      " holds no record of a complete mx download");
+  }
+  auto listing = ParseTreeJson(*text, LocalRecordPath());
+  if (!listing.ok()) return listing.status();
+  std::string commit = TreeJsonField(*text, "commit").value_or("");
+  std::string revision = TreeJsonField(*text, "revision").value_or("");
+  if (!IsLowerHex(commit, 40)) return Status::DataLoss("corrupt " + LocalRecordPath());
+  if (options_.revision != revision && options_.revision != commit) {
+    return Status::FailedPrecondition(why + " and " + shown + " holds " + revision + " (" + commit +
+                                      "), not " + options_.revision);
+  }
+  commit_ = commit;
+  MX_ASSIGN_OR_RETURN(std::vector<TreeEntry> selected, Select(commit, *listing));
+  MX_RETURN_IF_ERROR(CheckNotEmpty(selected, listing->size()));
+  PlanTargets(commit, selected);
+  for (const auto& t : targets_) {
+    if (!AlreadyPresent(*t)) {
+      return Status::FailedPrecondition(why + " and " + shown + " lacks " + t->entry.path +
+                                        " (or it changed since it was downloaded)");
+    }
+  }
+  DownloadReport report;
+  report.commit = commit;
+  report.path = shown;
+  report.from_cache = true;
+  report.files = selected.size();
+  for (const auto& e : selected) report.bytes += e.size;
+  report.seconds = SecondsSince(start_);
+  return report;
+}
+
+// The hub could not be reached: huggingface_hub's fallback to what is already here.
+Result<DownloadReport> Downloader::AnswerFromCache(const Status& hub_error) {
+  const std::string why = "the hub is unreachable";
+  auto report = local_dir() ? RunLocalOffline(why) : RunOffline(why);
+  if (!report.ok()) {
+    // Only a cache that does not hold the revision gives way to the hub's error; a bad
+    // blob or an empty selection is the more useful message.
+    if (report.status().message().rfind(why, 0) == 0) {
+      return Status(hub_error.code(), hub_error.message() + "; and " +
+                                          report.status().message().substr(why.size() + 5));
+    }
+    return report.status();
+  }
+  spdlog::warn("cannot reach the hub ({}); using {}@{} ({}) from {}", hub_error.message(),
+               options_.repo_id, options_.revision, report->commit, report->path);
   return report;
 }
 
@@ -710,12 +868,27 @@ Result<DownloadReport> Downloader::Run() {
   MX_RETURN_IF_ERROR(ValidateRepoId(options_.repo_id));
   if (options_.max_workers < 1) return Status::InvalidArgument("--max-workers must be at least 1");
   if (client_.config().offline) {
-    if (local_dir()) return Status::FailedPrecondition("offline mode cannot fill a --local-dir");
-    return RunOffline();
+    if (options_.force) {
+      return Status::FailedPrecondition("offline mode (HF_HUB_OFFLINE) cannot --force-download");
+    }
+    const std::string why = "offline mode (HF_HUB_OFFLINE)";
+    return local_dir() ? RunLocalOffline(why) : RunOffline(why);
   }
-  MX_ASSIGN_OR_RETURN(commit_, client_.ResolveRevision(options_.repo_id, options_.revision));
-  MX_ASSIGN_OR_RETURN(std::vector<TreeEntry> listing, client_.ListFiles(options_.repo_id, commit_));
+  auto resolved = client_.ResolveRevision(options_.repo_id, options_.revision);
+  auto listed = resolved.ok() ? client_.ListFiles(options_.repo_id, *resolved)
+                              : Result<std::vector<TreeEntry>>(resolved.status());
+  if (!listed.ok()) {
+    // Unavailable: no connection, DNS, timeout, or 5xx/429 after the retries.
+    bool unreachable = listed.status().code() == StatusCode::kUnavailable;
+    if (unreachable && options_.use_cache_when_unreachable && !options_.force) {
+      return AnswerFromCache(listed.status());
+    }
+    return listed.status();
+  }
+  commit_ = *resolved;
+  std::vector<TreeEntry> listing = std::move(*listed);
   MX_ASSIGN_OR_RETURN(std::vector<TreeEntry> selected, Select(commit_, listing));
+  MX_RETURN_IF_ERROR(CheckNotEmpty(selected, listing.size()));
   if (local_dir()) {
     MX_RETURN_IF_ERROR(MakeDirs(LocalMetaDir()));
   } else {
@@ -725,11 +898,12 @@ Result<DownloadReport> Downloader::Run() {
     MX_RETURN_IF_ERROR(cache_.WriteTree(commit_, listing));
   }
   PlanTargets(commit_, selected);
+  MX_RETURN_IF_ERROR(CheckNoBadBlobs());
   MX_RETURN_IF_ERROR(FetchAndLink(selected));
-  MX_RETURN_IF_ERROR(Publish(commit_, selected));
+  MX_RETURN_IF_ERROR(Publish(commit_, listing, selected));
   DownloadReport report;
   report.commit = commit_;
-  report.path = local_dir() ? *options_.local_dir : cache_.snapshot_dir(commit_);
+  report.path = local_dir() ? LocalDirShown() : cache_.snapshot_dir(commit_);
   report.files = selected.size();
   for (const auto& e : selected) report.bytes += e.size;
   report.bytes_fetched = bytes_fetched_;

@@ -2,6 +2,8 @@
 // `hf download` does, through the one RangeEngine.
 //
 // Guarantees:
+// - A blob that `mx cache verify` marked bad is never reported as in place: the download
+//   fails (FailedPrecondition, saying how to repair it) unless `force` fetches it again.
 // - A blob becomes visible (renamed into blobs/) only after its size and hash (sha256 for
 //   LFS files, git sha1 otherwise) match the listing; a mismatch is re-fetched, then fails.
 // - Every temp file is unique to its process; a process killed at any moment leaves the
@@ -40,12 +42,28 @@ struct DownloadProgress {
 struct DownloadOptions {
   std::string repo_id;
   std::string revision = "main";
-  std::vector<std::string> files;    // exact paths; empty = the whole repo
+  // Exact paths; empty = the whole repo. Named files win over include/exclude, which are
+  // then ignored (as `hf download` does; the CLI warns about it).
+  std::vector<std::string> files;
   std::vector<std::string> include;  // fnmatch globs, '*' crosses '/'
   std::vector<std::string> exclude;
   std::optional<std::string> local_dir;  // plain files there instead of the cache layout
   int max_workers = 16;                  // HTTP connections
-  // Called on the download thread about 5 times a second.
+  // Fetch every selected file again even when it is in place (`--force-download`): each
+  // new copy is verified as usual and then replaces the old one by rename. This is how a
+  // blob `mx cache verify` marked bad is repaired (see RepoCache::MarkBlobBad).
+  bool force = false;
+  // When the hub cannot be reached (Unavailable: connection refused, DNS, timeout, 5xx or
+  // 429 after retries) and the revision is complete in the cache (refs/<revision>, or a
+  // commit's snapshot, with every selected file of its trees/<commit>.json) or in the
+  // --local-dir (the record mx writes there), answer from there with one warning, as
+  // huggingface_hub does. Otherwise the hub's error is returned. Off for servers.
+  bool use_cache_when_unreachable = false;
+  // A selection that include/exclude reduce to no file at all is FailedPrecondition
+  // instead of an empty success.
+  bool fail_on_empty_selection = false;
+  // Called about 5 times a second while bytes arrive, and as each file completes: on the
+  // download thread or the verify thread, never two at once.
   std::function<void(const DownloadProgress&)> on_progress;
   // When set and it turns true, the download stops within about a second with Cancelled:
   // transfers are aborted, partial temp files and their progress stay for a later run.
@@ -53,12 +71,13 @@ struct DownloadOptions {
 };
 
 struct DownloadReport {
-  std::string path;  // snapshots/<commit> (or the local dir)
+  std::string path;  // snapshots/<commit> (or the local dir, made absolute)
   std::string commit;
   size_t files = 0;            // files in the selection
   uint64_t bytes = 0;          // their total size
   uint64_t bytes_fetched = 0;  // body bytes that crossed the network in this run
   double seconds = 0;
+  bool from_cache = false;  // answered from the cache: offline, or the hub unreachable
 };
 
 Result<DownloadReport> Download(HubClient& client, const DownloadOptions& options);

@@ -90,14 +90,34 @@ std::string HubClient::FileUrl(const std::string& repo_id, const std::string& re
          http::UrlQuote(path, "/");
 }
 
+// The server's own words, safe for a terminal: cut at a UTF-8 boundary near the bound,
+// control characters and invalid bytes escaped.
+static std::string ShownServerMessage(const std::string& text) {
+  std::string_view view = text;
+  bool cut = view.size() > kMaxServerMessageBytes;
+  if (cut) {
+    size_t end = kMaxServerMessageBytes;
+    while (end > 0 && (static_cast<unsigned char>(view[end]) & 0xC0) == 0x80) --end;
+    view = view.substr(0, end);
+  }
+  std::string out = EscapeControl(view);
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  return cut ? out + "..." : out;
+}
+
 Status HubErrorStatus(long http_status, const std::string& error_code, const std::string& what,
-                      bool have_token) {
+                      bool have_token, const std::string& server_message) {
   std::string msg = what + ": HTTP " + std::to_string(http_status);
   // X-Error-Code is the server's text: bounded and without control characters, so it
   // cannot drive a terminal or a log viewer.
   if (!error_code.empty()) msg += " (" + Printable(error_code, 64) + ")";
+  std::string said = ShownServerMessage(server_message);
+  bool server_said = !said.empty();
+  if (server_said) msg += ": " + said;
   if (error_code == "GatedRepo" || http_status == 401 || http_status == 403) {
-    std::string hint = have_token
+    // With the server's explanation in hand, only a fact is added: whether a token was sent.
+    std::string hint = server_said ? (have_token ? "" : "; no token was sent (set HF_TOKEN)")
+                       : have_token
                            ? "; the token was refused: check it has access to this repo"
                            : "; this repo needs authentication: set HF_TOKEN or pass --token";
     return Status(http_status == 403 && have_token ? StatusCode::kPermissionDenied
@@ -105,21 +125,26 @@ Status HubErrorStatus(long http_status, const std::string& error_code, const std
                   msg + hint);
   }
   if (error_code == "RepoNotFound") {
-    return Status::NotFound(msg + "; the repository does not exist (or is private: set HF_TOKEN)");
+    return Status::NotFound(msg + (server_said ? "; it does not exist there, or is not visible: "
+                                                 "check the repo id and --repo-type"
+                                               : "; the repository does not exist (or is "
+                                                 "private: set HF_TOKEN)"));
   }
   if (error_code == "RevisionNotFound") return Status::NotFound(msg + "; no such revision");
   if (error_code == "EntryNotFound")
     return Status::NotFound(msg + "; no such file at this revision");
   if (http_status == 404) return Status::NotFound(msg);
   if (http_status == 429 || http_status >= 500) {
-    return Status::Unavailable(msg + "; the hub is overloaded or down, try again later");
+    return Status::Unavailable(
+        msg + (server_said ? "" : "; the hub is overloaded or down, try again later"));
   }
   return Status::Internal(msg);
 }
 
 static Status CheckResponse(const http::Response& r, const std::string& what, bool have_token) {
   if (r.status >= 200 && r.status < 300) return Status::OK();
-  return HubErrorStatus(r.status, r.Header("x-error-code").value_or(""), what, have_token);
+  return HubErrorStatus(r.status, r.Header("x-error-code").value_or(""), what, have_token,
+                        r.Header("x-error-message").value_or(""));
 }
 
 Result<std::string> HubClient::ResolveRevision(const std::string& repo_id,

@@ -85,7 +85,13 @@ Result<RevisionAnswer> ParseRevisionAnswer(std::string_view body, const std::str
 Status ParseTreePage(std::string_view json, std::vector<TreeEntry>* out);
 
 // A clear Status for a hub error response: names the repo/revision/file and says what to do.
+// `server_message` is the response's X-Error-Message (the hub's, or a mirror's, own words):
+// when present it is shown, bounded to kMaxServerMessageBytes and with control characters
+// escaped, and the client adds no guess that could contradict it (a mirror's 401 "the
+// server's HF_TOKEN cannot read this repo" is not reported as "your token was refused").
 Status HubErrorStatus(long http_status, const std::string& error_code, const std::string& what,
-                      bool have_token);
+                      bool have_token, const std::string& server_message = "");
+// Longest server message (X-Error-Message) shown, in bytes, before "..." is appended.
+constexpr size_t kMaxServerMessageBytes = 300;
 
 }  // namespace mx::hub

@@ -361,6 +361,38 @@ TEST(HubErrorTest, NamesTheCauseAndTheFix) {
   EXPECT_EQ(HubErrorStatus(503, "", "x", false).code(), StatusCode::kUnavailable);
 }
 
+TEST(HubErrorTest, ShowsTheServersMessageInsteadOfAGuess) {
+  // A mirror whose own HF_TOKEN cannot read the repo: its words, not "token was refused".
+  Status st = HubErrorStatus(401, "GatedRepo", "models/a/b@main", /*have_token=*/true,
+                             "the server's HF_TOKEN cannot read this repo");
+  EXPECT_NE(st.message().find("the server's HF_TOKEN cannot read this repo"), std::string::npos);
+  EXPECT_EQ(st.message().find("refused"), std::string::npos);
+  // Control characters are escaped, the length is bounded, UTF-8 is not cut in half.
+  std::string hostile =
+      "\x1b[2J\r\n" + std::string(kMaxServerMessageBytes - 7, 'x') + "\xc3\xa9tail";
+  st = HubErrorStatus(500, "", "x", false, hostile);
+  EXPECT_EQ(st.code(), StatusCode::kUnavailable);
+  EXPECT_EQ(st.message().find('\x1b'), std::string::npos);
+  EXPECT_NE(st.message().find("\\x1b[2J\\x0d\\x0a"), std::string::npos);
+  EXPECT_EQ(st.message().find("tail"), std::string::npos);
+  EXPECT_EQ(st.message().find("\\xc3"), std::string::npos);
+  EXPECT_EQ(st.message().substr(st.message().size() - 3), "...");
+  EXPECT_LT(st.message().size(), kMaxServerMessageBytes + 100);
+}
+
+TEST(TreeJsonTest, RoundTripsWithExtraFieldsAndRefusesHostileEtags) {
+  TreeEntry a{"w.safetensors", 5, std::string(40, 'a'), std::string(64, 'b'), 0};
+  TreeEntry b{"sub/c.json", 3, std::string(40, 'c'), std::nullopt, 0};
+  std::string text = TreeJson({a, b}, {{"revision", "main"}, {"commit", std::string(40, 'd')}});
+  auto back = ParseTreeJson(text, "t");
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  ASSERT_EQ(back->size(), 2u);
+  EXPECT_EQ(TreeJsonField(text, "revision"), "main");
+  EXPECT_EQ(TreeJsonField(text, "absent"), std::nullopt);
+  b.git_oid = "../../../etc/passwd";
+  EXPECT_EQ(ParseTreeJson(TreeJson({b}), "t").status().code(), StatusCode::kDataLoss);
+}
+
 TEST(RevisionAnswerTest, CommitAndVisibility) {
   const std::string sha(40, 'a');
   auto open = ParseRevisionAnswer(R"({"sha":")" + sha + R"(","private":false,"gated":false})", "r");

@@ -298,7 +298,10 @@ class Fault:
     In scopes ``resolve`` (any hub resolve HEAD/GET, LFS 302s included) and
     ``api`` (revision/tree/info; glob matched against the URL path) only the
     status kinds and ``drop`` (close with no response) apply.
-    200_for_range and wrong_content_range only match Range requests."""
+    200_for_range and wrong_content_range only match Range requests.
+    A status fault may carry ``error_code`` and ``error_message``: they are sent
+    as X-Error-Code / X-Error-Message (the message as given, control
+    characters included, to test how a client shows a hostile one)."""
 
     kind: str
     path: str = "*"
@@ -308,6 +311,8 @@ class Fault:
     seconds: float = 10
     on: str = "data"
     triggered: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
 
     RANGE_ONLY = ("200_for_range", "wrong_content_range")
     BODY_KINDS = ("drop", "short_body", "stall", "corrupt") + RANGE_ONLY
@@ -322,7 +327,8 @@ class Fault:
             raise ValueError(f"unknown fault scope {on!r}")
         return cls(kind=kind, path=d.get("path", "*"), count=int(d.get("count", 1)),
                    retry_after=d.get("retry_after", 1), after_bytes=d.get("after_bytes"),
-                   seconds=float(d.get("seconds", 10)), on=on)
+                   seconds=float(d.get("seconds", 10)), on=on,
+                   error_code=d.get("error_code"), error_message=d.get("error_message"))
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "path": self.path, "remaining": self.count,
@@ -543,6 +549,9 @@ class BaseHandler(http.server.BaseHTTPRequestHandler):
         if f.status == 429:
             # RateLimit-style headers some hub deployments send as well.
             headers["RateLimit"] = f'"fault";r=0;t={f.retry_after:g}'
+        if f.error_code is not None:
+            headers["X-Error-Code"] = f.error_code
+            headers["X-Error-Message"] = f.error_message or ""
         self.send_error_json(HttpError(f.status, None, f"injected {f.kind}", headers), head)
 
     def abort_connection(self):
