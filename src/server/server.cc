@@ -72,7 +72,11 @@ class Reaper {
 void LogAccess(const AccessRecord& a) {
   std::string path = EscapeControl(a.path.substr(0, 512));
   if (a.path.size() > 512) path += "...";
-  auto level = a.status >= 500 ? spdlog::level::warn : spdlog::level::info;
+  // Probes come every few seconds from every kubelet: logged at debug unless they fail.
+  bool probe = a.path == "/healthz" || a.path == "/readyz";
+  auto level = a.status >= 500 ? spdlog::level::warn
+               : probe         ? spdlog::level::debug
+                               : spdlog::level::info;
   if (a.note.empty()) {
     LogEvent(level, "http",
              {{"method", a.method},
