@@ -43,7 +43,7 @@ const std::vector<SettingSpec>& Specs() {
       {"cache_dir",
        true,
        {"MODEL_EXPRESS_CACHE_DIRECTORY"},
-       "Model cache (MODEL_EXPRESS_CACHE_DIRECTORY, HF_HUB_CACHE)"},
+       "Model cache (else HF_HUB_CACHE, else $HF_HOME/hub)"},
       {"metadata_backend", true, {"MX_METADATA_BACKEND"}, "embedded or redis"},
       {"redis_url", true, {"REDIS_URL"}, "redis://[:password@]host:port[/db]"},
       {"redis_host", false, {"MX_REDIS_HOST"}, nullptr},
