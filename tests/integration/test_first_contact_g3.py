@@ -88,6 +88,7 @@ class FirstContactBase(HubAndServersCase):
     def make_repos(cls, tmp):
         cls.content = make_repo(tmp / "content", FILES, seed=13)
         return {"org/m": {"revisions": {"main": cls.content}},
+                "org/n": {"revisions": {"main": cls.content}},
                 "acme/gated": {"revisions": {"main": cls.content}, "token": UPSTREAM_TOKEN}}
 
     def validate(self, *args, env=None):
@@ -343,6 +344,7 @@ class ProbesAndLogsTest(FirstContactBase):
         stream(srv.address, "org/m")
         get(srv.mirror, '/org/m/resolve/main/tokenizer.json?x="quote')
         get(srv.mirror, "/api/models/org/nope/revision/main")
+        self.assertEqual(get(srv.mirror, "/org/n/resolve/main/config.json")[0], 200)
 
         def records():
             out = []
@@ -376,6 +378,9 @@ class ProbesAndLogsTest(FirstContactBase):
         self.assertIsNotNone(streamed, log_of(srv))
         self.assertEqual(streamed["bytes"], sum(FILES.values()))
         self.assertEqual(streamed["files"], len(FILES))
+        fetched = find("mirror fetch done", model="org/n", file="config.json")
+        self.assertIsNotNone(fetched, log_of(srv))
+        self.assertEqual(fetched["bytes"], FILES["config.json"])
         # Every line of the log is one JSON record.
         for line in log_of(srv).splitlines():
             if line.strip():
