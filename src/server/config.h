@@ -4,7 +4,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "hub/hub_client.h"
@@ -45,11 +47,32 @@ struct ServerConfig {
   int max_models = 0;
   uint64_t max_bytes = 0;
   int64_t unused_after_s = 0;
+  // Where each setting that was given came from, by YAML key ("flag --port",
+  // "environment variable MX_MIRROR_PORT", "key 'port' in server.yaml"), for messages.
+  std::map<std::string, std::string> sources;
+  // The source of `key`, "the default" when it was not given.
+  std::string SourceOf(const std::string& key) const;
 };
 
 // Parses flags (argv) over environment over YAML over defaults. `validate_only` is set
-// when --validate-config was given. InvalidArgument names the offending setting.
+// when --validate-config was given. Refused with InvalidArgument, naming where the value
+// came from (flag, environment variable, or key and file) and what is allowed:
+// - a YAML key that is no setting (with the nearest known key as a suggestion), a value
+//   that is not a scalar;
+// - a number or byte size (units as in ParseByteSize: 16MiB, 1GiB) outside its range;
+// - two of the gRPC, mirror and metrics ports on one number;
+// - a TLS certificate or key that cannot be read or parsed, or a key that does not match
+//   the certificate; an unknown log level or format.
 Result<ServerConfig> LoadServerConfig(int argc, char** argv, bool* validate_only);
+
+// Whether the ports the server would listen on (gRPC, and the mirror and metrics ports
+// when on) can be bound now: FailedPrecondition naming the port and its setting when one
+// is taken. For --validate-config; start-up itself fails on the real bind.
+Status CheckPortsFree(const ServerConfig& config);
+
+// The name of a YAML key or flag nearest to `word` among `known` (edit distance at most
+// 3, else empty): for "did you mean" hints.
+std::string NearestWord(const std::string& word, const std::vector<std::string>& known);
 
 // Human-readable summary without secrets, for logs and --validate-config.
 std::string DescribeConfig(const ServerConfig& config);

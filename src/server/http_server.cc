@@ -115,6 +115,8 @@ HttpResponse HttpResponse::Text(int status, std::string body, std::string type) 
 // --- the event loop ----------------------------------------------------------------------
 
 class HttpServer::Loop {
+  using Clock = std::chrono::steady_clock;
+
  public:
   Loop(HttpHandler handler, HttpServerOptions options)
       : handler_(std::move(handler)), options_(std::move(options)) {}
@@ -146,11 +148,18 @@ class HttpServer::Loop {
     uint64_t file_left = 0;
     bool close_after = false;
     bool peer_eof = false;  // the client half-closed after sending
+    // The response being written, for the access log.
+    bool logging = false;
+    AccessRecord access;
+    size_t head_len = 0;
+    uint64_t file_total = 0;
+    Clock::time_point started;
   };
   struct Job {
     uint64_t conn_id;
     uint32_t peer;
     HttpRequest request;
+    Clock::time_point started;
   };
   struct Done {
     uint64_t conn_id;
@@ -160,6 +169,11 @@ class HttpServer::Loop {
     uint64_t file_offset = 0;
     uint64_t file_length = 0;
     bool close_after = false;
+    // For the access log.
+    int status = 0;
+    std::string method = "-", path = "-", note;
+    size_t head_len = 0;
+    Clock::time_point started;
   };
 
   void Run();
@@ -173,7 +187,10 @@ class HttpServer::Loop {
   void ProcessInput(Conn* c);
   void CloseIfStuckAfterEof(uint64_t id);
   void Dispatch(Conn* c, HttpRequest request);
-  void RespondNow(Conn* c, const HttpResponse& r, bool keep_alive);
+  void RespondNow(Conn* c, const HttpResponse& r, bool keep_alive,
+                  const HttpRequest* request = nullptr);
+  // Reports the response under way on `c` to the access log, once.
+  void LogAccess(Conn* c, bool complete);
   void StartWriting(Conn* c, Done d);
   void Write(Conn* c);
   void FinishResponse(Conn* c);
@@ -522,11 +539,12 @@ void HttpServer::Loop::Dispatch(Conn* c, HttpRequest request) {
   if (request.method != "GET" && request.method != "HEAD") {
     HttpResponse r = HttpResponse::Text(405, "only GET and HEAD\n");
     r.Add("Allow", "GET, HEAD");
-    return RespondNow(c, r, request.keep_alive);
+    return RespondNow(c, r, request.keep_alive, &request);
   }
   int& queued = queued_per_peer_[c->peer];
   if (queued >= options_.max_queued_per_peer) {
-    return RespondNow(c, HttpResponse::Text(503, "too many requests from this address\n"), false);
+    return RespondNow(c, HttpResponse::Text(503, "too many requests from this address\n"), false,
+                      &request);
   }
   c->state = Conn::kHandling;
   // Not watched while a worker answers: pipelined bytes wait in the socket buffer.
@@ -535,19 +553,43 @@ void HttpServer::Loop::Dispatch(Conn* c, HttpRequest request) {
     std::lock_guard<std::mutex> l(jobs_mu_);
     std::deque<Job>& mine = jobs_[c->peer];
     bool first = mine.empty();
-    mine.push_back({c->id, c->peer, std::move(request)});
+    mine.push_back({c->id, c->peer, std::move(request), Clock::now()});
     if (first) turns_.push_back(c->peer);
   }
   ++queued;
   jobs_cv_.notify_one();
 }
 
-void HttpServer::Loop::RespondNow(Conn* c, const HttpResponse& r, bool keep_alive) {
+void HttpServer::Loop::RespondNow(Conn* c, const HttpResponse& r, bool keep_alive,
+                                  const HttpRequest* request) {
   Done d;
   d.conn_id = c->id;
-  d.out = SerializeHead(r, r.body.size(), keep_alive) + r.body;
+  d.out = SerializeHead(r, r.body.size(), keep_alive);
+  d.head_len = d.out.size();
+  d.out += r.body;
   d.close_after = !keep_alive;
+  d.status = r.status;
+  if (request) {
+    d.method = request->method;
+    d.path = request->raw_path;
+  }
+  d.started = Clock::now();
   StartWriting(c, std::move(d));
+}
+
+void HttpServer::Loop::LogAccess(Conn* c, bool complete) {
+  if (!c->logging) return;
+  c->logging = false;
+  AccessRecord& a = c->access;
+  a.complete = complete;
+  a.body_bytes = (c->out_off > c->head_len ? c->out_off - c->head_len : 0) +
+                 (c->file_total - std::min(c->file_total, c->file_left));
+  a.seconds = std::chrono::duration<double>(Clock::now() - c->started).count();
+  try {
+    options_.access_log(a);
+  } catch (const std::exception& e) {
+    spdlog::warn("HTTP: access log: {}", e.what());
+  }
 }
 
 void HttpServer::Loop::StartWriting(Conn* c, Done d) {
@@ -560,6 +602,18 @@ void HttpServer::Loop::StartWriting(Conn* c, Done d) {
   c->file_left = d.file_length;
   c->close_after = d.close_after;
   c->deadline_ms = NowMs() + options_.send_stall_ms;
+  c->logging = static_cast<bool>(options_.access_log);
+  if (c->logging) {
+    c->access = AccessRecord{};
+    c->access.method = std::move(d.method);
+    c->access.path = std::move(d.path);
+    c->access.peer = c->peer_text;
+    c->access.status = d.status;
+    c->access.note = std::move(d.note);
+    c->head_len = d.head_len;
+    c->file_total = d.file_length;
+    c->started = d.started;
+  }
   Watch(c, EPOLLOUT, was_watched ? EPOLL_CTL_MOD : EPOLL_CTL_ADD);
   Write(c);
 }
@@ -603,6 +657,7 @@ void HttpServer::Loop::Write(Conn* c) {
 }
 
 void HttpServer::Loop::FinishResponse(Conn* c) {
+  LogAccess(c, true);
   if (c->file_fd >= 0) ::close(c->file_fd);
   c->file_fd = -1;
   c->out.clear();
@@ -628,8 +683,20 @@ void HttpServer::Loop::DrainCompletions() {
     auto q = queued_per_peer_.find(d.peer);
     if (q != queued_per_peer_.end() && --q->second <= 0) queued_per_peer_.erase(q);
     auto it = conns_.find(d.conn_id);
-    if (it == conns_.end()) {
+    if (it == conns_.end()) {  // the client left while its request was being answered
       if (d.file_fd >= 0) ::close(d.file_fd);
+      if (options_.access_log) {
+        AccessRecord a;
+        a.method = std::move(d.method);
+        a.path = std::move(d.path);
+        a.status = d.status;
+        a.note = std::move(d.note);
+        a.seconds = std::chrono::duration<double>(Clock::now() - d.started).count();
+        try {
+          options_.access_log(a);
+        } catch (const std::exception&) {
+        }
+      }
       continue;
     }
     uint64_t id = d.conn_id;
@@ -659,6 +726,7 @@ void HttpServer::Loop::Sweep() {
 }
 
 void HttpServer::Loop::Close(Conn* c) {
+  if (c->state == Conn::kWriting) LogAccess(c, false);
   if (c->state != Conn::kHandling) ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, c->fd, nullptr);
   ::close(c->fd);
   if (c->file_fd >= 0) ::close(c->file_fd);
@@ -736,7 +804,10 @@ HttpServer::Loop::Done HttpServer::Loop::Answer(Job& job) {
   Done d;
   d.conn_id = job.conn_id;
   d.peer = job.peer;
+  d.started = job.started;
   const HttpRequest& req = job.request;
+  d.method = req.method;
+  d.path = req.raw_path;
   bool keep_alive = req.keep_alive;
   HttpResponse r;
   try {
@@ -748,19 +819,25 @@ HttpServer::Loop::Done HttpServer::Loop::Answer(Job& job) {
     spdlog::error("HTTP {} {}: handler failed", req.method, Printable(req.raw_path));
     r = HttpResponse::Text(500, "internal error\n");
   }
+  d.status = r.status;
   try {
+    d.note = std::move(r.log_note);
     uint64_t length = r.file_fd >= 0 ? r.file_length : r.body.size();
     if (req.method == "HEAD") {
       if (r.head_length) length = *r.head_length;
       d.out = SerializeHead(r, length, keep_alive);
+      d.head_len = d.out.size();
       if (r.file_fd >= 0) ::close(r.file_fd);
     } else if (r.file_fd >= 0) {
       d.out = SerializeHead(r, length, keep_alive);
+      d.head_len = d.out.size();
       d.file_fd = r.file_fd;
       d.file_offset = r.file_offset;
       d.file_length = r.file_length;
     } else {
-      d.out = SerializeHead(r, length, keep_alive) + r.body;
+      d.out = SerializeHead(r, length, keep_alive);
+      d.head_len = d.out.size();
+      d.out += r.body;
       body_bytes += r.body.size();
     }
     d.close_after = !keep_alive;

@@ -37,6 +37,9 @@ struct HttpResponse {
   uint64_t file_length = 0;
   // For HEAD answers that describe a body without opening it: the Content-Length to send.
   std::optional<uint64_t> head_length;
+  // For the server's own log only (never sent): why an error answer was given, with the
+  // detail the client does not see (see AccessRecord::note).
+  std::string log_note;
 
   static HttpResponse Text(int status, std::string body, std::string type = "text/plain");
   void Add(std::string name, std::string value) {
@@ -45,6 +48,21 @@ struct HttpResponse {
 };
 
 using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;
+
+// One answered request, for an access log: reported once per response when its last
+// byte was sent (complete) or its connection closed first (not complete), including the
+// answers the server gives itself (400, 405, 431, 503).
+struct AccessRecord {
+  std::string method;  // "-" when the request head could not be parsed
+  std::string path;    // as sent, without the query string (which may carry secrets)
+  std::string peer;
+  int status = 0;
+  uint64_t body_bytes = 0;  // body bytes actually sent
+  double seconds = 0;       // from the end of the request head to the last byte
+  bool complete = false;
+  std::string note;  // HttpResponse::log_note
+};
+using AccessLogger = std::function<void(const AccessRecord&)>;
 
 struct HttpServerOptions {
   int worker_threads = 32;
@@ -55,6 +73,8 @@ struct HttpServerOptions {
   int idle_timeout_ms = 5000;    // keep-alive connections with no request under way
   int send_stall_ms = 30000;     // a response that makes no progress for this long is cut
   HeadLimits limits;
+  // Called on the event-loop thread for every response (must be quick and not throw).
+  AccessLogger access_log;
 };
 
 class HttpServer {

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -375,6 +376,65 @@ TEST(HttpServerStopTest, StopJoinsEverythingWithConnectionsOpen) {
     server.reset();  // the destructor joins; ASan reports any use after free
     for (int fd : fds) ::close(fd);
   }
+}
+
+TEST(HttpServerAccessLogTest, ReportsEveryAnswerOnce) {
+  std::mutex mu;
+  std::vector<AccessRecord> records;
+  HttpServerOptions o;
+  o.access_log = [&](const AccessRecord& a) {
+    std::lock_guard<std::mutex> l(mu);
+    records.push_back(a);
+  };
+  HttpServer server(
+      "127.0.0.1", 0,
+      [](const HttpRequest& r) {
+        if (r.path == "/big") return HttpResponse::Text(200, std::string(64 << 20, 'b'));
+        HttpResponse resp = HttpResponse::Text(404, "nope");
+        resp.log_note = "detail for the log";
+        return resp;
+      },
+      o);
+  ASSERT_TRUE(server.Start().ok());
+  auto exchange = [&](const std::string& bytes) {
+    int fd = Connect(server.port());
+    ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    std::string out = ReadAll(fd, 500);
+    ::close(fd);
+    return out;
+  };
+  exchange("GET /a?secret=1 HTTP/1.1\r\nConnection: close\r\n\r\n");
+  exchange("POST /p HTTP/1.1\r\nConnection: close\r\n\r\n");
+  exchange("GET /\x01 HTTP/1.1\r\n\r\n");
+  {  // a client that leaves before the body is out
+    int fd = Connect(server.port());
+    std::string req = "GET /big HTTP/1.1\r\n\r\n";
+    ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    ::close(fd);
+  }
+  for (int i = 0; i < 50; ++i) {
+    {
+      std::lock_guard<std::mutex> l(mu);
+      if (records.size() >= 4) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  server.Stop();
+  ASSERT_EQ(records.size(), 4u);
+  EXPECT_EQ(records[0].method, "GET");
+  EXPECT_EQ(records[0].path, "/a");  // no query string
+  EXPECT_EQ(records[0].status, 404);
+  EXPECT_EQ(records[0].body_bytes, 4u);
+  EXPECT_TRUE(records[0].complete);
+  EXPECT_EQ(records[0].note, "detail for the log");
+  EXPECT_EQ(records[1].status, 405);
+  EXPECT_EQ(records[1].method, "POST");
+  EXPECT_EQ(records[2].status, 400);
+  EXPECT_EQ(records[2].method, "-");
+  EXPECT_EQ(records[3].path, "/big");
+  EXPECT_FALSE(records[3].complete);
+  EXPECT_LT(records[3].body_bytes, uint64_t{64} << 20);
 }
 
 }  // namespace

@@ -113,8 +113,14 @@ Result<MirrorRoute> ParseMirrorRoute(std::string_view raw) {
 }
 
 HttpResponse Mirror::Error(const Status& st) const {
-  // Local cache paths are nobody's business on the network.
-  std::string m = SafeMessage(st.message(), manager_->config().hub.cache_dir);
+  HttpResponse r = ErrorFor(st);
+  r.log_note = st.message();  // the detail (paths, the operator's advice) for the access log
+  return r;
+}
+
+HttpResponse Mirror::ErrorFor(const Status& st) const {
+  // Local paths and the operator's advice are nobody's business on the network.
+  std::string m = CallerMessage(st, manager_->config().hub.cache_dir);
   switch (st.code()) {
     case StatusCode::kInvalidArgument:
       return HubError(400, "BadRequest", m);
@@ -184,6 +190,13 @@ Result<LocalFile> Mirror::Fetch(const Repo& repo, const std::string& path) {
     auto report = hub::Download(upstream, o);
     if (!report.ok()) return report.status();
     metrics_->bytes_from_upstream += report->bytes_fetched;
+    LogEvent(spdlog::level::info, "mirror fetch done",
+             {{"model", repo.id},
+              {"commit", repo.commit},
+              {"file", path},
+              {"bytes", report->bytes},
+              {"fetched_bytes", report->bytes_fetched},
+              {"duration_s", report->seconds}});
     if (repo.revision != repo.commit) (void)cache.WriteRef(repo.revision, repo.commit);
   }
   std::error_code root_ec, real_ec;

@@ -47,7 +47,10 @@ class Mirror {
   HttpResponse Tree(const Repo& repo, const std::string& subpath, const HttpRequest& request);
   HttpResponse Resolve(const Repo& repo, const std::string& path, const HttpRequest& request);
 
+  // The hub-style error answer: the caller's text (CallerMessage) in the body and
+  // X-Error-Message, the full message in log_note.
   HttpResponse Error(const Status& status) const;
+  HttpResponse ErrorFor(const Status& status) const;
 
   ModelManager* manager_;
   Metrics* metrics_;

@@ -51,6 +51,41 @@ void ReplaceAll(std::string* text, const std::string& from, const std::string& t
   }
 }
 
+// Replaces absolute local paths ("/var/cache/x", "'/etc/y'") by "<path>": a '/' that
+// starts a word and is followed by a path character. URLs ("https://h/p") and repo ids
+// ("org/name") have no '/' at the start of a word.
+std::string RedactAbsolutePaths(const std::string& msg) {
+  std::string out;
+  out.reserve(msg.size());
+  for (size_t i = 0; i < msg.size();) {
+    char prev = i == 0 ? ' ' : msg[i - 1];
+    bool word_start = prev == ' ' || prev == '\'' || prev == '"' || prev == '(' || prev == '=' ||
+                      prev == '[' || prev == '<' || prev == '\t';
+    bool path_char_next = i + 1 < msg.size() && msg[i + 1] != ' ' && msg[i + 1] != '/' &&
+                          msg[i + 1] != '\'' && msg[i + 1] != '"';
+    if (msg[i] == '/' && word_start && path_char_next) {
+      size_t end = i;
+      while (end < msg.size() && msg[end] != ' ' && msg[end] != '\'' && msg[end] != '"' &&
+             msg[end] != ')' && msg[end] != ']' && msg[end] != ',' && msg[end] != ';' &&
+             !(msg[end] == ':' && (end + 1 == msg.size() || msg[end + 1] == ' '))) {
+        ++end;
+      }
+      out += "<path>";
+      i = end;
+      continue;
+    }
+    out += msg[i++];
+  }
+  return out;
+}
+
+bool Mentions(const std::string& text, std::initializer_list<const char*> words) {
+  for (const char* w : words) {
+    if (text.find(w) != std::string::npos) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 std::string SafeMessage(std::string msg, const std::string& cache_dir) {
@@ -60,11 +95,73 @@ std::string SafeMessage(std::string msg, const std::string& cache_dir) {
   std::string real = fs::weakly_canonical(dir, ec).string();
   if (!ec && real.size() > 1) ReplaceAll(&msg, real, "<cache>");
   if (dir.size() > 1) ReplaceAll(&msg, dir, "<cache>");
+  msg = RedactAbsolutePaths(msg);
   if (msg.size() > kMaxErrorBytes) msg = msg.substr(0, kMaxErrorBytes) + "...";
   for (char& c : msg) {
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
   }
   return msg;
+}
+
+std::string CallerMessage(StatusCode code, const std::string& message,
+                          const std::string& cache_dir) {
+  // Advice only whoever runs the server can follow is replaced, where it stood, by what is
+  // true from the caller's side (each replacement at most once).
+  const auto token_words = {"HF_TOKEN", "--token", "token was refused"};
+  const auto offline_words = {"HF_HUB_OFFLINE", "download it first"};
+  const std::string token_text =
+      code == StatusCode::kNotFound
+          ? "or it is private and the server's HF token cannot read it"
+          : "the server's HF token cannot read this repo, or none is configured";
+  const std::string offline_text = "the server is offline and does not have this in its cache";
+  bool said_token = false, said_offline = false;
+  auto replacement = [&](const std::string& text, bool in_parens) -> std::optional<std::string> {
+    if (Mentions(text, token_words)) {
+      if (said_token) return "";
+      said_token = true;
+      return in_parens ? "(" + token_text + ")" : token_text;
+    }
+    if (Mentions(text, offline_words)) {
+      if (said_offline || in_parens) return "";
+      said_offline = true;
+      return offline_text;
+    }
+    return std::nullopt;
+  };
+  std::string out;
+  for (size_t start = 0; start <= message.size();) {
+    size_t end = message.find("; ", start);
+    if (end == std::string::npos) end = message.size();
+    std::string part = message.substr(start, end - start);
+    start = end + 2;
+    // Parenthesized advice first: "HTTP 401 (access refused: set HF_TOKEN or --token)".
+    std::string kept;
+    for (size_t i = 0; i < part.size();) {
+      size_t close = part[i] == '(' ? part.find(')', i) : std::string::npos;
+      if (close != std::string::npos) {
+        if (auto r = replacement(part.substr(i, close + 1 - i), true)) {
+          if (r->empty()) {
+            while (!kept.empty() && kept.back() == ' ') kept.pop_back();
+          } else {
+            kept += *r;
+          }
+          i = close + 1;
+          continue;
+        }
+      }
+      kept += part[i++];
+    }
+    // Then advice that is a whole clause: "this repo needs authentication: set HF_TOKEN".
+    if (auto r = replacement(kept, false)) kept = *r;
+    if (!kept.empty()) out += (out.empty() ? "" : "; ") + kept;
+  }
+  // An upstream refusal in words this function does not know still gets the caller's view.
+  if (!said_token &&
+      (code == StatusCode::kUnauthenticated || code == StatusCode::kPermissionDenied) &&
+      Mentions(out, {"HTTP 401", "HTTP 403", "GatedRepo"})) {
+    out += "; " + token_text;
+  }
+  return SafeMessage(out, cache_dir);
 }
 
 bool IsWeightFile(const std::string& path) {
@@ -89,8 +186,13 @@ Result<std::string> ModelManager::Download(const ModelKey& key, uint64_t* bytes)
   MX_ASSIGN_OR_RETURN(hub::DownloadReport report, hub::Download(client, o));
   metrics_->bytes_from_upstream += report.bytes_fetched;
   *bytes = report.bytes;
-  spdlog::info("downloaded {}@{} ({} files, {} bytes, {} fetched in {:.1f}s)", key.name,
-               report.commit, report.files, report.bytes, report.bytes_fetched, report.seconds);
+  LogEvent(spdlog::level::info, "download done",
+           {{"model", key.name},
+            {"commit", report.commit},
+            {"files", report.files},
+            {"bytes", report.bytes},
+            {"fetched_bytes", report.bytes_fetched},
+            {"duration_s", report.seconds}});
   return report.commit;
 }
 
@@ -140,7 +242,8 @@ Status ModelManager::RunClaimed(const ModelKey& key, const std::string& claim_id
     ++metrics_->downloads_failed;
     final.state = ModelState::kError;
     final.message = commit.status().message();
-    spdlog::error("download of {} failed: {}", key.name, final.message);
+    LogEvent(spdlog::level::err, "download failed",
+             {{"model", key.name}, {"error", final.message}});
   }
   Status st = Timed(metrics_, [&] {
     return store_->Finish(key, claim_id, final.state, final.message, final.resolved_revision,

@@ -42,8 +42,21 @@ struct LocalSnapshot {
 // Errors that leave the server (gRPC statuses, mirror answers) are bounded to this.
 inline constexpr size_t kMaxErrorBytes = 512;
 // An error message fit for the network: the cache directory (as given and resolved)
-// replaced by "<cache>", control characters replaced, at most kMaxErrorBytes.
+// replaced by "<cache>", any other absolute local path by "<path>", control characters
+// replaced, at most kMaxErrorBytes.
 std::string SafeMessage(std::string message, const std::string& cache_dir);
+
+// What a remote caller (gRPC, the mirror) is told about an error: SafeMessage, and
+// advice meant for the server's operator ("set HF_TOKEN or pass --token", offline mode,
+// "download it first") replaced by what is true from the caller's side: an upstream
+// 401/403 becomes "the server's HF token cannot read this repo (or none is configured)",
+// a repo that upstream reports missing "does not exist upstream, or it is private and the
+// server's HF token cannot read it". The server logs the original message.
+std::string CallerMessage(StatusCode code, const std::string& message,
+                          const std::string& cache_dir);
+inline std::string CallerMessage(const Status& status, const std::string& cache_dir) {
+  return CallerMessage(status.code(), status.message(), cache_dir);
+}
 
 // True for the files ignore_weights leaves out (*.safetensors, *.bin, *.pt, ...).
 bool IsWeightFile(const std::string& path);

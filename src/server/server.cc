@@ -13,7 +13,9 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/text.h"
 #include "server/config.h"
+#include "server/health.h"
 #include "server/http_server.h"
 #include "server/mirror.h"
 #include "server/services.h"
@@ -64,6 +66,43 @@ class Reaper {
   std::thread thread_;
 };
 
+// One line per mirror request: what was asked, the answer, how much and how long. The
+// path is as sent without its query (signed URLs and cursors stay out of the log), escaped
+// and bounded; the Authorization header is never looked at here.
+void LogAccess(const AccessRecord& a) {
+  std::string path = EscapeControl(a.path.substr(0, 512));
+  if (a.path.size() > 512) path += "...";
+  // Probes come every few seconds from every kubelet: logged at debug unless they fail.
+  bool probe = a.path == "/healthz" || a.path == "/readyz";
+  auto level = a.status >= 500 ? spdlog::level::warn
+               : probe         ? spdlog::level::debug
+                               : spdlog::level::info;
+  if (a.note.empty()) {
+    LogEvent(level, "http",
+             {{"method", a.method},
+              {"path", path},
+              {"status", a.status},
+              {"bytes", a.body_bytes},
+              {"duration_s", a.seconds},
+              {"complete", a.complete ? "yes" : "no"},
+              {"peer", a.peer}});
+  } else {
+    LogEvent(level, "http",
+             {{"method", a.method},
+              {"path", path},
+              {"status", a.status},
+              {"bytes", a.body_bytes},
+              {"duration_s", a.seconds},
+              {"complete", a.complete ? "yes" : "no"},
+              {"peer", a.peer},
+              {"error", a.note}});
+  }
+}
+
+bool ListensEverywhere(const std::string& host) {
+  return host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]";
+}
+
 }  // namespace
 
 int ServerMain(int argc, char** argv) {
@@ -84,10 +123,22 @@ int ServerMain(int argc, char** argv) {
     return 2;
   }
   ServerConfig config = std::move(*loaded);
-  InitLogging(config.log_level, config.log_format == "json" ? LogFormat::kJson : LogFormat::kText);
+  InitLogging(config.log_level, config.log_format == "json" ? LogFormat::kJson : LogFormat::kText,
+              /*env_overrides=*/false);
   if (validate_only) {
+    if (Status st = CheckPortsFree(config); !st.ok()) {
+      std::fprintf(stderr, "error: %s\n", st.message().c_str());
+      return 2;
+    }
     std::printf("configuration OK: %s\n", DescribeConfig(config).c_str());
     return 0;
+  }
+  if (ListensEverywhere(config.host) && config.auth_token.empty() && config.tls_cert.empty()) {
+    spdlog::warn(
+        "listening on every interface ({}) with no auth token and no TLS: anyone who can reach "
+        "these ports can use this server (and the repos its HF token reads) and sees traffic in "
+        "clear; set --auth-token-file and --tls-cert/--tls-key, or --host 127.0.0.1",
+        config.host.empty() ? "0.0.0.0" : config.host);
   }
   if (Status st = MakeDirs(config.hub.cache_dir); !st.ok()) {
     spdlog::error("{}", st.message());
@@ -116,6 +167,9 @@ int ServerMain(int argc, char** argv) {
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default, so a second server on the same port would start
+  // and share (steal) connections: a port in use must be an error instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   int grpc_port = 0;
   builder.AddListeningPort(config.host + ":" + std::to_string(config.port), Credentials(config),
                            &grpc_port);
@@ -127,16 +181,26 @@ int ServerMain(int argc, char** argv) {
   builder.RegisterService(&p2p);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || grpc_port == 0) {
-    spdlog::error("cannot listen for gRPC on {}:{} (port in use?)", config.host, config.port);
+    Status why = CheckPortsFree(config);
+    spdlog::error("cannot listen for gRPC on {}:{}: {}", config.host, config.port,
+                  why.ok() ? "the address cannot be bound" : why.message());
     return 1;
   }
   server->GetHealthCheckService()->SetServingStatus(true);
 
   Mirror mirror(&manager, &metrics);
+  Readiness readiness(config.hub.cache_dir, config.store.backend, store->get());
   std::unique_ptr<HttpServer> mirror_http, metrics_http;
   if (config.mirror_port > 0) {
+    HttpServerOptions options;
+    options.access_log = LogAccess;
     mirror_http = std::make_unique<HttpServer>(
-        config.host, config.mirror_port, [&](const HttpRequest& r) { return mirror.Handle(r); });
+        config.host, config.mirror_port,
+        [&](const HttpRequest& r) {
+          if (auto health = HealthEndpoint(r, &readiness)) return *health;
+          return mirror.Handle(r);
+        },
+        options);
     if (Status st = mirror_http->Start(); !st.ok()) {
       spdlog::error("HF mirror: {}", st.message());
       return 1;
@@ -145,7 +209,9 @@ int ServerMain(int argc, char** argv) {
   if (config.metrics_port > 0) {
     metrics_http =
         std::make_unique<HttpServer>(config.host, config.metrics_port, [&](const HttpRequest& r) {
-          if (r.path != "/metrics") return HttpResponse::Text(404, "try /metrics\n");
+          if (auto health = HealthEndpoint(r, &readiness)) return *health;
+          if (r.path != "/metrics")
+            return HttpResponse::Text(404, "try /metrics, /healthz, /readyz\n");
           return HttpResponse::Text(200, metrics.Render(), "text/plain; version=0.0.4");
         });
     if (Status st = metrics_http->Start(); !st.ok()) {

@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
+#include "common/log.h"
 #include "modelexpress/p2p.pb.h"
+#include "server/config.h"
 #include "server/model_manager.h"
 #include "server/services.h"
 #include "server/source_id.h"
@@ -139,6 +141,64 @@ TEST(ErrorTextTest, BoundedPrintableAndWithoutCachePaths) {
   EXPECT_EQ(g.error_message().find('\n'), std::string::npos);
   EXPECT_LE(g.error_message().size(), kMaxErrorBytes + 3);
   EXPECT_TRUE(ToGrpc(Status::OK(), "/srv/cache").ok());
+}
+
+TEST(ErrorTextTest, NoLocalPathsAnywhere) {
+  std::string m =
+      SafeMessage("open /var/lib/secret/x.json: Permission denied; see '/etc/mx/y'", "/srv/cache");
+  EXPECT_EQ(m, "open <path>: Permission denied; see '<path>'");
+  // URLs, repo ids and the cache placeholder are not paths.
+  EXPECT_EQ(SafeMessage("GET https://hub.example/api/models/org/m: HTTP 500", "/srv/cache"),
+            "GET https://hub.example/api/models/org/m: HTTP 500");
+  EXPECT_EQ(SafeMessage("read /srv/cache/models--a--b/x: short", "/srv/cache"),
+            "read <cache>/models--a--b/x: short");
+}
+
+TEST(ErrorTextTest, CallerMessageDropsTheOperatorsAdvice) {
+  std::string m = CallerMessage(
+      Status::Unauthenticated("models/acme/gated@main: HTTP 401 (GatedRepo); this repo needs "
+                              "authentication: set HF_TOKEN or pass --token"),
+      "/c");
+  EXPECT_EQ(m,
+            "models/acme/gated@main: HTTP 401 (GatedRepo); the server's HF token cannot read "
+            "this repo, or none is configured");
+  m = CallerMessage(
+      Status::PermissionDenied("config.json: HTTP 403 (access refused: set HF_TOKEN or --token)"),
+      "/c");
+  EXPECT_EQ(m,
+            "config.json: HTTP 403 (the server's HF token cannot read this repo, or none is "
+            "configured)");
+  m = CallerMessage(Status::NotFound("models/a/b@main: HTTP 404 (RepoNotFound); the repository "
+                                     "does not exist (or is private: set HF_TOKEN)"),
+                    "/c");
+  EXPECT_EQ(m,
+            "models/a/b@main: HTTP 404 (RepoNotFound); the repository does not exist (or it is "
+            "private and the server's HF token cannot read it)");
+  m = CallerMessage(Status::FailedPrecondition(
+                        "offline mode (HF_HUB_OFFLINE) and a/b@main is not in the cache at "
+                        "/c; download it first with network access"),
+                    "/c");
+  EXPECT_EQ(m,
+            "offline mode and a/b@main is not in the cache at <cache>; the server is offline "
+            "and does not have this in its cache");
+  // Unknown wording of an upstream refusal still gets the caller's view.
+  m = CallerMessage(Status::PermissionDenied("x: HTTP 403"), "/c");
+  EXPECT_NE(m.find("the server's HF token cannot read"), std::string::npos) << m;
+  // Other errors pass unchanged.
+  EXPECT_EQ(CallerMessage(Status::NotFound("no such file; try again"), "/c"),
+            "no such file; try again");
+}
+
+TEST(ConfigTest, NearestWordSuggestsTypos) {
+  std::vector<std::string> known = {"port", "mirror_port", "metrics_port", "chunk_size"};
+  EXPECT_EQ(NearestWord("mirorr_port", known), "mirror_port");
+  EXPECT_EQ(NearestWord("chunksize", known), "chunk_size");
+  EXPECT_EQ(NearestWord("completely_else", known), "");
+}
+
+TEST(LogTest, JsonQuoteEscapesEverything) {
+  EXPECT_EQ(JsonQuote("a\"b\\c\n\x1b[31m"), "\"a\\\"b\\\\c\\n\\u001b[31m\"");
+  EXPECT_EQ(JsonQuote("bad \xff utf8"), "\"bad ? utf8\"");
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/text.h"
 #include "hub/cache.h"
 #include "server/http_parse.h"
 #include "server/source_id.h"
@@ -69,7 +70,12 @@ std::string ClientText(std::string_view text) { return Printable(text, kMaxEchoB
 grpc::Status ToGrpc(const Status& st, const std::string& cache_dir) {
   if (st.ok()) return grpc::Status::OK;
   grpc::Status g = ToGrpc(st);
-  return grpc::Status(g.error_code(), SafeMessage(g.error_message(), cache_dir));
+  std::string caller = CallerMessage(st, cache_dir);
+  // The caller's text leaves out paths and the operator's advice; the log keeps both.
+  if (caller != st.message()) {
+    spdlog::info("gRPC error for the caller: {}", Printable(st.message(), 2048));
+  }
+  return grpc::Status(g.error_code(), caller);
 }
 
 std::string PeerHost(const std::string& peer) {
@@ -242,7 +248,15 @@ grpc::Status ModelServiceImpl::EnsureModelDownloaded(
           out.set_model_name(req->model_name());
           out.set_provider(req->provider());
           out.set_status(static_cast<mm::ModelStatus>(u.state));
-          if (!u.message.empty()) out.set_message(SafeMessage(u.message, cache_dir));
+          if (!u.message.empty()) {
+            // The registry keeps an outcome's text, not its code: a 404 is told as one.
+            StatusCode code = u.message.find("HTTP 404") != std::string::npos
+                                  ? StatusCode::kNotFound
+                                  : StatusCode::kInternal;
+            out.set_message(u.state == registry::ModelState::kError
+                                ? CallerMessage(code, u.message, cache_dir)
+                                : SafeMessage(u.message, cache_dir));
+          }
           if (!u.resolved_revision.empty()) out.set_resolved_revision(u.resolved_revision);
           writer->Write(out);  // a client that left still gets its download finished
         },
@@ -320,6 +334,20 @@ grpc::Status ModelServiceImpl::StreamModelFiles(grpc::ServerContext* ctx,
     }
     ctx->AddInitialMetadata("x-mx-chunk-size", std::to_string(chunk));
 
+    // One completion line per stream, with its fields (for --log-format json).
+    auto started = std::chrono::steady_clock::now();
+    uint64_t sent = 0;
+    size_t files_done = 0;
+    auto log_end = [&](const char* what) {
+      LogEvent(spdlog::level::info, what,
+               {{"model", ClientText(req->model_name())},
+                {"commit", commit},
+                {"files", files_done},
+                {"bytes", sent},
+                {"duration_s",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()},
+                {"peer", ctx->peer()}});
+    };
     // One message reused for every chunk: its data buffer keeps its capacity, so streaming
     // a model costs no allocation (and no page faults) per chunk.
     mm::FileChunk out;
@@ -363,12 +391,16 @@ grpc::Status ModelServiceImpl::StreamModelFiles(grpc::ServerContext* ctx,
         // us down instead of making us buffer the model.
         if (!writer->Write(out)) {
           ::close(fd);
+          log_end("stream cancelled: the client went away");
           return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
         }
         metrics_->bytes_streamed += want;
+        sent += want;
       } while (offset < f.size);
       ::close(fd);
+      ++files_done;
     }
+    log_end("stream done");
     return grpc::Status::OK;
   });
 }
@@ -406,7 +438,7 @@ grpc::Status ModelServiceImpl::DeleteModel(grpc::ServerContext* ctx,
     Status st = manager_->Delete(req->model_name());
     resp->set_success(st.ok());
     resp->set_message(st.ok() ? "deleted " + ClientText(req->model_name())
-                              : SafeMessage(st.message(), manager_->config().hub.cache_dir));
+                              : CallerMessage(st, manager_->config().hub.cache_dir));
     return grpc::Status::OK;
   });
 }
