@@ -15,7 +15,13 @@ APT_PACKAGES=(
   libsqlite3-dev libhiredis-dev libyaml-cpp-dev
   # test and benchmark peers
   python3 python3-grpcio python3-protobuf python3-cryptography zsh nginx-light aria2 curl time procps openssl redis-server iperf3 awscli fio
+  # ... and the deployment checks (tests/integration/test_deploy.py): the official
+  # Kubernetes client's models (kubectl: Debian's kubernetes-client, below)
+  python3-yaml python3-kubernetes
 )
+# Debian's kubectl only where none is installed: kubernetes-client's /usr/bin/kubectl would
+# clash with another package's (the Google Cloud SDK's kubectl, for one) and fail the install.
+command -v kubectl >/dev/null 2>&1 || APT_PACKAGES+=(kubernetes-client)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
