@@ -283,6 +283,17 @@ class ProbesAndLogsTest(FirstContactBase):
             self.assertIn(b"registry: ok (embedded)", body)
             self.assertIn(b"cache: ok", body)
 
+    def test_probes_need_no_token_where_the_mirror_does(self):
+        token = self.tmp / "probe-token"
+        token.write_text("s3cret-probe-token")
+        srv = self.server(args=["--auth-token-file", token])
+        self.assertEqual(get(srv.mirror, "/api/models/org/m")[0], 401)  # the mirror is closed
+        for base in (srv.mirror, self.metrics_base(srv)):
+            self.assertEqual(get(base, "/healthz")[0], 200)
+            status, _, body = get(base, "/readyz")
+            self.assertEqual(status, 200, body)
+            self.assertNotIn(b"s3cret", body)
+
     def test_readyz_names_the_failing_check(self):
         redis = RedisServer(self.tmp).start()
         try:
