@@ -131,11 +131,13 @@ int ConnectTcp(const std::string& host, int port, int timeout_s, std::string* wh
 }
 
 // rediss://: RESP over an OpenSSL session on a blocking socket (see the header for why).
+// Writes to a peer that closed raise SIGPIPE, as hiredis's own do: mx-server ignores it.
 class TlsConnection : public RedisConnection {
  public:
   ~TlsConnection() override {
     if (ssl_) {
-      if (error_.empty()) SSL_shutdown(ssl_);  // close_notify; no wait for the peer's
+      // close_notify, without waiting for the peer's; never after a fatal error.
+      if (connected_ && error_.empty()) SSL_shutdown(ssl_);
       SSL_free(ssl_);
     }
     if (ctx_) SSL_CTX_free(ctx_);
@@ -190,6 +192,7 @@ class TlsConnection : public RedisConnection {
       SSL_set1_host(ssl_, name.c_str());
     }
     if (SSL_connect(ssl_) != 1) return HandshakeError(c, where, timeout_s);
+    connected_ = true;
     reader_ = redisReaderCreate();
     if (reader_ == nullptr) return Status::Internal("out of memory");
     return Status::OK();
@@ -214,6 +217,7 @@ class TlsConnection : public RedisConnection {
 
   redisReply* GetReply() override {
     if (!error_.empty()) return nullptr;
+    ERR_clear_error();  // SSL_get_error reads the queue: nothing stale in it
     while (!out_.empty()) {
       int n =
           SSL_write(ssl_, out_.data(), static_cast<int>(std::min<size_t>(out_.size(), 1 << 20)));
@@ -301,6 +305,7 @@ class TlsConnection : public RedisConnection {
   SSL_CTX* ctx_ = nullptr;
   SSL* ssl_ = nullptr;
   int fd_ = -1;
+  bool connected_ = false;  // the handshake completed
   redisReader* reader_ = nullptr;
   std::string out_;  // formatted commands not sent yet
   std::string error_;

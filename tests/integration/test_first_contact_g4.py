@@ -168,6 +168,14 @@ class TlsFailsAtOnceTest(unittest.TestCase):
             r, s = self.download(f"https://127.0.0.1:{tls.port}", CURL_CA_BUNDLE=str(self.ca))
             self.assert_fast_failure(r, s, tls, "another host name")
 
+    def test_unreadable_ca_bundle(self):
+        with HttpStandIn(self.cert, self.key) as tls:
+            r, s = self.download(f"https://localhost:{tls.port}",
+                                 CURL_CA_BUNDLE=str(self.tmp / "no-such-bundle.pem"))
+            self.assertNotEqual(r.returncode, 0, r.stdout)
+            self.assertIn("cannot use the CA bundle", r.stderr)
+            self.assertLess(s, 1.5, r.stderr)
+
     def test_trusted_certificate_gets_through(self):
         # The control: with the CA and the right name, TLS works and the stand-in's 404 is
         # what fails the download.
@@ -277,6 +285,20 @@ class RedissRegistryTest(HubAndServersCase):
         self.assertEqual(ensure(b.address, "org/m")[-1].status, model_pb2.DOWNLOADED)
         self.assertEqual(len(self.model_keys(redis)), 1, a.log_text())
         self.assertEqual(self.hub.stats()["bytes_total"], 300 + MIB + 7)  # fetched once
+
+    def test_reconnects_after_a_redis_restart(self):
+        redis = self.tls_redis()
+        srv = self.server(env={"MX_METADATA_BACKEND": "redis", "MX_REDIS_TLS_CA": str(self.ca),
+                               "REDIS_URL": f"rediss://127.0.0.1:{redis.port}"})
+        ensure(srv.address, "org/m")
+        before = self.hub.stats()["bytes_total"]
+        redis.stop()
+        again = TlsRedis(self.tmp, self.ca, self.cert, self.key)
+        again.port = redis.port  # empty, same address
+        self.redis.append(again.start())
+        self.assertEqual(ensure(srv.address, "org/m")[-1].status, model_pb2.DOWNLOADED)
+        self.assertEqual(self.hub.stats()["bytes_total"], before)  # restored, not re-fetched
+        self.assertEqual(len(self.model_keys(again)), 1, srv.log_text())
 
     def test_client_certificate(self):
         redis = self.tls_redis(auth_clients="yes", client=self.client)
