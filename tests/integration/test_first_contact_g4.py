@@ -281,8 +281,11 @@ class RedissRegistryTest(HubAndServersCase):
         b = self.server(env={"MX_METADATA_BACKEND": "redis",
                              "REDIS_URL": f"rediss://localhost:{redis.port}",
                              "MX_REDIS_TLS_CA": str(self.ca)})
-        self.assertEqual(ensure(a.address, "org/m")[-1].status, model_pb2.DOWNLOADED)
-        self.assertEqual(ensure(b.address, "org/m")[-1].status, model_pb2.DOWNLOADED)
+        # No CA given: OpenSSL's default store, which SSL_CERT_FILE points elsewhere.
+        c = self.server(env={"MX_METADATA_BACKEND": "redis", "SSL_CERT_FILE": str(self.ca),
+                             "REDIS_URL": f"rediss://127.0.0.1:{redis.port}"})
+        for s in (a, b, c):
+            self.assertEqual(ensure(s.address, "org/m")[-1].status, model_pb2.DOWNLOADED)
         self.assertEqual(len(self.model_keys(redis)), 1, a.log_text())
         self.assertEqual(self.hub.stats()["bytes_total"], 300 + MIB + 7)  # fetched once
 
@@ -309,6 +312,8 @@ class RedissRegistryTest(HubAndServersCase):
         s = self.server(env=dict(env, MX_REDIS_TLS_CERT=str(self.client[0]),
                                  MX_REDIS_TLS_KEY=str(self.client[1])))
         self.assertEqual(ensure(s.address, "org/m")[-1].status, model_pb2.DOWNLOADED)
+        q = self.server(env=dict(env, REDIS_URL=f"{url}&cert={self.client[0]}&key={self.client[1]}"))
+        self.assertEqual(ensure(q.address, "org/m")[-1].status, model_pb2.DOWNLOADED)
         self.assertEqual(len(self.model_keys(redis, client=self.client)), 1)
 
     def test_wrong_ca_fails_at_start_with_a_clear_error(self):
@@ -326,6 +331,10 @@ class RedissRegistryTest(HubAndServersCase):
                              "REDIS_URL": f"rediss://127.0.0.1:{redis.port}?insecure=true"})
         self.assertIn("NOT verified", s.log_text())
         self.assertEqual(ensure(s.address, "org/m")[-1].status, model_pb2.DOWNLOADED)
+        e = self.server(env={"MX_METADATA_BACKEND": "redis", "MX_REDIS_TLS_CA": str(self.other_ca),
+                             "MX_REDIS_TLS_INSECURE_SKIP_VERIFY": "1",
+                             "REDIS_URL": f"rediss://127.0.0.1:{redis.port}"})
+        self.assertIn("NOT verified", e.log_text())
 
     def test_certificate_for_another_name(self):
         redis = self.tls_redis()
