@@ -3,6 +3,7 @@
 
 #include <curl/curl.h>
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,5 +19,10 @@ void ApplyCommonOptions(CURL* easy);
 bool ParseHeaderLine(std::string_view line, std::string* name, std::string_view* value);
 // Builds a header list; caller frees with curl_slist_free_all.
 curl_slist* MakeHeaderList(const std::vector<std::string>& headers);
+// A TLS failure that no retry can fix (plain HTTP on an https:// port, a certificate not
+// trusted or for another host, an unreadable CA bundle or client certificate): what to check,
+// to be reported at once. nullopt for everything else, transient TLS failures included
+// (a reset mid-handshake). `detail` is curl's error buffer.
+std::optional<std::string> PermanentTlsFailure(CURLcode rc, std::string_view detail);
 
 }  // namespace mx::http::internal

@@ -72,6 +72,59 @@ curl_slist* MakeHeaderList(const std::vector<std::string>& headers) {
   return list;
 }
 
+std::optional<std::string> PermanentTlsFailure(CURLcode rc, std::string_view detail) {
+  auto says = [detail](std::string_view what) {
+    return detail.find(what) != std::string_view::npos;
+  };
+  const std::string why =
+      " (" + std::string(detail.empty() ? curl_easy_strerror(rc) : detail) + ")";
+  const char* kCaHint =
+      ": set CURL_CA_BUNDLE or SSL_CERT_FILE to a CA bundle that holds the issuer of the "
+      "server's certificate";
+  switch (rc) {
+    case CURLE_SSL_CONNECT_ERROR:
+      // OpenSSL read an HTTP answer where a TLS record should be. Other handshake failures
+      // under this code (a reset, a timeout) may pass, so they stay retryable.
+      if (says("wrong version number") || says("packet length too long") ||
+          says("unknown protocol")) {
+        return "TLS handshake failed: the server does not speak TLS on this port "
+               "(http:// instead of https://?)" +
+               why;
+      }
+      if (says("unsupported protocol") || says("alert protocol version") ||
+          says("no protocols available")) {
+        return "TLS handshake failed: the server and mx share no TLS version" + why;
+      }
+      if (says("unknown ca") || says("certificate required") || says("bad certificate")) {
+        return "TLS handshake failed: the server refused our client certificate" + why;
+      }
+      return std::nullopt;
+    case CURLE_PEER_FAILED_VERIFICATION:
+      if (says("subject name") || says("host name") || says("hostname")) {
+        return "TLS certificate is for another host name than the one in the URL" + why;
+      }
+      return "TLS certificate not trusted" + why + kCaHint;
+    case CURLE_SSL_CACERT_BADFILE:
+      return "cannot use the CA bundle (check CURL_CA_BUNDLE / SSL_CERT_FILE / "
+             "REQUESTS_CA_BUNDLE)" +
+             why;
+    case CURLE_SSL_CERTPROBLEM:
+      return "TLS client certificate problem" + why;
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+      return "TLS certificate not accepted" + why;
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_CRL_BADFILE:
+      return "TLS set-up failed" + why;
+    default:
+      return std::nullopt;
+  }
+}
+
 }  // namespace internal
 
 const char* UserAgent() { return "mx/0.1 (huggingface_hub-compatible; C++)"; }
@@ -187,6 +240,10 @@ static Result<Response> FetchOnce(const Request& request) {
   if (rc == CURLE_WRITE_ERROR && response.body_truncated) return response;  // asked for
   if (rc != CURLE_OK) {
     std::string why = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+    // Not Unavailable (transient): Fetch returns it at once instead of backing off.
+    if (auto tls = internal::PermanentTlsFailure(rc, why))
+      return Status::FailedPrecondition(request.method + " " + RedactUrl(request.url) + ": " +
+                                        *tls);
     return Status::Unavailable(request.method + " " + RedactUrl(request.url) + ": " + why);
   }
   return response;
@@ -199,6 +256,8 @@ Result<Response> Fetch(const Request& request, const RetryPolicy& policy) {
     if (result.ok()) {
       if (!IsRetryableStatus(result->status)) return result;
       if (auto ra = result->Header("retry-after")) retry_after = ParseRetryAfter(*ra);
+    } else if (result.status().code() == StatusCode::kFailedPrecondition) {
+      return result;  // a TLS misconfiguration (PermanentTlsFailure): retrying cannot help
     }
     if (attempt >= policy.max_attempts) {
       if (result.ok()) return result;  // the caller reports the final status

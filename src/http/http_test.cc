@@ -1,7 +1,16 @@
 #include "http/http.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "http/curl_util.h"
 #include "http/range_engine.h"
 
 namespace mx::http {
@@ -84,6 +93,103 @@ TEST(HttpTest, StorageCredentialHeadersAreRecognised) {
   EXPECT_TRUE(CarriesStorageCredentials({"X-Goog-User-Project: p"}));
   EXPECT_FALSE(CarriesStorageCredentials({"Authorization: Bearer hf_x", "Range: bytes=0-0"}));
   EXPECT_FALSE(CarriesStorageCredentials({}));
+}
+
+TEST(HttpTest, TlsFailuresThatNoRetryFixesAreRecognised) {
+  auto says = [](CURLcode rc, const char* detail, const char* expected) {
+    auto r = internal::PermanentTlsFailure(rc, detail);
+    return r && r->find(expected) != std::string::npos;
+  };
+  EXPECT_TRUE(says(CURLE_SSL_CONNECT_ERROR, "error:0A00010B:SSL routines::wrong version number",
+                   "does not speak TLS"));
+  EXPECT_TRUE(says(CURLE_PEER_FAILED_VERIFICATION,
+                   "SSL certificate problem: self-signed certificate", "CURL_CA_BUNDLE"));
+  EXPECT_TRUE(says(CURLE_PEER_FAILED_VERIFICATION,
+                   "SSL: no alternative certificate subject name matches target host name 'x'",
+                   "another host name"));
+  EXPECT_TRUE(says(CURLE_SSL_CACERT_BADFILE, "error setting certificate file", "CA bundle"));
+  EXPECT_TRUE(says(CURLE_SSL_CERTPROBLEM, "could not load PEM client certificate", "client"));
+  // A reset mid-handshake may pass: still retried.
+  EXPECT_FALSE(internal::PermanentTlsFailure(CURLE_SSL_CONNECT_ERROR,
+                                             "OpenSSL SSL_connect: Connection reset by peer"));
+  EXPECT_FALSE(internal::PermanentTlsFailure(CURLE_COULDNT_CONNECT, "Connection refused"));
+}
+
+// A plain-HTTP peer that answers every connection with a 400 (what an HTTP server says to
+// a TLS ClientHello), on a loopback port, until destroyed.
+class PlainHttpPeer {
+ public:
+  PlainHttpPeer() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    bind(fd_, reinterpret_cast<sockaddr*>(&a), len);
+    listen(fd_, 16);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] {
+      for (;;) {
+        int c = accept(fd_, nullptr, nullptr);
+        if (c < 0 || stop_) {
+          if (c >= 0) close(c);
+          return;
+        }
+        ++connections_;
+        char buf[4096];
+        (void)!read(c, buf, sizeof(buf));
+        const char kAnswer[] = "HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+        (void)!write(c, kAnswer, sizeof(kAnswer) - 1);
+        close(c);
+      }
+    });
+  }
+  ~PlainHttpPeer() {
+    stop_ = true;
+    shutdown(fd_, SHUT_RDWR);
+    thread_.join();
+    close(fd_);
+  }
+  std::string url() const { return "https://127.0.0.1:" + std::to_string(port_) + "/f"; }
+  int connections() const { return connections_; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> connections_{0};
+  std::thread thread_;
+};
+
+TEST(HttpTest, HttpsToAPlainHttpPortFailsAtOnce) {
+  PlainHttpPeer peer;
+  auto start = std::chrono::steady_clock::now();
+  Request req;
+  req.url = peer.url();
+  auto r = Fetch(req, RetryPolicy{6, 0.25, 20.0});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition) << r.status().message();
+  EXPECT_NE(r.status().message().find("http:// instead of https://"), std::string::npos)
+      << r.status().message();
+
+  // The range engine too: one attempt, no backoff.
+  RangeEngine engine(EngineOptions{});
+  Status done = Status::Internal("not called");
+  FetchJob job;
+  job.url = peer.url();
+  job.size = 10;
+  job.ranges = {{0, 10}};
+  job.display_name = "f";
+  job.sink = [](uint64_t, const char*, size_t) { return Status::OK(); };
+  job.on_done = [&done](const Status& st) { done = st; };
+  engine.Add(std::move(job));
+  ASSERT_TRUE(engine.Run().ok());
+  EXPECT_EQ(done.code(), StatusCode::kFailedPrecondition) << done.message();
+  EXPECT_NE(done.message().find("does not speak TLS"), std::string::npos) << done.message();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(seconds, 1.0);  // six tries with backoff took 4 s and more
+  EXPECT_EQ(peer.connections(), 2);
 }
 
 }  // namespace

@@ -359,6 +359,14 @@ bool RangeEngine::Impl::Complete(Transfer* t, CURLcode rc) {
             std::to_string(t->work.end) + " bytes (short body)";
     }
   }
+  if (rc != CURLE_OK && t->failure.empty()) {
+    if (auto tls = internal::PermanentTlsFailure(rc, why)) {
+      const std::string& url = t->used_data_url ? js->data_url : js->job.url;
+      FinishJob(js, Status::FailedPrecondition(js->job.display_name + ": " + OriginOf(url) + ": " +
+                                               *tls));
+      return false;
+    }
+  }
   if (Clock::now() >= t->work.deadline) {
     FailDeadline(t->work, t->used_data_url ? js->data_url : js->job.url);
     return false;

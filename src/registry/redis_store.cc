@@ -13,7 +13,9 @@
 #include <mutex>
 #include <vector>
 
+#include "common/env.h"
 #include "common/log.h"
+#include "registry/redis_connection.h"
 #include "registry/stores.h"
 
 namespace mx::registry {
@@ -110,34 +112,26 @@ const std::vector<std::string> kSourceFields = {
 class RedisStore : public MetadataStore {
  public:
   explicit RedisStore(StoreConfig config) : config_(std::move(config)) {}
-  ~RedisStore() override {
-    if (ctx_) redisFree(ctx_);
-  }
 
   Status Connect() {
-    if (ctx_) redisFree(ctx_);
-    timeval timeout{5, 0};
-    ctx_ = redisConnectWithTimeout(config_.redis_host.c_str(), config_.redis_port, timeout);
+    conn_.reset();
+    MX_ASSIGN_OR_RETURN(conn_, RedisConnection::Open(config_, /*timeout_s=*/5));
     std::string where = config_.redis_host + ":" + std::to_string(config_.redis_port);
-    if (ctx_ == nullptr || ctx_->err) {
-      std::string why = ctx_ ? ctx_->errstr : "out of memory";
-      if (ctx_) redisFree(ctx_);
-      ctx_ = nullptr;
-      return Status::Unavailable("cannot reach Redis at " + where + ": " + why);
-    }
-    redisSetTimeout(ctx_, timeout);
     if (!config_.redis_password.empty()) {
-      Reply r(
-          static_cast<redisReply*>(redisCommand(ctx_, "AUTH %s", config_.redis_password.c_str())),
-          freeReplyObject);
-      if (!r || r->type == REDIS_REPLY_ERROR)
+      Reply r(conn_->Command({"AUTH", config_.redis_password}), freeReplyObject);
+      if (!r) return Broken("Redis at " + where + " failed during AUTH");
+      if (r->type == REDIS_REPLY_ERROR) {
+        conn_.reset();
         return Status::Unauthenticated("Redis at " + where + " refused the password");
+      }
     }
     if (config_.redis_db != 0) {
-      Reply r(static_cast<redisReply*>(redisCommand(ctx_, "SELECT %d", config_.redis_db)),
-              freeReplyObject);
+      Reply r(conn_->Command({"SELECT", std::to_string(config_.redis_db)}), freeReplyObject);
     }
     std::string run_id = ServerRunId();
+    // The first reply proves the session works: over TLS, a server that requires a client
+    // certificate refuses only after the handshake.
+    if (conn_->broken()) return Broken("Redis at " + where + " closed the connection");
     if (!run_id_.empty() && run_id != run_id_) {
       spdlog::warn("Redis at {} restarted; restoring {} model and {} source records", where,
                    authored_models_.size(), authored_sources_.size());
@@ -365,15 +359,15 @@ class RedisStore : public MetadataStore {
   // Runs one command, reconnecting once if the connection broke.
   Result<Reply> Command(const std::vector<std::string>& args) {
     for (int attempt = 0; attempt < 2; ++attempt) {
-      if (ctx_ == nullptr || ctx_->err) {
+      if (conn_ == nullptr || conn_->broken()) {
         Status st = Connect();
         if (!st.ok()) {
           if (attempt == 1) return st;
           continue;
         }
       }
-      redisReply* raw = SendArgv(args);
-      if (raw == nullptr) continue;  // connection error: ctx_->err is set, reconnect
+      redisReply* raw = conn_->Command(args);
+      if (raw == nullptr) continue;  // connection error: broken() is set, reconnect
       Reply r(raw, freeReplyObject);
       if (r->type == REDIS_REPLY_ERROR) {
         return Status::Internal("Redis " + args[0] + ": " + std::string(r->str, r->len));
@@ -385,7 +379,7 @@ class RedisStore : public MetadataStore {
   }
 
   std::string ServerRunId() {
-    auto* raw = static_cast<redisReply*>(redisCommand(ctx_, "INFO server"));
+    redisReply* raw = conn_->Command({"INFO", "server"});
     if (raw == nullptr) return "";
     Reply r(raw, freeReplyObject);
     if (r->type != REDIS_REPLY_STRING) return "";
@@ -444,28 +438,23 @@ class RedisStore : public MetadataStore {
   // dropped (the next command reconnects) and the call fails.
   Result<std::vector<Reply>> HmgetPipelined(const std::vector<std::string>& keys,
                                             const std::vector<std::string>& fields) {
-    if (ctx_ == nullptr || ctx_->err) MX_RETURN_IF_ERROR(Connect());
+    if (conn_ == nullptr || conn_->broken()) MX_RETURN_IF_ERROR(Connect());
     std::vector<Reply> out;
     constexpr size_t kBatch = 512;  // bounded output buffer per round trip
     for (size_t start = 0; start < keys.size(); start += kBatch) {
       size_t end = std::min(keys.size(), start + kBatch);
       for (size_t i = start; i < end; ++i) {
-        std::vector<const char*> argv = {"HMGET", keys[i].data()};
-        std::vector<size_t> lens = {5, keys[i].size()};
-        for (const auto& f : fields) {
-          argv.push_back(f.data());
-          lens.push_back(f.size());
-        }
-        redisAppendCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data());
+        std::vector<std::string> argv = {"HMGET", keys[i]};
+        argv.insert(argv.end(), fields.begin(), fields.end());
+        conn_->Append(argv);
       }
       for (size_t i = start; i < end; ++i) {
-        void* raw = nullptr;
-        if (redisGetReply(ctx_, &raw) != REDIS_OK || raw == nullptr) {
-          return Status::Unavailable("Redis at " + config_.redis_host + ":" +
-                                     std::to_string(config_.redis_port) +
-                                     " failed during a listing");
+        redisReply* raw = conn_->GetReply();
+        if (raw == nullptr) {
+          return Broken("Redis at " + config_.redis_host + ":" +
+                        std::to_string(config_.redis_port) + " failed during a listing");
         }
-        out.emplace_back(static_cast<redisReply*>(raw), freeReplyObject);
+        out.emplace_back(raw, freeReplyObject);
       }
     }
     return out;
@@ -490,21 +479,16 @@ class RedisStore : public MetadataStore {
     return s;
   }
 
-  // One command on the current connection (binary-safe arguments); nullptr on I/O error.
-  redisReply* SendArgv(const std::vector<std::string>& args) {
-    std::vector<const char*> argv;
-    std::vector<size_t> lens;
-    for (const auto& a : args) {
-      argv.push_back(a.data());
-      lens.push_back(a.size());
-    }
-    return static_cast<redisReply*>(
-        redisCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data()));
+  // Drops a connection that failed while being set up; the error says why.
+  Status Broken(const std::string& what) {
+    std::string why = conn_ ? conn_->error() : "";
+    conn_.reset();
+    return Status::Unavailable(what + (why.empty() ? "" : ": " + why));
   }
 
   // Without reconnect logic: used while restoring inside Connect().
   void RawCommand(const std::vector<std::string>& args) {
-    if (redisReply* raw = SendArgv(args)) freeReplyObject(raw);
+    if (redisReply* raw = conn_->Command(args)) freeReplyObject(raw);
   }
 
   static std::vector<std::string> SourceFields(const SourceRecord& s) {
@@ -585,7 +569,7 @@ class RedisStore : public MetadataStore {
   }
 
   StoreConfig config_;
-  redisContext* ctx_ = nullptr;
+  std::unique_ptr<RedisConnection> conn_;
   std::string run_id_;
   std::mutex mu_;
   // What this process wrote, replayed into a Redis that restarted empty.
@@ -595,7 +579,23 @@ class RedisStore : public MetadataStore {
 
 }  // namespace
 
-Result<std::unique_ptr<MetadataStore>> OpenRedisStore(const StoreConfig& config) {
+Result<std::unique_ptr<MetadataStore>> OpenRedisStore(const StoreConfig& url_config) {
+  StoreConfig config = url_config;
+  if (config.redis_tls) {
+    // The rediss:// URL's ?ca= / ?cert= / ?key= win over the environment.
+    auto fill = [](std::string* field, const char* name) {
+      if (auto v = GetEnv(name); field->empty() && v) *field = *v;
+    };
+    fill(&config.redis_tls_ca, "MX_REDIS_TLS_CA");
+    fill(&config.redis_tls_cert, "MX_REDIS_TLS_CERT");
+    fill(&config.redis_tls_key, "MX_REDIS_TLS_KEY");
+    if (EnvIsTruthy("MX_REDIS_TLS_INSECURE_SKIP_VERIFY")) config.redis_tls_insecure = true;
+    if (config.redis_tls_insecure) {
+      spdlog::warn(
+          "Redis TLS: the server's certificate is NOT verified (insecure skip-verify asked "
+          "for): anyone on the path can read and change the registry");
+    }
+  }
   auto store = std::make_unique<RedisStore>(config);
   MX_RETURN_IF_ERROR(store->Connect());
   return std::unique_ptr<MetadataStore>(std::move(store));

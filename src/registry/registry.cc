@@ -1,5 +1,6 @@
 #include "registry/registry.h"
 
+#include <cctype>
 #include <chrono>
 
 #include "registry/stores.h"
@@ -31,13 +32,66 @@ bool CanClaim(const std::optional<ModelRecord>& current, int64_t now_ms, bool re
   return false;
 }
 
+namespace {
+
+// %XX escapes in a URL query value (a path with '&' or '%' in it).
+std::string PercentDecode(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size() && std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
+        std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
+      out.push_back(static_cast<char>(std::stoi(s.substr(i + 1, 2), nullptr, 16)));
+      i += 2;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+// The rediss:// options after '?': ca, cert, key, insecure.
+Status ParseRedisTlsQuery(const std::string& query, StoreConfig* config) {
+  size_t start = 0;
+  while (start <= query.size()) {
+    size_t amp = query.find('&', start);
+    std::string item =
+        query.substr(start, amp == std::string::npos ? std::string::npos : amp - start);
+    start = amp == std::string::npos ? query.size() + 1 : amp + 1;
+    if (item.empty()) continue;
+    size_t eq = item.find('=');
+    std::string name = item.substr(0, eq);
+    std::string value = eq == std::string::npos ? "" : PercentDecode(item.substr(eq + 1));
+    if (name == "ca") {
+      config->redis_tls_ca = value;
+    } else if (name == "cert") {
+      config->redis_tls_cert = value;
+    } else if (name == "key") {
+      config->redis_tls_key = value;
+    } else if (name == "insecure" || name == "insecure_skip_verify") {
+      if (value != "true" && value != "1" && value != "false" && value != "0") {
+        return Status::InvalidArgument("REDIS_URL option " + name + " must be true or false");
+      }
+      config->redis_tls_insecure = value == "true" || value == "1";
+    } else {
+      return Status::InvalidArgument("REDIS_URL has an unknown option '" + name +
+                                     "' (known: ca, cert, key, insecure)");
+    }
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
 Status ParseRedisUrl(const std::string& url, StoreConfig* config) {
   std::string rest = url;
   if (rest.rfind("redis://", 0) == 0) {
     rest = rest.substr(8);
+    config->redis_tls = false;
+  } else if (rest.rfind("rediss://", 0) == 0) {
+    rest = rest.substr(9);
+    config->redis_tls = true;
   } else {
-    return Status::InvalidArgument(
-        "REDIS_URL must start with redis:// (rediss:// is not supported)");
+    return Status::InvalidArgument("REDIS_URL must start with redis:// or rediss:// (TLS)");
   }
   size_t at = rest.rfind('@');
   if (at != std::string::npos) {
@@ -45,6 +99,14 @@ Status ParseRedisUrl(const std::string& url, StoreConfig* config) {
     size_t colon = auth.find(':');
     config->redis_password = colon == std::string::npos ? auth : auth.substr(colon + 1);
     rest = rest.substr(at + 1);
+  }
+  if (size_t q = rest.find('?'); q != std::string::npos) {
+    if (!config->redis_tls) {
+      return Status::InvalidArgument("REDIS_URL options (?" + rest.substr(q + 1, 40) +
+                                     ") are for rediss:// (TLS) URLs");
+    }
+    MX_RETURN_IF_ERROR(ParseRedisTlsQuery(rest.substr(q + 1), config));
+    rest = rest.substr(0, q);
   }
   size_t slash = rest.find('/');
   if (slash != std::string::npos) {

@@ -129,9 +129,17 @@ struct StoreConfig {
   int redis_port = 6379;
   std::string redis_password;  // from REDIS_URL; never logged
   int redis_db = 0;
+  // rediss:// (TLS). Files are PEM; each comes from the URL's query, else from the
+  // variable named (read when the store opens).
+  bool redis_tls = false;
+  std::string redis_tls_ca;         // ?ca= / MX_REDIS_TLS_CA; empty: the system CA store
+  std::string redis_tls_cert;       // ?cert= / MX_REDIS_TLS_CERT: client certificate chain
+  std::string redis_tls_key;        // ?key= / MX_REDIS_TLS_KEY: its private key
+  bool redis_tls_insecure = false;  // ?insecure=true / MX_REDIS_TLS_INSECURE_SKIP_VERIFY=1
 };
 
-// Parses redis://[:password@]host[:port][/db] into the config.
+// Parses redis[s]://[[user]:password@]host[:port][/db][?ca=PATH&cert=PATH&key=PATH&insecure=true]
+// into the config. Query options are for rediss:// only; an unknown one is an error.
 Status ParseRedisUrl(const std::string& url, StoreConfig* config);
 
 Result<std::unique_ptr<MetadataStore>> OpenStore(const StoreConfig& config);

@@ -459,6 +459,28 @@ TEST(RedisUrlTest, Parses) {
   EXPECT_EQ(c.redis_password, "pw");
   EXPECT_EQ(c.redis_db, 2);
   EXPECT_FALSE(ParseRedisUrl("http://x", &c).ok());
+  EXPECT_FALSE(c.redis_tls);
+}
+
+TEST(RedisUrlTest, RedissWithTlsOptions) {
+  StoreConfig c;
+  ASSERT_TRUE(
+      ParseRedisUrl("rediss://:pw@cache.example:6380/1?ca=/etc/a%26b.pem&cert=/c&key=/k", &c).ok());
+  EXPECT_TRUE(c.redis_tls);
+  EXPECT_EQ(c.redis_host, "cache.example");
+  EXPECT_EQ(c.redis_port, 6380);
+  EXPECT_EQ(c.redis_db, 1);
+  EXPECT_EQ(c.redis_tls_ca, "/etc/a&b.pem");
+  EXPECT_EQ(c.redis_tls_cert, "/c");
+  EXPECT_EQ(c.redis_tls_key, "/k");
+  EXPECT_FALSE(c.redis_tls_insecure);
+  ASSERT_TRUE(ParseRedisUrl("rediss://h?insecure=true", &c).ok());
+  EXPECT_TRUE(c.redis_tls_insecure);
+  // Unknown options and options on a plain URL are refused, not ignored.
+  Status st = ParseRedisUrl("rediss://h?cafile=/x", &c);
+  EXPECT_NE(st.message().find("cafile"), std::string::npos) << st.message();
+  EXPECT_FALSE(ParseRedisUrl("rediss://h?insecure=maybe", &c).ok());
+  EXPECT_FALSE(ParseRedisUrl("redis://h?ca=/x", &c).ok());
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, ::testing::Values("embedded", "redis"));

@@ -1,6 +1,7 @@
 // S3 and GCS (XML API, S3-compatible): ListObjectsV2 for prefixes, SigV4-signed ranged GETs.
 #include <algorithm>
 #include <ctime>
+#include <optional>
 
 #include "cloud/aws_credentials.h"
 #include "cloud/google_credentials.h"
@@ -57,6 +58,18 @@ S3Config GcsConfigFromEnvironment() {
   return c;
 }
 
+// MX_S3_ADDRESSING_STYLE as botocore spells it: path, virtual, or auto (the default rule).
+// nullopt for auto or unset; an error for anything else, which must not silently pick one.
+Result<std::optional<bool>> ForcedPathStyle() {
+  std::string style = FirstEnv({"MX_S3_ADDRESSING_STYLE"});
+  std::transform(style.begin(), style.end(), style.begin(), ::tolower);
+  if (style.empty() || style == "auto") return std::optional<bool>();
+  if (style == "path" || style == "virtual") return std::optional<bool>(style == "path");
+  return Status::InvalidArgument("MX_S3_ADDRESSING_STYLE='" + FirstEnv({"MX_S3_ADDRESSING_STYLE"}) +
+                                 "' is not one of path, virtual, auto (auto: path-style for a "
+                                 "custom AWS_ENDPOINT_URL, virtual-hosted for AWS)");
+}
+
 S3Config AwsConfigFromEnvironment() {
   S3Config c;
   c.scheme = "s3";
@@ -73,9 +86,10 @@ S3Config AwsConfigFromEnvironment() {
   }
   bool custom = !c.endpoint.empty();
   if (!custom) c.endpoint = "https://s3." + c.region + ".amazonaws.com";
-  std::string style = FirstEnv({"MX_S3_ADDRESSING_STYLE"});
   // Custom endpoints (MinIO, s3rver, Ceph) usually want path-style; AWS wants virtual-hosted.
-  c.path_style = style.empty() ? custom : style == "path";
+  // An unknown value never gets here: OpenS3Storage refuses it first.
+  Result<std::optional<bool>> forced = ForcedPathStyle();
+  c.path_style = forced.ok() && forced->has_value() ? **forced : custom;
   NormaliseEndpoint(&c);
   return c;
 }
@@ -324,6 +338,7 @@ class S3Storage : public Storage {
 
 Result<std::unique_ptr<Storage>> OpenS3Storage(const std::string& scheme,
                                                const StorageOptions& options) {
+  if (scheme == "s3") MX_RETURN_IF_ERROR(ForcedPathStyle().status());
   return std::unique_ptr<Storage>(new S3Storage(ConfigFromEnvironment(scheme), options));
 }
 
