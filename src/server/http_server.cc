@@ -744,16 +744,17 @@ bool HttpServer::Loop::TakeJob(Job* job) {
     uint32_t peer = *t;
     auto r = running_.find(peer);
     if (r != running_.end() && r->second >= share) continue;
-    turns_.erase(t);
+    // Everything that may allocate (and throw bad_alloc under a memory limit) happens before
+    // the job leaves the queue, so a failure loses nothing: the caller retries later.
     auto it = jobs_.find(peer);
+    bool more = it->second.size() > 1;
+    auto counted = running_.try_emplace(peer, 0).first;  // an idle 0 entry is harmless
+    if (more) turns_.push_back(peer);                    // invalidates t: found again below
+    turns_.erase(std::find(turns_.begin(), turns_.end(), peer));  // the first: this turn
     *job = std::move(it->second.front());
     it->second.pop_front();
-    if (it->second.empty()) {
-      jobs_.erase(it);
-    } else {
-      turns_.push_back(peer);
-    }
-    ++running_[peer];
+    if (!more) jobs_.erase(it);
+    ++counted->second;
     return true;
   }
   return false;
@@ -762,10 +763,14 @@ bool HttpServer::Loop::TakeJob(Job* job) {
 void HttpServer::Loop::Work() {
   for (;;) {
     Job job;
-    {
+    try {
       std::unique_lock<std::mutex> l(jobs_mu_);
       jobs_cv_.wait(l, [&] { return quit_ || TakeJob(&job); });
       if (quit_) return;
+    } catch (const std::bad_alloc&) {
+      // Memory is short (TakeJob left the queue as it was): wait, then try again.
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      continue;
     }
     Done d;
     try {
