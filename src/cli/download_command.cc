@@ -1,14 +1,14 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
-#include <thread>
+#include <optional>
 
 #include "cli/commands.h"
+#include "cli/progress.h"
 #include "common/env.h"
 #include "common/log.h"
 #include "common/text.h"
@@ -48,69 +48,22 @@ struct DownloadArgs {
   bool force_download = false;
 };
 
-// Default seconds between progress lines when stderr is not a terminal.
-constexpr int kDefaultProgressIntervalSeconds = 5;
-
-// Progress for pod logs and CI (stderr not a terminal): one plain line every interval,
-// from the latest numbers the download reported, and a line even while nothing arrives
-// (a stalled transfer still shows up as alive, with its rate falling).
-class ProgressLogger {
- public:
-  explicit ProgressLogger(int interval_seconds)
-      : interval_(interval_seconds), start_(std::chrono::steady_clock::now()) {
-    thread_ = std::thread([this] { Loop(); });
+// The pod-log progress line of a download: bytes, percent, rate, files, ETA.
+std::string DownloadProgressLine(const hub::DownloadProgress& p, double elapsed) {
+  double rate = elapsed > 0 ? p.bytes_done / elapsed : 0;
+  int percent = p.bytes_total
+                    ? static_cast<int>(std::min<uint64_t>(100, p.bytes_done * 100 / p.bytes_total))
+                    : 100;
+  std::string eta = "--";
+  if (rate > 0 && p.bytes_total > p.bytes_done) {
+    eta = std::to_string(static_cast<long>((p.bytes_total - p.bytes_done) / rate)) + "s";
   }
-  ~ProgressLogger() {
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  ProgressLogger(const ProgressLogger&) = delete;
-  ProgressLogger& operator=(const ProgressLogger&) = delete;
-
-  void Update(const hub::DownloadProgress& p) {
-    std::lock_guard<std::mutex> l(mu_);
-    last_ = p;
-    have_ = true;
-  }
-
- private:
-  void Loop() {
-    std::unique_lock<std::mutex> l(mu_);
-    while (!cv_.wait_for(l, std::chrono::seconds(interval_), [this] { return stop_; })) {
-      if (have_) Print(last_);  // nothing before the listing is known
-    }
-  }
-  void Print(const hub::DownloadProgress& p) const {
-    double elapsed =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    double rate = elapsed > 0 ? p.bytes_done / elapsed : 0;
-    int percent =
-        p.bytes_total
-            ? static_cast<int>(std::min<uint64_t>(100, p.bytes_done * 100 / p.bytes_total))
-            : 100;
-    std::string eta = "--";
-    if (rate > 0 && p.bytes_total > p.bytes_done) {
-      eta = std::to_string(static_cast<long>((p.bytes_total - p.bytes_done) / rate)) + "s";
-    }
-    std::fprintf(stderr, "progress: %s / %s (%d%%), %s/s, files %zu/%zu, ETA %s, %.0fs elapsed\n",
-                 FormatBytes(p.bytes_done).c_str(), FormatBytes(p.bytes_total).c_str(), percent,
-                 FormatBytes(rate).c_str(), p.files_done, p.files_total, eta.c_str(), elapsed);
-    std::fflush(stderr);
-  }
-
-  const int interval_;
-  const std::chrono::steady_clock::time_point start_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  hub::DownloadProgress last_;
-  bool have_ = false;
-  std::thread thread_;
-};
+  char line[256];
+  std::snprintf(line, sizeof line, "%s / %s (%d%%), %s/s, files %zu/%zu, ETA %s, %.0fs elapsed",
+                FormatBytes(p.bytes_done).c_str(), FormatBytes(p.bytes_total).c_str(), percent,
+                FormatBytes(rate).c_str(), p.files_done, p.files_total, eta.c_str(), elapsed);
+  return line;
+}
 
 // One line redrawn in place on stderr: bytes, rate, ETA, files.
 void DrawProgress(const hub::DownloadProgress& p) {
@@ -154,18 +107,22 @@ int RunDownload(const DownloadArgs& a, const GlobalFlags& flags) {
     spdlog::warn("ignoring --include/--exclude: files were named explicitly (as hf download does)");
   }
   bool tty = ::isatty(STDERR_FILENO) && !flags.quiet && !flags.json;
-  std::unique_ptr<ProgressLogger> logger;
+  std::unique_ptr<PeriodicProgressLine> logger;
+  std::mutex progress_mu;
+  std::optional<hub::DownloadProgress> last;  // nothing is printed before the listing is known
   if (tty) {
     o.on_progress = DrawProgress;
   } else if (!flags.quiet) {
-    int interval = kDefaultProgressIntervalSeconds;
-    if (auto text = GetEnv("MX_PROGRESS_INTERVAL_SECONDS"); text && !text->empty()) {
-      auto parsed = ParseIntInRange("MX_PROGRESS_INTERVAL_SECONDS", *text, 1, 3600);
-      if (!parsed.ok()) return ReportError(parsed.status());
-      interval = static_cast<int>(*parsed);
-    }
-    logger = std::make_unique<ProgressLogger>(interval);
-    o.on_progress = [&logger](const hub::DownloadProgress& p) { logger->Update(p); };
+    Result<int> interval = ProgressIntervalSeconds();
+    if (!interval.ok()) return ReportError(interval.status());
+    o.on_progress = [&](const hub::DownloadProgress& p) {
+      std::lock_guard<std::mutex> l(progress_mu);
+      last = p;
+    };
+    logger = std::make_unique<PeriodicProgressLine>(*interval, [&](double elapsed) {
+      std::lock_guard<std::mutex> l(progress_mu);
+      return last ? DownloadProgressLine(*last, elapsed) : std::string();
+    });
   }
 
   auto report = hub::Download(client, o);

@@ -1,5 +1,7 @@
 #include <sys/resource.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -7,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/progress.h"
 #include "common/env.h"
 #include "common/hash.h"
 #include "common/log.h"
@@ -109,21 +112,14 @@ int RunStream(const StreamArgs& a, const GlobalFlags& flags) {
     options->concurrency = static_cast<int>(*c);
   }
   if (!a.chunk_size.empty()) {
-    auto v = ParseByteSize(a.chunk_size);
+    auto v = streamer::ParseChunkSize("--chunk-size", a.chunk_size);
     if (!v.ok()) return ReportError(v.status());
     options->chunk_bytes = *v;
   }
   if (!a.memory_limit.empty()) {
-    if (a.memory_limit == "-1" || a.memory_limit == "0") {
-      options->memory_limit = a.memory_limit == "-1" ? -1 : 0;
-    } else {
-      auto v = ParseByteSize(a.memory_limit);
-      if (!v.ok()) return ReportError(v.status());
-      if (*v > static_cast<uint64_t>(INT64_MAX)) {
-        return ReportError(Status::InvalidArgument("--memory-limit is out of range"));
-      }
-      options->memory_limit = static_cast<int64_t>(*v);
-    }
+    auto v = streamer::ParseMemoryLimit("--memory-limit", a.memory_limit);
+    if (!v.ok()) return ReportError(v.status());
+    options->memory_limit = *v;
   }
   options->direct_io = a.direct;
   if (options->concurrency < 1)
@@ -149,14 +145,30 @@ int RunStream(const StreamArgs& a, const GlobalFlags& flags) {
     gpu = std::move(*dest);
   }
   std::map<std::string, std::string> digests;
+  // Off a terminal (pod logs), a line every few seconds: what has been handed over so far.
+  std::atomic<uint64_t> bytes_done{0}, tensors_done{0};
+  options->bytes_read = &bytes_done;
+  std::unique_ptr<PeriodicProgressLine> progress;
+  if (!::isatty(STDERR_FILENO) && !flags.quiet) {
+    Result<int> interval = ProgressIntervalSeconds();
+    if (!interval.ok()) return ReportError(interval.status());
+    progress = std::make_unique<PeriodicProgressLine>(*interval, [&](double elapsed) {
+      uint64_t bytes = bytes_done.load();
+      return FormatBytes(bytes) + " read, " + FormatBytes(elapsed > 0 ? bytes / elapsed : 0) +
+             "/s, " + std::to_string(tensors_done.load()) + " tensors handed over, " +
+             std::to_string(static_cast<long>(elapsed)) + "s elapsed";
+    });
+  }
   auto stats = streamer::StreamModel(
       a.uris, *options, [&](const streamer::Tensor& t, const std::shared_ptr<void>&) {
+        ++tensors_done;
         if (a.digests && !gpu)
           digests[t.file + "/" + t.info.name] = Sha256Hex(std::string_view(t.data, t.info.bytes()));
         if (a.verify) MX_RETURN_IF_ERROR(verifier.Check(t));
         if (gpu) return gpu->Add(t);
         return Status::OK();
       });
+  progress.reset();
   uint64_t device_bytes = 0;
   if (gpu && stats.ok()) {
     // The time includes the last copies landing on the device.

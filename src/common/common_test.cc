@@ -154,6 +154,23 @@ TEST(EnvTest, TruthyAndSizes) {
   EXPECT_EQ(*ParseByteSize("1.5KiB"), 1536ull);
 }
 
+TEST(EnvTest, ByteSizeInRangeNamesItsSourceAndTheRange) {
+  EXPECT_EQ(*ParseByteSizeInRange("--chunk-size", "16MiB", 64 << 10, 256 << 20), 16u << 20);
+  Result<uint64_t> low =
+      ParseByteSizeInRange("key 'chunk_size' in c.yaml", "1KiB", 64 << 10, 256 << 20);
+  ASSERT_FALSE(low.ok());
+  EXPECT_EQ(low.status().message(),
+            "key 'chunk_size' in c.yaml ('1KiB'): must be a size between 64 KiB and 256 MiB (a "
+            "number of bytes, or with a unit: 16MiB, 1GiB)");
+  Result<uint64_t> junk = ParseByteSizeInRange("X", "\x1b[2J", 0, 1 << 20);
+  ASSERT_FALSE(junk.ok());
+  EXPECT_NE(junk.status().message().find("must be a size at most 1 MiB"), std::string::npos);
+  EXPECT_EQ(junk.status().message().find('\x1b'), std::string::npos);  // quoted printably
+  EXPECT_EQ(ExactSizeText(65536), "64 KiB");
+  EXPECT_EQ(ExactSizeText(1000), "1000 bytes");
+  EXPECT_EQ(ExactSizeText(3ull << 30), "3 GiB");
+}
+
 TEST(EnvTest, ByteSizesOutOfRangeAreRefusedNotUndefined) {
   // 1e30 does not fit 64 bits: converting it was undefined behaviour (UBSan flags it).
   for (const char* big : {"1e30", "1e30GiB", "16777216TiB", "18446744073709551616", "20000000TB",

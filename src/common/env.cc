@@ -8,6 +8,8 @@
 #include <string>
 #include <system_error>
 
+#include "common/text.h"
+
 namespace mx {
 
 std::optional<std::string> GetEnv(const char* name) {
@@ -117,6 +119,27 @@ Result<uint64_t> ParseByteSize(std::string_view text) {
     return Status::InvalidArgument("byte size out of range (at most 16 EiB): " + Quoted(s));
   }
   return static_cast<uint64_t>(bytes);
+}
+
+std::string ExactSizeText(uint64_t bytes) {
+  static const char* kUnits[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int u = 0;
+  while (u < 5 && bytes >= 1024 && bytes % 1024 == 0) {
+    bytes /= 1024;
+    ++u;
+  }
+  return std::to_string(bytes) + " " + kUnits[u];
+}
+
+Result<uint64_t> ParseByteSizeInRange(std::string_view what, std::string_view text, uint64_t lo,
+                                      uint64_t hi) {
+  Result<uint64_t> n = ParseByteSize(text);
+  if (n.ok() && *n >= lo && *n <= hi) return n;
+  std::string range = lo == 0 ? "at most " + ExactSizeText(hi)
+                              : "between " + ExactSizeText(lo) + " and " + ExactSizeText(hi);
+  return Status::InvalidArgument(std::string(what) + " ('" + Printable(text, 64) +
+                                 "'): must be a size " + range +
+                                 " (a number of bytes, or with a unit: 16MiB, 1GiB)");
 }
 
 std::string FormatBytes(double bytes) {

@@ -29,6 +29,14 @@ Result<int64_t> ParseIntInRange(std::string_view what, std::string_view text, in
 // "256MiB", "2GB", "1048576", "1.5GiB" -> bytes. Binary (KiB/MiB/GiB/TiB, K/M/G/T) and
 // decimal (kB/MB/GB/TB) suffixes. InvalidArgument when the value does not fit 64 bits.
 Result<uint64_t> ParseByteSize(std::string_view text);
+// ParseByteSize restricted to [lo, hi]. The error names `what` (a flag, an environment
+// variable, a YAML key and its file), quotes a bounded copy of the text and says what is
+// allowed: "RUNAI_STREAMER_CHUNK_BYTESIZE ('8x'): must be a size between 1 bytes and 1 GiB
+// (a number of bytes, or with a unit: 16MiB, 1GiB)".
+Result<uint64_t> ParseByteSizeInRange(std::string_view what, std::string_view text, uint64_t lo,
+                                      uint64_t hi);
+// An exact size in the largest unit that divides it: 65536 -> "64 KiB", 1000 -> "1000 bytes".
+std::string ExactSizeText(uint64_t bytes);
 // 1536 -> "1.5 KiB".
 std::string FormatBytes(double bytes);
 

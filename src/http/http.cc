@@ -31,8 +31,10 @@ void ApplyCommonOptions(CURL* easy) {
   // A peer that sends nothing for a while is dead: fail the transfer so it is retried.
   static const long stall_seconds = [] {
     auto v = GetEnv("MX_STALL_TIMEOUT_SECONDS");
-    long s = v ? std::atol(v->c_str()) : 0;
-    return s > 0 ? s : 30L;
+    if (!v || v->empty()) return 30L;
+    Result<int64_t> s = ParseIntInRange("MX_STALL_TIMEOUT_SECONDS", *v, 1, 3600);
+    if (!s.ok()) spdlog::error("{}; using 30 s", s.status().message());
+    return s.ok() ? static_cast<long>(*s) : 30L;
   }();
   curl_easy_setopt(easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
   curl_easy_setopt(easy, CURLOPT_LOW_SPEED_TIME, stall_seconds);

@@ -43,8 +43,11 @@ constexpr uint64_t kRealProgressBytes = 1 << 20;
 uint64_t FloorRateFromEnv() {
   static const uint64_t rate = [] {
     auto v = GetEnv("MX_MIN_RATE_BYTES_PER_SECOND");
-    long long r = v ? std::atoll(v->c_str()) : 0;
-    return r > 0 ? static_cast<uint64_t>(r) : uint64_t{4096};
+    if (!v || v->empty()) return uint64_t{4096};
+    // No error path here (the engine is already running): a bad value is said once, loudly.
+    Result<uint64_t> r = ParseByteSizeInRange("MX_MIN_RATE_BYTES_PER_SECOND", *v, 1, 1ull << 40);
+    if (!r.ok()) spdlog::error("{}; using 4 KiB/s", r.status().message());
+    return r.ok() ? *r : uint64_t{4096};
   }();
   return rate;
 }

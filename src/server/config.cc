@@ -103,15 +103,6 @@ struct Layered {
 };
 
 // 65536 -> "64 KiB"; sizes that are no whole unit stay in bytes.
-std::string SizeText(uint64_t n) {
-  static const char* kUnits[] = {"bytes", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (u < 4 && n >= 1024 && n % 1024 == 0) {
-    n /= 1024;
-    ++u;
-  }
-  return std::to_string(n) + " " + kUnits[u];
-}
 
 class Settings {
  public:
@@ -153,14 +144,8 @@ class Settings {
   Status Size(const std::string& key, uint64_t lo, uint64_t hi, T* out) const {
     auto v = Value(key);
     if (!v) return Status::OK();
-    auto n = ParseByteSize(*v);
-    if (!n.ok() || *n < lo || *n > hi) {
-      std::string range =
-          lo == 0 ? "at most " + SizeText(hi) : "between " + SizeText(lo) + " and " + SizeText(hi);
-      return Status::InvalidArgument(Where(key) + ": must be a size " + range +
-                                     " (a number of bytes, or with a unit: 16MiB, 1GiB)");
-    }
-    *out = static_cast<T>(*n);
+    MX_ASSIGN_OR_RETURN(uint64_t n, ParseByteSizeInRange(Source(key), *v, lo, hi));
+    *out = static_cast<T>(n);
     return Status::OK();
   }
   Status OneOf(const std::string& key, const std::vector<std::string>& allowed,
@@ -430,9 +415,10 @@ Result<ServerConfig> LoadServerConfig(int argc, char** argv, bool* validate_only
   }
   if (c.default_chunk_bytes > c.max_message_bytes - (64 << 10)) {
     return Status::InvalidArgument(
-        "chunk size " + SizeText(c.default_chunk_bytes) + " (" + set.Source("chunk_size") +
-        ") must be at most the message " + "limit minus 64 KiB: " +
-        SizeText(c.max_message_bytes - (64 << 10)) + " (" + set.Source("max_message_size") + ")");
+        "chunk size " + ExactSizeText(c.default_chunk_bytes) + " (" + set.Source("chunk_size") +
+        ") must be at most the message " +
+        "limit minus 64 KiB: " + ExactSizeText(c.max_message_bytes - (64 << 10)) + " (" +
+        set.Source("max_message_size") + ")");
   }
   if (c.hub.cache_dir.empty()) return Status::InvalidArgument("no cache directory");
   // Under .locks/: huggingface_hub skips that folder when it scans the cache.

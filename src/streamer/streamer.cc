@@ -433,6 +433,7 @@ void Pipeline::Work() {
       Fail(st);
       return;
     }
+    if (options_.bytes_read != nullptr) *options_.bytes_read += p.len;
     if (--p.batch->pieces_left == 0) {
       {
         std::lock_guard<std::mutex> l(mu_);
@@ -542,13 +543,25 @@ Result<StreamOptions> StreamOptions::FromEnvironment() {
   StreamOptions o;
   MX_ASSIGN_OR_RETURN(int64_t c,
                       EnvInt("RUNAI_STREAMER_CONCURRENCY", o.concurrency, 1, kMaxConcurrency));
-  MX_ASSIGN_OR_RETURN(int64_t chunk, EnvInt("RUNAI_STREAMER_CHUNK_BYTESIZE",
-                                            static_cast<int64_t>(o.chunk_bytes), 1));
-  MX_ASSIGN_OR_RETURN(int64_t limit, EnvInt("RUNAI_STREAMER_MEMORY_LIMIT", o.memory_limit, -1));
   o.concurrency = static_cast<int>(c);
-  o.chunk_bytes = static_cast<uint64_t>(chunk);
-  o.memory_limit = limit;
+  if (auto v = GetEnv("RUNAI_STREAMER_CHUNK_BYTESIZE"); v && !v->empty()) {
+    MX_ASSIGN_OR_RETURN(o.chunk_bytes, ParseChunkSize("RUNAI_STREAMER_CHUNK_BYTESIZE", *v));
+  }
+  if (auto v = GetEnv("RUNAI_STREAMER_MEMORY_LIMIT"); v && !v->empty()) {
+    MX_ASSIGN_OR_RETURN(o.memory_limit, ParseMemoryLimit("RUNAI_STREAMER_MEMORY_LIMIT", *v));
+  }
   return o;
+}
+
+Result<uint64_t> ParseChunkSize(std::string_view what, std::string_view text) {
+  return ParseByteSizeInRange(what, text, 1, kMaxChunkBytes);
+}
+
+Result<int64_t> ParseMemoryLimit(std::string_view what, std::string_view text) {
+  if (text == "-1") return -1;  // unlimited (Run:ai's spelling)
+  MX_ASSIGN_OR_RETURN(uint64_t n,
+                      ParseByteSizeInRange(what, text, 0, static_cast<uint64_t>(INT64_MAX)));
+  return static_cast<int64_t>(n);
 }
 
 Result<std::string> ResolveModelUri(const std::string& uri) {

@@ -9,10 +9,12 @@
 // budget only when the consumer has released it: never reused while held.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -26,10 +28,23 @@ struct StreamOptions {
   // RUNAI_STREAMER_MEMORY_LIMIT: -1 unlimited, 0 = the largest tensor, N bytes.
   int64_t memory_limit = -1;
   bool direct_io = false;  // local files: O_DIRECT (cold reads, no page cache)
+  // When set, every piece read (or paged in) adds its bytes here as it completes, before
+  // its tensors are handed over: progress for pod logs. Owned by the caller.
+  std::atomic<uint64_t>* bytes_read = nullptr;
 
   // Defaults overridden by the RUNAI_STREAMER_* variables. InvalidArgument on bad values.
+  // Sizes take units (8MiB, 2GiB) as every size setting of mx does.
   static Result<StreamOptions> FromEnvironment();
 };
+
+// The most bytes one read may ask for (a chunk is also a buffer): 1 GiB.
+inline constexpr uint64_t kMaxChunkBytes = 1ull << 30;
+// A chunk size (RUNAI_STREAMER_CHUNK_BYTESIZE, --chunk-size): 1 byte to 1 GiB, with units;
+// the error names `what` and the range.
+Result<uint64_t> ParseChunkSize(std::string_view what, std::string_view text);
+// A memory limit (RUNAI_STREAMER_MEMORY_LIMIT, --memory-limit): -1 (unlimited), 0 (the
+// largest tensor) or a size with units.
+Result<int64_t> ParseMemoryLimit(std::string_view what, std::string_view text);
 
 struct Tensor {
   const std::string& file;  // object name ("model-00001-of-00002.safetensors")

@@ -364,5 +364,27 @@ TEST(StreamOptionsTest, RunaiEnvironment) {
   ::unsetenv("RUNAI_STREAMER_MEMORY_LIMIT");
 }
 
+TEST(StreamOptionsTest, SizesTakeUnitsAndNameTheirRange) {
+  ::setenv("RUNAI_STREAMER_CHUNK_BYTESIZE", "4MiB", 1);
+  ::setenv("RUNAI_STREAMER_MEMORY_LIMIT", "2GiB", 1);
+  auto o = StreamOptions::FromEnvironment();
+  ASSERT_TRUE(o.ok()) << o.status().message();
+  EXPECT_EQ(o->chunk_bytes, 4u << 20);
+  EXPECT_EQ(o->memory_limit, int64_t{2} << 30);
+  ::setenv("RUNAI_STREAMER_CHUNK_BYTESIZE", "2GiB", 1);  // above the 1 GiB cap
+  auto big = StreamOptions::FromEnvironment();
+  ASSERT_FALSE(big.ok());
+  EXPECT_NE(big.status().message().find("RUNAI_STREAMER_CHUNK_BYTESIZE ('2GiB'): must be a size "
+                                        "between 1 bytes and 1 GiB"),
+            std::string::npos)
+      << big.status().message();
+  ::unsetenv("RUNAI_STREAMER_CHUNK_BYTESIZE");
+  ::unsetenv("RUNAI_STREAMER_MEMORY_LIMIT");
+  EXPECT_EQ(*ParseMemoryLimit("--memory-limit", "-1"), -1);
+  EXPECT_EQ(*ParseMemoryLimit("--memory-limit", "0"), 0);
+  EXPECT_FALSE(ParseMemoryLimit("--memory-limit", "-2").ok());
+  EXPECT_FALSE(ParseChunkSize("--chunk-size", "0").ok());
+}
+
 }  // namespace
 }  // namespace mx::streamer
