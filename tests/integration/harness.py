@@ -16,6 +16,7 @@ import array
 import functools
 import hashlib
 import json
+import http.client
 import os
 import random
 import shutil
@@ -201,6 +202,18 @@ def mx_binary() -> str:
     if found:
         return found
     raise FileNotFoundError("mx binary not found: build it or set MX_BIN")
+
+
+def http_get(base: str, path: str, headers=None, method="GET", timeout=15):
+    """One plain HTTP/1.1 request to base ("http://host:port"): (status, lowercased headers,
+    body). No redirects followed, no retries: what the server said."""
+    host, port = base.replace("http://", "").split(":")
+    c = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    c.request(method, path, headers=headers or {})
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, body
 
 
 def http_json(url: str, method: str = "GET", body=None, headers: dict | None = None,

@@ -13,7 +13,6 @@ the hub stand-in and redis-server:
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import socket
@@ -25,6 +24,7 @@ from pathlib import Path
 import grpc
 
 from harness import MIB, base_env, free_port, make_repo, run
+from harness import http_get as get
 from server_harness import HubAndServersCase, MxServer, RedisServer, server_binary, stubs
 
 S = stubs()
@@ -33,15 +33,6 @@ model_pb2, model_grpc = S["model_pb2"], S["model_pb2_grpc"]
 FILES = {"config.json": 700, "tokenizer.json": 20_000, "model.safetensors": 2 * MIB + 3}
 UPSTREAM_TOKEN = "hf_upstream_secret_g3"
 
-
-def get(base: str, path: str, headers=None, method="GET", timeout=15):
-    host, port = base.replace("http://", "").split(":")
-    c = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    c.request(method, path, headers=headers or {})
-    r = c.getresponse()
-    body = r.read()
-    c.close()
-    return r.status, {k.lower(): v for k, v in r.getheaders()}, body
 
 
 def ensure(address, name):

@@ -6,7 +6,6 @@ races: test_hostile_cache.py."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import resource
@@ -17,6 +16,7 @@ import unittest
 from pathlib import Path
 
 from harness import MIB, make_repo, run
+from harness import http_get as get
 from server_harness import HubAndServersCase
 
 # make sanitize runs this suite on ASan+UBSan builds (several times slower): time bounds
@@ -51,15 +51,6 @@ def raw_exchange(host, port, data: bytes, src: str | None = None, timeout=3.0) -
     s.close()
     return out
 
-
-def get(base: str, path: str, headers=None, method="GET", timeout=10):
-    host, port = base.replace("http://", "").split(":")
-    c = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    c.request(method, path, headers=headers or {})
-    r = c.getresponse()
-    body = r.read()
-    c.close()
-    return r.status, {k.lower(): v for k, v in r.getheaders()}, body
 
 
 class HostileBase(HubAndServersCase):
