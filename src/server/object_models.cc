@@ -244,6 +244,23 @@ void RemoveQuietly(const std::string& path) {
   if (ec) spdlog::warn("removing {}: {}", path, ec.message());
 }
 
+// Staging, old and deleting directories (".staging-<owner>", ...) of a server on this host
+// that died mid-copy: removed before the next copy under the same root.
+void RemoveOrphans(const std::string& root) {
+  std::error_code ec;
+  for (fs::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    bool ours = name.rfind(".staging-", 0) == 0 || name.rfind(".old-", 0) == 0 ||
+                name.rfind(".deleting-", 0) == 0;
+    if (!ours) continue;
+    auto owner = ParseTempOwner(std::string_view(name).substr(name.find('-') + 1));
+    if (owner && TempOwnerIsDead(*owner)) {
+      spdlog::info("removing {}, left by a server that died", it->path().string());
+      RemoveQuietly(it->path().string());
+    }
+  }
+}
+
 }  // namespace
 
 bool IsObjectModel(int provider, std::string_view name) {
@@ -334,6 +351,7 @@ Result<ObjectCopyReport> CopyObjectModel(const ObjectModelName& model, const Obj
   }
 
   // Staging beside the buckets: a name no bucket can have (buckets start alphanumeric).
+  RemoveOrphans(root);
   const std::string suffix = UniqueTempSuffix();
   const std::string stage = root + "/.staging-" + suffix;
   MX_RETURN_IF_ERROR(MakeDirs(stage));

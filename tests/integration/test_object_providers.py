@@ -12,6 +12,8 @@ import http.client
 import os
 import re
 import shutil
+import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -105,13 +107,14 @@ def channel(address):
     return grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
 
 
-def ensure(address, name, provider=0, ignore_weights=False, revision=None):
+def ensure(address, name, provider=0, ignore_weights=False, revision=None, metadata=None):
     with channel(address) as ch:
         req = model_pb2.ModelDownloadRequest(model_name=name, provider=provider,
                                              ignore_weights=ignore_weights)
         if revision:
             req.revision = revision
-        return list(model_grpc.ModelServiceStub(ch).EnsureModelDownloaded(req, timeout=120))
+        return list(model_grpc.ModelServiceStub(ch).EnsureModelDownloaded(req, timeout=120,
+                                                                          metadata=metadata))
 
 
 def list_files(address, name, provider=0, ignore_weights=False):
@@ -178,13 +181,13 @@ class ObjectProvidersTest(unittest.TestCase):
         for s in self.servers:
             s.stop()
 
-    def server(self, extra=None) -> MxServer:
+    def server(self, extra=None, args=None) -> MxServer:
         endpoint = f"http://127.0.0.1:{self.proxy.port}"
         env = self.s3.env(endpoint)
         env.update({"GCS_ENDPOINT_URL": endpoint, "GCS_HMAC_ACCESS_KEY_ID": "S3RVER",
                     "GCS_HMAC_SECRET_ACCESS_KEY": "S3RVER"})
         env.update(extra or {})
-        s = MxServer(self.tmp, self.cache, env=env).start()
+        s = MxServer(self.tmp, self.cache, env=env, args=args).start()
         self.servers.append(s)
         return s
 
@@ -193,6 +196,7 @@ class ObjectProvidersTest(unittest.TestCase):
 
     def assert_copy(self, scheme_dir="s3"):
         d = self.model_dir(scheme_dir)
+        self.assertTrue((d / ".mx-model").is_file(), "the copy's marker")
         want = tree(self.src)
         got = {k: v for k, v in tree(d).items() if k != ".mx-model"}
         self.assertEqual(got, want)
@@ -279,6 +283,18 @@ class ObjectProvidersTest(unittest.TestCase):
         self.assertEqual(ups[-1].status, model_pb2.DOWNLOADED, ups)
         self.assert_copy()
 
+    def test_staging_left_by_a_dead_server_is_removed(self):
+        host = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        orphan = self.cache / "s3" / f".staging-mx-{host}-{dead.pid}-0123456789abcdef"
+        (orphan / "org").mkdir(parents=True)
+        (orphan / "org" / "half.bin").write_bytes(b"x" * 100)
+        srv = self.server()
+        self.assertEqual(ensure(srv.address, NAME)[-1].status, model_pb2.DOWNLOADED)
+        self.assertFalse(orphan.exists())
+        self.assertEqual(sorted(p.name for p in (self.cache / "s3").iterdir()), [BUCKET])
+
     def test_etag_checks_can_be_switched_off(self):
         # For SSE-KMS / SSE-C objects, whose ETags are not MD5s: size only.
         srv = self.server({"MX_VERIFY_ETAG": "0"})
@@ -313,6 +329,19 @@ class ObjectProvidersTest(unittest.TestCase):
         self.assertEqual(files["config.json"], b"{}")
         self.assertTrue(delete(srv.address, f"gs://{BUCKET}/{PREFIX}", model_pb2.GCS).success)
         self.assertFalse(self.model_dir("gcs").exists())
+
+    def test_gated_policy_keeps_anonymous_callers_out(self):
+        # Under --gated-repos authenticated, anonymous callers get public hub repos only:
+        # the server's cloud identity is not theirs to use.
+        token = self.tmp / "token"
+        token.write_text("sekrit-token\n")
+        srv = self.server(args=["--auth-token-file", token, "--gated-repos", "authenticated"])
+        with self.assertRaises(grpc.RpcError) as e:
+            ensure(srv.address, NAME)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+        self.assertEqual(self.proxy.gets, [])
+        ups = ensure(srv.address, NAME, metadata=[("authorization", "Bearer sekrit-token")])
+        self.assertEqual(ups[-1].status, model_pb2.DOWNLOADED, ups)
 
     def test_hostile_names_refused(self):
         srv = self.server()
