@@ -10,11 +10,13 @@
 #include <filesystem>
 #include <thread>
 
+#include "common/env.h"
 #include "common/fs.h"
 #include "common/log.h"
 #include "hub/cache.h"
 #include "hub/cache_admin.h"
 #include "hub/downloader.h"
+#include "server/object_models.h"
 
 namespace mx::server {
 
@@ -175,7 +177,31 @@ ModelManager::ModelManager(const ServerConfig& config, registry::MetadataStore* 
                            Metrics* metrics)
     : config_(config), store_(store), metrics_(metrics) {}
 
+Result<std::string> ModelManager::CopyObjects(const ModelKey& key, uint64_t* bytes) {
+  MX_ASSIGN_OR_RETURN(ObjectModelName name, ParseObjectModelName(key.provider, key.name));
+  ObjectCopyOptions o;
+  o.cache_dir = config_.hub.cache_dir;
+  o.ignore_weights = key.ignore_weights;
+  o.workers = config_.download_workers;
+  o.cancel = &cancel_downloads_;
+  // SSE-KMS / SSE-C (S3) and CMEK (GCS) objects have ETags that are not MD5s.
+  auto verify = GetEnv("MX_VERIFY_ETAG");
+  o.verify_etag = !verify || verify->empty() || IsTruthy(*verify);
+  MX_ASSIGN_OR_RETURN(ObjectCopyReport report, CopyObjectModel(name, o));
+  metrics_->bytes_from_upstream += report.bytes_fetched;
+  *bytes = report.bytes;
+  LogEvent(spdlog::level::info, "copy done",
+           {{"model", key.name},
+            {"commit", report.commit},
+            {"files", report.files},
+            {"bytes", report.bytes},
+            {"fetched_bytes", report.bytes_fetched},
+            {"size_only_checked", report.size_only}});
+  return report.commit;
+}
+
 Result<std::string> ModelManager::Download(const ModelKey& key, uint64_t* bytes) {
+  if (key.provider == kS3 || key.provider == kGcs) return CopyObjects(key, bytes);
   hub::HubClient client(config_.hub, hub::RepoType::kModel);
   hub::DownloadOptions o;
   o.repo_id = key.name;
@@ -258,20 +284,30 @@ Status ModelManager::RunClaimed(const ModelKey& key, const std::string& claim_id
   return Status::OK();
 }
 
-Status ModelManager::Ensure(const ModelKey& key,
+Status ModelManager::Ensure(const ModelKey& requested,
                             const std::function<void(const StatusUpdate&)>& send,
                             const std::function<bool()>& cancelled) {
-  if (key.provider == kNgc) {
-    return Status::Unimplemented("the NGC provider is not supported by this server");
-  }
-  if (key.provider == kGcs || key.provider == kS3) {
+  if (requested.provider == kNgc) {
     return Status::Unimplemented(
-        "S3/GCS model sources are not available in this build yet; use HUGGING_FACE");
+        "the NGC provider is not supported by this server (use HUGGING_FACE, S3 or GCS)");
   }
-  if (key.provider != kHuggingFace) return Status::InvalidArgument("unknown provider");
-  MX_RETURN_IF_ERROR(hub::ValidateRepoId(key.name));
-  // Before the key reaches the registry or a path (every entry, gRPC and mirror alike).
-  if (!key.revision.empty()) MX_RETURN_IF_ERROR(hub::ValidateRevision(key.revision));
+  ModelKey key = requested;
+  if (IsObjectModel(key.provider, key.name)) {
+    // One key per object model however it was spelled ("S3://b/p/", provider S3 or the
+    // default), so equal requests share one claim.
+    MX_ASSIGN_OR_RETURN(ObjectModelName name, ParseObjectModelName(key.provider, key.name));
+    if (!key.revision.empty() && key.revision != "main") {
+      return Status::InvalidArgument(
+          "S3/GCS models have no revisions: leave the revision empty (the copy's id comes back "
+          "as resolved_revision)");
+    }
+    key = ModelKey{name.provider, name.canonical(), "", key.ignore_weights};
+  } else {
+    if (key.provider != kHuggingFace) return Status::InvalidArgument("unknown provider");
+    MX_RETURN_IF_ERROR(hub::ValidateRepoId(key.name));
+    // Before the key reaches the registry or a path (every entry, gRPC and mirror alike).
+    if (!key.revision.empty()) MX_RETURN_IF_ERROR(hub::ValidateRevision(key.revision));
+  }
   std::string claim_id = NewClaimId();
   bool sent_initial = false;
   auto initial = [&](const StatusUpdate& u) {
@@ -306,7 +342,8 @@ Status ModelManager::Ensure(const ModelKey& key,
     const ModelRecord& rec = claim->record;
     if (rec.state == ModelState::kDownloaded) {
       // The registry may outlive the files (a wiped volume): check before answering.
-      if (Snapshot(key.name, key.revision.empty() ? std::nullopt : std::optional(key.revision),
+      if (Snapshot(key.provider, key.name,
+                   key.revision.empty() ? std::nullopt : std::optional(key.revision),
                    key.ignore_weights)
               .ok()) {
         StatusUpdate u{ModelState::kDownloaded, "model already downloaded", rec.resolved_revision};
@@ -347,9 +384,16 @@ Status ModelManager::Ensure(const ModelKey& key,
   }
 }
 
-Result<LocalSnapshot> ModelManager::Snapshot(const std::string& model,
+Result<LocalSnapshot> ModelManager::Snapshot(int provider, const std::string& model,
                                              const std::optional<std::string>& revision,
                                              bool ignore_weights) const {
+  if (provider == kNgc) {
+    return Status::Unimplemented("the NGC provider is not supported by this server");
+  }
+  if (IsObjectModel(provider, model)) {
+    MX_ASSIGN_OR_RETURN(ObjectModelName name, ParseObjectModelName(provider, model));
+    return ObjectModelSnapshot(config_.hub.cache_dir, name, revision, ignore_weights);
+  }
   MX_RETURN_IF_ERROR(hub::ValidateRepoId(model));
   hub::RepoCache cache(config_.hub.cache_dir, hub::RepoType::kModel, model);
   MX_ASSIGN_OR_RETURN(std::string commit, cache.ResolveLocal(revision.value_or("main")));
@@ -389,6 +433,37 @@ Result<LocalSnapshot> ModelManager::Snapshot(const std::string& model,
   return snap;
 }
 
+Status ModelManager::Delete(int provider, const std::string& model) {
+  if (provider == kNgc) {
+    return Status::Unimplemented("the NGC provider is not supported by this server");
+  }
+  if (!IsObjectModel(provider, model)) return Delete(model);
+  MX_ASSIGN_OR_RETURN(ObjectModelName name, ParseObjectModelName(provider, model));
+  const std::string canonical = name.canonical();
+  {
+    std::lock_guard<std::mutex> l(pin_mu_);
+    if (pins_.count(canonical)) {
+      return Status::FailedPrecondition(canonical +
+                                        " is being streamed; delete it when no client reads it");
+    }
+  }
+  Status removed = RemoveObjectModel(config_.hub.cache_dir, name);
+  if (!removed.ok() && removed.code() != StatusCode::kNotFound) return removed;
+  auto records = store_->ListModels();
+  if (records.ok()) {
+    for (const auto& r : *records) {
+      if (r.key.name == canonical) (void)store_->DeleteModel(r.key);
+    }
+  }
+  return removed;
+}
+
+std::string ModelManager::PinName(const std::string& model) {
+  if (!IsObjectModel(kHuggingFace, model)) return model;
+  auto name = ParseObjectModelName(kHuggingFace, model);
+  return name.ok() ? name->canonical() : model;
+}
+
 Status ModelManager::Delete(const std::string& model) {
   MX_RETURN_IF_ERROR(hub::ValidateRepoId(model));
   {
@@ -416,7 +491,8 @@ Status ModelManager::Delete(const std::string& model) {
   return removed.ok() ? Status::OK() : removed.status();
 }
 
-void ModelManager::Pin(const std::string& model) {
+void ModelManager::Pin(const std::string& requested) {
+  const std::string model = PinName(requested);
   std::lock_guard<std::mutex> l(pin_mu_);
   PinState& pin = pins_[model];
   if (pin.count++ > 0) return;
@@ -432,7 +508,8 @@ void ModelManager::Pin(const std::string& model) {
   }
 }
 
-void ModelManager::Unpin(const std::string& model) {
+void ModelManager::Unpin(const std::string& requested) {
+  const std::string model = PinName(requested);
   std::lock_guard<std::mutex> l(pin_mu_);
   auto it = pins_.find(model);
   if (it == pins_.end()) return;

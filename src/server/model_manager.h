@@ -84,6 +84,13 @@ class ModelManager {
   // The local snapshot of a model, listing only files that stay inside the cache.
   Result<LocalSnapshot> Snapshot(const std::string& model,
                                  const std::optional<std::string>& revision,
+                                 bool ignore_weights) const {
+    return Snapshot(kHuggingFace, model, revision, ignore_weights);
+  }
+  // The same for any provider: S3/GCS models (server/object_models.h) are served from
+  // their copy in <cache>/s3 or <cache>/gcs, whose commit is the id of the listing copied.
+  Result<LocalSnapshot> Snapshot(int provider, const std::string& model,
+                                 const std::optional<std::string>& revision,
                                  bool ignore_weights) const;
 
   // Removes the model from the cache and the registry. Refused with FailedPrecondition,
@@ -91,10 +98,14 @@ class ModelManager {
   // by any process sharing the cache (the cleaner rules in hub/cache.h). Not deferred:
   // the caller retries later.
   Status Delete(const std::string& model);
+  // The same for any provider. An S3/GCS model's copy is refused only while this replica
+  // streams it (no cross-replica lock: a reader elsewhere keeps its open files).
+  Status Delete(int provider, const std::string& model);
 
   // While pinned (streaming), a model is neither evicted nor deleted, by this replica or
   // any other on the same volume: the first pin takes the repo lock shared (hub/cache.h),
-  // which every replica's cleaner respects; the last unpin releases it.
+  // which every replica's cleaner respects; the last unpin releases it. S3/GCS names
+  // ("s3://...", "gs://...") pin their canonical name, in this replica only.
   void Pin(const std::string& model);
   void Unpin(const std::string& model);
   // Evicts least recently used models beyond the configured limits. Returns how many.
@@ -106,6 +117,9 @@ class ModelManager {
 
  private:
   Result<std::string> Download(const registry::ModelKey& key, uint64_t* bytes);
+  Result<std::string> CopyObjects(const registry::ModelKey& key, uint64_t* bytes);
+  // The name pins_ knows a model by: canonical for S3/GCS names, else as given.
+  static std::string PinName(const std::string& model);
   Status RunClaimed(const registry::ModelKey& key, const std::string& claim_id,
                     const std::function<void(const StatusUpdate&)>& send);
 

@@ -1,9 +1,14 @@
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include "common/log.h"
 #include "modelexpress/p2p.pb.h"
 #include "server/config.h"
 #include "server/model_manager.h"
+#include "server/object_models.h"
 #include "server/services.h"
 #include "server/source_id.h"
 
@@ -199,6 +204,126 @@ TEST(ConfigTest, NearestWordSuggestsTypos) {
 TEST(LogTest, JsonQuoteEscapesEverything) {
   EXPECT_EQ(JsonQuote("a\"b\\c\n\x1b[31m"), "\"a\\\"b\\\\c\\n\\u001b[31m\"");
   EXPECT_EQ(JsonQuote("bad \xff utf8"), "\"bad ? utf8\"");
+}
+
+// --- S3/GCS model names and copies (server/object_models.h) ---------------------------
+
+TEST(ObjectModelTest, NamesAreCanonicalised) {
+  auto n = ParseObjectModelName(kHuggingFace, " S3://bucket/org/model/rev//");
+  ASSERT_TRUE(n.ok()) << n.status().message();
+  EXPECT_EQ(n->provider, kS3);
+  EXPECT_EQ(n->canonical(), "s3://bucket/org/model/rev");
+  EXPECT_EQ(n->cache_subdir(), "s3/bucket/org/model/rev");
+  auto g = ParseObjectModelName(kGcs, "gs://b-1.x_y/a");
+  ASSERT_TRUE(g.ok()) << g.status().message();
+  EXPECT_EQ(g->canonical(), "gs://b-1.x_y/a");
+  EXPECT_EQ(g->cache_subdir(), "gcs/b-1.x_y/a");
+  EXPECT_TRUE(IsObjectModel(kHuggingFace, "gs://b/a"));
+  EXPECT_TRUE(IsObjectModel(kS3, "org/model"));
+  EXPECT_FALSE(IsObjectModel(kHuggingFace, "org/model"));
+  EXPECT_FALSE(IsObjectModel(kNgc, "s3://b/a"));
+}
+
+TEST(ObjectModelTest, HostileNamesAreRefused) {
+  const std::vector<std::pair<int, std::string>> bad = {
+      {kS3, "s3://"},           {kS3, "s3://b"},
+      {kS3, "s3://b/"},         {kS3, "s3://b//x"},
+      {kS3, "s3://b/a/../x"},   {kS3, "s3://b/./x"},
+      {kS3, "s3://../x"},       {kS3, "s3://./x"},
+      {kS3, "s3://b/a\x01z"},   {kS3, "s3://b/a\\z"},
+      {kS3, "s3:///x"},         {kS3, "s3://.b/x"},
+      {kS3, "s3://b c/x"},      {kS3, "b/x"},
+      {kS3, "gs://b/x"},        {kGcs, "s3://b/x"},
+      {kS3, "s3://b/\xff\xfe"}, {kS3, "s3://b/" + std::string(300, 'a')},
+      {kNgc, "s3://b/x"},       {kHuggingFace, "org/model"}};
+  for (const auto& [provider, name] : bad) {
+    auto n = ParseObjectModelName(provider, name);
+    EXPECT_FALSE(n.ok()) << name;
+    if (!n.ok()) {
+      EXPECT_EQ(n.status().code(), StatusCode::kInvalidArgument) << name;
+    }
+  }
+}
+
+class ObjectSnapshotTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    cache_ = std::filesystem::temp_directory_path() /
+             ("mx-objsnap-" + std::to_string(::getpid()) + "-" +
+              ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(cache_);
+    dir_ = cache_ / "s3/b/org/m";
+    std::filesystem::create_directories(dir_ / "sub");
+    Write("config.json", "{}");
+    Write("sub/w.safetensors", "12345");
+    name_ = *ParseObjectModelName(kS3, "s3://b/org/m");
+  }
+  void TearDown() override { std::filesystem::remove_all(cache_); }
+  void Write(const std::string& rel, const std::string& data) {
+    std::ofstream(dir_ / rel, std::ios::binary) << data;
+  }
+  void Marker(bool ignore_weights, const std::string& extra_file = "") {
+    std::string files = R"({"path":"config.json","size":2},{"path":"sub/w.safetensors","size":5})";
+    if (!extra_file.empty()) files += "," + extra_file;
+    Write(".mx-model", std::string(R"({"name":"s3://b/org/m","commit":")") + std::string(40, 'a') +
+                           R"(","ignore_weights":)" + (ignore_weights ? "true" : "false") +
+                           R"(,"files":[)" + files + "]}");
+  }
+  std::filesystem::path cache_, dir_;
+  ObjectModelName name_;
+};
+
+TEST_F(ObjectSnapshotTest, ServesWhatTheMarkerRecords) {
+  // No marker: not a copy (a half-written one never has one).
+  EXPECT_EQ(ObjectModelSnapshot(cache_, name_, std::nullopt, false).status().code(),
+            StatusCode::kNotFound);
+  Marker(false);
+  Write("stray.txt", "not in the marker");
+  auto snap = ObjectModelSnapshot(cache_, name_, std::nullopt, false);
+  ASSERT_TRUE(snap.ok()) << snap.status().message();
+  EXPECT_EQ(snap->commit, std::string(40, 'a'));
+  ASSERT_EQ(snap->files.size(), 2u);
+  EXPECT_EQ(snap->files[0].relative_path, "config.json");
+  EXPECT_EQ(snap->files[1].size, 5u);
+  auto meta = ObjectModelSnapshot(cache_, name_, std::nullopt, true);
+  ASSERT_TRUE(meta.ok());
+  EXPECT_EQ(meta->files.size(), 1u);
+  EXPECT_TRUE(ObjectModelSnapshot(cache_, name_, std::string(40, 'a'), false).ok());
+  EXPECT_TRUE(ObjectModelSnapshot(cache_, name_, std::string("main"), false).ok());
+  EXPECT_EQ(ObjectModelSnapshot(cache_, name_, std::string(40, 'b'), false).status().code(),
+            StatusCode::kNotFound);
+}
+
+TEST_F(ObjectSnapshotTest, MetadataCopyIsNotTheFullModel) {
+  Marker(true);
+  EXPECT_TRUE(ObjectModelSnapshot(cache_, name_, std::nullopt, true).ok());
+  EXPECT_EQ(ObjectModelSnapshot(cache_, name_, std::nullopt, false).status().code(),
+            StatusCode::kNotFound);
+}
+
+TEST_F(ObjectSnapshotTest, IncompleteOrEscapingCopiesAreRefused) {
+  Marker(false);
+  Write("sub/w.safetensors", "123");  // shorter than recorded
+  EXPECT_EQ(ObjectModelSnapshot(cache_, name_, std::nullopt, false).status().code(),
+            StatusCode::kNotFound);
+  Write("sub/w.safetensors", "12345");
+  std::ofstream(cache_ / "secret", std::ios::binary) << "xx";
+  std::filesystem::create_symlink(cache_ / "secret", dir_ / "link.json");
+  Marker(false, R"({"path":"link.json","size":2})");
+  EXPECT_FALSE(ObjectModelSnapshot(cache_, name_, std::nullopt, false).ok());
+  Marker(false, R"({"path":"../../../../secret","size":2})");
+  EXPECT_FALSE(ObjectModelSnapshot(cache_, name_, std::nullopt, false).ok());
+  Write(".mx-model", "not json");
+  EXPECT_EQ(ObjectModelSnapshot(cache_, name_, std::nullopt, false).status().code(),
+            StatusCode::kNotFound);
+}
+
+TEST_F(ObjectSnapshotTest, RemoveTakesTheWholeDirectory) {
+  Marker(false);
+  EXPECT_TRUE(RemoveObjectModel(cache_, name_).ok());
+  EXPECT_FALSE(std::filesystem::exists(dir_));
+  EXPECT_TRUE(std::filesystem::exists(cache_ / "s3/b/org"));
+  EXPECT_EQ(RemoveObjectModel(cache_, name_).code(), StatusCode::kNotFound);
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "common/text.h"
 #include "hub/cache.h"
 #include "server/http_parse.h"
+#include "server/object_models.h"
 #include "server/source_id.h"
 
 namespace mx::server {
@@ -162,6 +163,29 @@ grpc::Status CheckRepoAccess(const grpc::ServerContext* context, AccessPolicy* a
   return st.ok() ? grpc::Status::OK : ToGrpc(st, "");
 }
 
+namespace {
+
+// Access to a model of any provider. S3/GCS models are read with the server's own cloud
+// identity and upstream cannot say whether one is public: under the gated policy an
+// anonymous caller gets none of them.
+grpc::Status CheckModelAccess(const grpc::ServerContext* context, AccessPolicy* access,
+                              Metrics* metrics, int provider, const std::string& model,
+                              const std::string& revision) {
+  if (!IsObjectModel(provider, model)) {
+    return CheckRepoAccess(context, access, metrics, model, revision);
+  }
+  auto caller = access->Classify(AuthorizationOf(context));
+  if (caller == AccessPolicy::Caller::kRejected) return Unauthenticated(metrics);
+  if (caller == AccessPolicy::Caller::kAnonymous && access->RestrictsAnonymous()) {
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        "S3/GCS models are served to authenticated callers only on this server "
+                        "(send 'authorization: Bearer <token>')");
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace
+
 // The edge of every RPC: whatever slips through (bad_alloc, a thread that could not be
 // started) becomes a status for this call instead of ending the process.
 template <typename Body>
@@ -224,8 +248,9 @@ grpc::Status ModelServiceImpl::EnsureModelDownloaded(
     grpc::ServerContext* ctx, const mm::ModelDownloadRequest* req,
     grpc::ServerWriter<mm::ModelStatusUpdate>* writer) {
   return Guard("EnsureModelDownloaded", [&]() -> grpc::Status {
-    if (grpc::Status a = CheckRepoAccess(ctx, &access_, metrics_, req->model_name(),
-                                         req->has_revision() ? req->revision() : "");
+    if (grpc::Status a =
+            CheckModelAccess(ctx, &access_, metrics_, req->provider(), req->model_name(),
+                             req->has_revision() ? req->revision() : "");
         !a.ok()) {
       return a;
     }
@@ -274,8 +299,8 @@ Result<std::vector<LocalFile>> ModelServiceImpl::SelectFiles(const mm::ModelFile
     MX_RETURN_IF_ERROR(hub::ValidateRevision(req.revision()));
     revision = req.revision();
   }
-  MX_ASSIGN_OR_RETURN(LocalSnapshot snap,
-                      manager_->Snapshot(req.model_name(), revision, req.ignore_weights()));
+  MX_ASSIGN_OR_RETURN(LocalSnapshot snap, manager_->Snapshot(req.provider(), req.model_name(),
+                                                             revision, req.ignore_weights()));
   *commit = snap.commit;
   if (req.file_selector().paths().empty()) return snap.files;
   std::vector<LocalFile> out;
@@ -299,8 +324,9 @@ grpc::Status ModelServiceImpl::StreamModelFiles(grpc::ServerContext* ctx,
                                                 const mm::ModelFilesRequest* req,
                                                 grpc::ServerWriter<mm::FileChunk>* writer) {
   return Guard("StreamModelFiles", [&]() -> grpc::Status {
-    if (grpc::Status a = CheckRepoAccess(ctx, &access_, metrics_, req->model_name(),
-                                         req->has_revision() ? req->revision() : "");
+    if (grpc::Status a =
+            CheckModelAccess(ctx, &access_, metrics_, req->provider(), req->model_name(),
+                             req->has_revision() ? req->revision() : "");
         !a.ok()) {
       return a;
     }
@@ -409,8 +435,9 @@ grpc::Status ModelServiceImpl::ListModelFiles(grpc::ServerContext* ctx,
                                               const mm::ModelFilesRequest* req,
                                               mm::ModelFileList* resp) {
   return Guard("ListModelFiles", [&]() -> grpc::Status {
-    if (grpc::Status a = CheckRepoAccess(ctx, &access_, metrics_, req->model_name(),
-                                         req->has_revision() ? req->revision() : "");
+    if (grpc::Status a =
+            CheckModelAccess(ctx, &access_, metrics_, req->provider(), req->model_name(),
+                             req->has_revision() ? req->revision() : "");
         !a.ok()) {
       return a;
     }
@@ -435,7 +462,7 @@ grpc::Status ModelServiceImpl::DeleteModel(grpc::ServerContext* ctx,
                                            mm::DeleteModelResponse* resp) {
   return Guard("DeleteModel", [&]() -> grpc::Status {
     MX_REQUIRE_AUTH(ctx, manager_->config(), metrics_);
-    Status st = manager_->Delete(req->model_name());
+    Status st = manager_->Delete(req->provider(), req->model_name());
     resp->set_success(st.ok());
     resp->set_message(st.ok() ? "deleted " + ClientText(req->model_name())
                               : CallerMessage(st, manager_->config().hub.cache_dir));

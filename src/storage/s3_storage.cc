@@ -114,13 +114,14 @@ class S3Storage : public Storage {
     // An exact object, else everything under "key/".
     MX_ASSIGN_OR_RETURN(auto objects, ListPrefix(bucket, key));
     for (const auto& o : objects) {
-      if (o.first == key) return std::vector<ObjectInfo>{Info(bucket, o.first, o.second, key)};
+      if (o.key == key) return std::vector<ObjectInfo>{Info(bucket, o, key)};
     }
     std::string prefix = key.empty() || key.back() == '/' ? key : key + "/";
     std::vector<ObjectInfo> out;
-    for (const auto& [k, size] : objects) {
+    for (const auto& o : objects) {
+      const std::string& k = o.key;
       if (k.rfind(prefix, 0) == 0 && k.size() > prefix.size() && k.back() != '/') {
-        out.push_back(Info(bucket, k, size, prefix));
+        out.push_back(Info(bucket, o, prefix));
       }
     }
     if (out.empty())
@@ -151,11 +152,18 @@ class S3Storage : public Storage {
   }
 
  private:
-  ObjectInfo Info(const std::string& bucket, const std::string& key, uint64_t size,
-                  const std::string& base) {
+  // One object of a listing.
+  struct Listed {
+    std::string key;
+    uint64_t size = 0;
+    std::string etag;  // quotes removed
+  };
+
+  ObjectInfo Info(const std::string& bucket, const Listed& o, const std::string& base) {
+    const std::string& key = o.key;
     std::string name = key.substr(std::min(base.size(), key.size()));
     if (name.empty()) name = key.substr(key.rfind('/') + 1);
-    return {c_.scheme + "://" + bucket + "/" + key, name, size};
+    return {c_.scheme + "://" + bucket + "/" + key, name, o.size, o.etag};
   }
 
   std::string Hint() const {
@@ -266,10 +274,9 @@ class S3Storage : public Storage {
     return c_.aws->Source();
   }
 
-  // (key, size) of every object whose key starts with `prefix`, following continuation.
-  Result<std::vector<std::pair<std::string, uint64_t>>> ListPrefix(const std::string& bucket,
-                                                                   const std::string& prefix) {
-    std::vector<std::pair<std::string, uint64_t>> out;
+  // Every object whose key starts with `prefix`, following continuation.
+  Result<std::vector<Listed>> ListPrefix(const std::string& bucket, const std::string& prefix) {
+    std::vector<Listed> out;
     std::string token;
     std::string where = c_.scheme + "://" + bucket + "/" + prefix;
     for (int page = 0; page < 100000; ++page) {
@@ -290,14 +297,23 @@ class S3Storage : public Storage {
       std::string contents;
       while (NextXmlElement(r.body, "Contents", &pos, &contents)) {
         size_t p = 0;
-        std::string key, size;
+        std::string key, size, etag;
         if (NextXmlElement(contents, "Key", &p, &key)) {
           p = 0;
           NextXmlElement(contents, "Size", &p, &size);
+          p = 0;
+          NextXmlElement(contents, "ETag", &p, &etag);
           MX_RETURN_IF_ERROR(CheckListedKey(key, prefix, where));
           auto n = ParseObjectSize(size);
           if (!n.ok()) return n.status().WithContext(where + ": listing size of " + key);
-          out.emplace_back(key, *n);
+          // Kept only when it is plain printable text of a sane length: callers compare it.
+          if (etag.size() >= 2 && etag.front() == '"' && etag.back() == '"')
+            etag = etag.substr(1, etag.size() - 2);
+          bool printable =
+              etag.size() <= 128 && std::all_of(etag.begin(), etag.end(), [](unsigned char c) {
+                return c > 0x20 && c < 0x7f && c != '"';
+              });
+          out.push_back({key, *n, printable ? etag : std::string()});
         }
       }
       size_t p = 0;

@@ -24,6 +24,10 @@ struct ObjectInfo {
   std::string uri;   // full URI of the object (no credentials)
   std::string name;  // path relative to the listed URI ("model-00001.safetensors")
   uint64_t size = 0;
+  // The listing's ETag, quotes removed; empty when the store gave none. On S3 (and GCS's
+  // XML API) a 32-hex ETag without '-' is the MD5 of the content, unless the object is
+  // encrypted with SSE-KMS/SSE-C (CMEK on GCS); multipart/composite ETags are not.
+  std::string etag{};
 };
 
 class RangeReader {
