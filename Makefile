@@ -35,8 +35,9 @@ bench: build
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DMX_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=OFF
-	cmake --build build-fuzz -j $(JOBS) --target hub_tree_fuzzer safetensors_fuzzer http_edge_fuzzer listing_fuzzer
-	for f in safetensors hub_tree http_edge listing; do \
+	cmake --build build-fuzz -j $(JOBS) --target hub_tree_fuzzer safetensors_fuzzer http_edge_fuzzer listing_fuzzer \
+	  credentials_fuzzer
+	for f in safetensors hub_tree http_edge listing credentials; do \
 	  mkdir -p build-fuzz/corpus/$$f && cp -n fuzz/corpus/$$f/* build-fuzz/corpus/$$f/ ; \
 	  build-fuzz/fuzz/$${f}_fuzzer -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 build-fuzz/corpus/$$f || exit 1; \
 	done

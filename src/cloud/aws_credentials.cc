@@ -291,7 +291,7 @@ struct Env {
   EnvLookup lookup;
   // The variable's value; "" when unset or empty (the SDKs test truthiness).
   std::string operator()(const std::string& name) const {
-    std::optional<std::string> v = lookup(name);
+    std::optional<std::string> v = lookup(name.c_str());
     return v ? *v : std::string();
   }
 };
@@ -671,7 +671,7 @@ Result<Expiring<AwsCredentials>> AwsCredentialProvider::Fetch() {
 
 std::shared_ptr<AwsCredentialProvider> AwsCredentialProvider::FromEnvironment(EnvLookup env) {
   if (!env) {
-    env = [](const std::string& name) { return GetEnv(name.c_str()); };
+    env = ProcessEnvironment();
   }
   Env e{std::move(env)};
   return std::shared_ptr<AwsCredentialProvider>(new AwsCredentialProvider(Resolve(e)));

@@ -48,9 +48,6 @@ struct AwsCredentials {
   bool anonymous() const { return access_key_id.empty(); }
 };
 
-// An environment lookup: the variable's value, nullopt when unset. Tests pass a map.
-using EnvLookup = std::function<std::optional<std::string>(const std::string& name)>;
-
 // --- Wire formats, exposed for the unit tests -----------------------------------------
 
 // The body of an STS AssumeRoleWithWebIdentity answer (AWS query protocol, XML):

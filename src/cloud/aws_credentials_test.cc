@@ -185,7 +185,7 @@ class AwsChain : public ::testing::Test {
   std::shared_ptr<AwsCredentialProvider> Chain() {
     auto env = env_;
     return AwsCredentialProvider::FromEnvironment(
-        [env](const std::string& n) -> std::optional<std::string> {
+        [env](const char* n) -> std::optional<std::string> {
           auto it = env.find(n);
           if (it == env.end()) return std::nullopt;
           return it->second;

@@ -198,14 +198,6 @@ Result<std::string> CheckUrl(const std::string& url, const char* variable, bool 
 
 }  // namespace
 
-EnvLookup ProcessEnvironment() {
-  return [](const char* name) -> std::optional<std::string> {
-    auto v = GetEnv(name);
-    if (!v || v->empty()) return std::nullopt;
-    return v;
-  };
-}
-
 // ---------------------------------------------------------------------------------------
 // Storage-native secrets
 

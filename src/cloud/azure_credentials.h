@@ -40,11 +40,6 @@
 
 namespace mx::cloud {
 
-// Looks up one environment variable; an empty value counts as unset (as in the SDK).
-// Tests pass a map instead of the process environment.
-using EnvLookup = std::function<std::optional<std::string>(const char* name)>;
-EnvLookup ProcessEnvironment();
-
 inline constexpr char kAzureStorageScope[] = "https://storage.azure.com/.default";
 inline constexpr char kAzureStorageResource[] = "https://storage.azure.com";
 inline constexpr char kAzureDefaultAuthorityHost[] = "https://login.microsoftonline.com";

@@ -103,7 +103,6 @@ class GoogleCredentialProvider {
  public:
   // Environment lookup, injectable so tests can resolve the chain without touching the
   // process environment. Default: the process environment.
-  using EnvLookup = std::function<std::optional<std::string>(const char*)>;
   struct Options {
     std::string scope = kGcsReadOnlyScope;
     EnvLookup env;  // empty: GetEnv

@@ -2,11 +2,16 @@
 
 #include <cctype>
 
+#include "common/env.h"
 #include "common/fs.h"
 #include "common/text.h"
 #include "http/http.h"
 
 namespace mx::cloud {
+
+EnvLookup ProcessEnvironment() {
+  return [](const char* name) { return GetEnv(name); };
+}
 
 Result<std::time_t> ParseIso8601Utc(std::string_view text) {
   int y, mo, d, h, mi, s;

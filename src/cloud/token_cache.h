@@ -75,6 +75,11 @@ class TokenCache {
   std::optional<Expiring<T>> cached_;
 };
 
+// How a chain reads its environment: the variable's value, nullopt when unset. Unit tests
+// pass a map; ProcessEnvironment() reads the process's own (GetEnv).
+using EnvLookup = std::function<std::optional<std::string>(const char* name)>;
+EnvLookup ProcessEnvironment();
+
 // "2026-11-30T23:00:00Z" (also with fractional seconds or a +00:00 offset) -> epoch seconds.
 Result<std::time_t> ParseIso8601Utc(std::string_view text);
 
