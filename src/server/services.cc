@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/fs.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/text.h"
 #include "hub/cache.h"
@@ -423,6 +424,9 @@ grpc::Status ModelServiceImpl::ListModelFiles(grpc::ServerContext* ctx,
       auto* info = resp->add_files();
       info->set_relative_path(f.relative_path);
       info->set_size(f.size);
+      // The snapshot entry resolves into blobs/<hash>: tell the client what to check.
+      std::string blob = std::filesystem::path(f.absolute_path).filename().string();
+      if (IsLowerHex(blob, 40) || IsLowerHex(blob, 64)) info->set_blob_hash(blob);
       total += f.size;
     }
     resp->set_total_size(total);
