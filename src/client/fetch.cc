@@ -168,10 +168,13 @@ class Incoming {
   uint64_t offset_ = 0;
 };
 
+// Files cut off by a dropped stream, kept (temp file and hash state) to resume from.
+using Partials = std::map<std::string, std::unique_ptr<Incoming>>;
+
 // One StreamModelFiles call for `group` (those not done yet). OK when all arrived.
 Status StreamOnce(MxClient* client, const FetchOptions& o, const hub::RepoCache& cache,
                   const std::string& commit, const std::vector<WantedFile>& group, RunState* run,
-                  bool* progressed) {
+                  Partials* partials, bool* progressed) {
   std::map<std::string, const WantedFile*> remaining;
   mm::ModelFilesRequest req;
   req.set_model_name(o.model);
@@ -184,14 +187,18 @@ Status StreamOnce(MxClient* client, const FetchOptions& o, const hub::RepoCache&
       if (run->done.count(f.path)) continue;
       remaining[f.path] = &f;
       req.mutable_file_selector()->add_paths(f.path);
+      auto p = partials->find(f.path);
+      if (p != partials->end() && p->second->offset() > 0) {
+        (*req.mutable_start_offsets())[f.path] = p->second->offset();
+      }
     }
   }
   if (remaining.empty()) return Status::OK();
   MX_ASSIGN_OR_RETURN(auto ctx, client->NewContext(0));
   auto reader = client->models().StreamModelFiles(ctx.get(), req);
   mm::FileChunk chunk;
-  Incoming in;
-  Status local;  // an error found here (not by gRPC)
+  Incoming* in = nullptr;  // the file being received, owned by *partials
+  Status local;            // an error found here (not by gRPC)
   bool first = true;
   while (reader->Read(&chunk)) {
     if (chunk.has_commit_hash() && chunk.commit_hash() != commit) {
@@ -212,25 +219,38 @@ Status StreamOnce(MxClient* client, const FetchOptions& o, const hub::RepoCache&
       break;
     }
     const WantedFile& f = *it->second;
-    if (!in.open() || in.file().path != f.path) {
-      if (in.open()) {
-        local = Status::DataLoss(in.file().path + " ended before its last chunk");
+    if (in == nullptr || in->file().path != f.path) {
+      if (in != nullptr) {
+        local = Status::DataLoss(in->file().path + " ended before its last chunk");
         break;
       }
-      if (local = in.Open(cache, f); !local.ok()) break;
+      auto& slot = (*partials)[f.path];
+      // Resume where we stopped when the server starts there; a server that ignores
+      // start_offsets starts at 0, and so do we.
+      if (!slot || chunk.offset() != slot->offset()) {
+        slot = std::make_unique<Incoming>();
+        if (local = slot->Open(cache, f); !local.ok()) break;
+      } else if (slot->offset() > 0) {
+        spdlog::info("resuming {} at byte {}", f.path, slot->offset());
+      }
+      in = slot.get();
     }
-    if (chunk.total_size() != f.size || chunk.offset() != in.offset() ||
-        chunk.data().size() > f.size - in.offset()) {
+    if (chunk.total_size() != f.size || chunk.offset() != in->offset() ||
+        chunk.data().size() > f.size - in->offset()) {
       local = Status::DataLoss(f.path + ": chunk at offset " + std::to_string(chunk.offset()) +
                                " does not continue the file (size " +
                                std::to_string(chunk.total_size()) + ")");
+      partials->erase(f.path);
+      in = nullptr;
       break;
     }
-    if (local = in.Write(chunk.data()); !local.ok()) break;
+    if (local = in->Write(chunk.data()); !local.ok()) break;
     run->bytes_streamed += chunk.data().size();
     if (chunk.is_last_chunk()) {
-      if (local = in.Publish(cache, commit); !local.ok()) break;
-      in.Abandon();
+      local = in->Publish(cache, commit);
+      partials->erase(f.path);  // published, or corrupt: either way not resumable
+      in = nullptr;
+      if (!local.ok()) break;
       {
         std::lock_guard<std::mutex> lock(run->mu);
         run->done.insert(f.path);
@@ -239,12 +259,12 @@ Status StreamOnce(MxClient* client, const FetchOptions& o, const hub::RepoCache&
       *progressed = true;
       run->Progress("stream", f.path);
     } else {
+      *progressed = true;
       run->Progress("stream", f.path);
     }
   }
   if (!local.ok()) ctx->TryCancel();
   grpc::Status gs = reader->Finish();
-  in.Abandon();  // a cut-off file starts again from 0: the request has no offset field
   if (!local.ok()) return local;
   MX_RETURN_IF_ERROR(FromGrpc(gs, "StreamModelFiles"));
   if (!remaining.empty()) {
@@ -259,9 +279,10 @@ Status StreamGroup(MxClient* client, const FetchOptions& o, const hub::RepoCache
                    const std::string& commit, const std::vector<WantedFile>& group, RunState* run) {
   auto last_progress = Clock::now();
   std::map<std::string, int> corrupt;
+  Partials partials;  // their temp files go when this returns (Incoming's destructor)
   for (int attempt = 0;; ++attempt) {
     bool progressed = false;
-    Status st = StreamOnce(client, o, cache, commit, group, run, &progressed);
+    Status st = StreamOnce(client, o, cache, commit, group, run, &partials, &progressed);
     if (st.ok()) return st;
     if (progressed) last_progress = Clock::now();
     if (!Retriable(st)) return st;

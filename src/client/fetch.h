@@ -24,8 +24,10 @@
 //   cache is never fetched again, so no file crosses the network twice in one run,
 //   whatever falls back to what.
 // - A dropped stream is retried (for up to resume_seconds without progress): files that
-//   completed stay; a file cut off mid-way starts again from offset 0, because
-//   ModelFilesRequest has no offset field to ask for the rest.
+//   completed stay, and a file cut off mid-way resumes from the bytes already written and
+//   hashed (ModelFilesRequest.start_offsets, an mx extension; a server without it starts
+//   the file again at 0, and so does the client). A file whose hash does not match is
+//   fetched again from 0, at most twice.
 #pragma once
 
 #include <cstdint>

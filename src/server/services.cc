@@ -363,6 +363,11 @@ grpc::Status ModelServiceImpl::StreamModelFiles(grpc::ServerContext* ctx,
       out.set_relative_path(f.relative_path);
       out.set_total_size(f.size);
       uint64_t offset = 0;
+      // A resuming client names the bytes it already has (an mx extension field).
+      if (auto it = req->start_offsets().find(f.relative_path);
+          it != req->start_offsets().end() && it->second <= f.size) {
+        offset = it->second;
+      }
       do {
         size_t want = static_cast<size_t>(std::min<uint64_t>(chunk, f.size - offset));
         std::string* data = out.mutable_data();

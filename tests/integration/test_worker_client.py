@@ -127,7 +127,12 @@ class WorkerClientTest(HubAndServersCase):
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         blobs = cache / "models--org--big" / "blobs"
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not list(blobs.glob("*.tmp")):
+        def written():
+            try:
+                return max((p.stat().st_size for p in blobs.glob("*.tmp")), default=0)
+            except FileNotFoundError:
+                return 0
+        while time.monotonic() < deadline and written() < MIB:
             time.sleep(0.001)
         os.kill(proc.pid, signal.SIGSTOP)  # freeze the client mid-file
         try:
@@ -145,6 +150,8 @@ class WorkerClientTest(HubAndServersCase):
         rep = json.loads(out.strip().splitlines()[-1])
         self.assertEqual(rep["strategy"], "stream")
         self.assertIn("stream done", s2.log_text())
+        # Resumed from the verified offset: no byte crossed the network twice.
+        self.assertEqual(rep["bytes_streamed"], sum(BIG.values()))
         for name in BIG:
             self.assertEqual((Path(rep["path"]) / name).read_bytes(), (self.big / name).read_bytes())
         v = run([mx_binary(), "cache", "verify", "--cache-dir", cache, "org/big"])
