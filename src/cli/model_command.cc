@@ -57,7 +57,7 @@ void AddWorkerFlags(CLI::App* cmd, WorkerFlags* f) {
                 "MODEL_EXPRESS_NO_SHARED_STORAGE=1)");
   cmd->add_option(
       "--transfer-chunk-size", f->chunk_size,
-      "Stream chunk size, e.g. 4MiB (default: $MODEL_EXPRESS_TRANSFER_CHUNK_SIZE, 4 MiB)");
+      "Stream chunk size, e.g. 4MiB (default: $MODEL_EXPRESS_TRANSFER_CHUNK_SIZE, else 1 MiB)");
   cmd->add_option("--tls-ca", f->tls_ca, "PEM CA bundle for https:// endpoints (or MX_TLS_CA)");
   cmd->add_flag("-q,--quiet", f->quiet, "No progress, only results and errors");
   cmd->add_flag(

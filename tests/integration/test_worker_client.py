@@ -18,7 +18,7 @@ from pathlib import Path
 
 import hf_reader
 from harness import MIB, HubStub, base_env, free_port, make_repo, mx_binary, run
-from server_harness import HubAndServersCase, MxServer
+from server_harness import HubAndServersCase, RedisServer
 
 FILES = {
     "config.json": 700,
@@ -279,6 +279,25 @@ class WorkerClientTest(HubAndServersCase):
         p = self.mx("api", "send", "ping", "-e", s.address, env={"MX_AUTH_TOKEN_PATH": str(client_token)})
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertNotIn("s3cret", p.stderr + p.stdout)
+
+
+class RedisWorkerClientTest(WorkerClientTest):
+    """The same, with the servers' registry in Redis (a fresh one per test)."""
+
+    PREFIX = "mx-worker-redis-"
+
+    def setUp(self):
+        super().setUp()
+        self.redis = RedisServer(self.tmp).start()
+
+    def tearDown(self):
+        super().tearDown()
+        self.redis.stop()
+
+    def server(self, env=None, args=None, start=True, cache=None):
+        e = {"MX_METADATA_BACKEND": "redis", "REDIS_URL": self.redis.url}
+        e.update(env or {})
+        return super().server(env=e, args=args, start=start, cache=cache)
 
 
 if __name__ == "__main__":
