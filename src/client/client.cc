@@ -284,7 +284,7 @@ Result<mm::ModelStatusUpdate> MxClient::Ensure(
   MX_RETURN_IF_ERROR(FromGrpc(reader->Finish(), "EnsureModelDownloaded"));
   if (!any) return Status::Internal("EnsureModelDownloaded: the server sent no status");
   if (last.status() == mm::ERROR) {
-    return Status::Unavailable("the server could not download " + Printable(request.model_name()) +
+    return Status::Internal("the server could not download " + Printable(request.model_name()) +
                                ": " + Printable(last.message(), 1024));
   }
   if (last.status() != mm::DOWNLOADED) {

@@ -389,10 +389,25 @@ Result<FetchReport> FromServer(MxClient* client, const FetchOptions& o, RunState
     req.set_ignore_weights(ignore_weights);
     if (!o.revision.empty()) req.set_revision(o.revision);
     run->Progress("server", "asking the server for " + o.model, true);
-    MX_ASSIGN_OR_RETURN(mm::ModelStatusUpdate done,
-                        client->Ensure(req, [&](const mm::ModelStatusUpdate& u) {
-                          run->Progress("server", Printable(u.message(), 200), true);
-                        }));
+    // Ensure is idempotent: a connection lost while waiting (keepalive, a server restart)
+    // asks again, for up to resume_seconds.
+    auto asked = Clock::now();
+    Result<mm::ModelStatusUpdate> ensured = Status::Unavailable("not asked");
+    while (true) {
+      ensured = client->Ensure(req, [&](const mm::ModelStatusUpdate& u) {
+        run->Progress("server", Printable(u.message(), 200), true);
+      });
+      if (ensured.ok() || ensured.status().code() != StatusCode::kUnavailable ||
+          SecondsSince(asked) > o.resume_seconds) {
+        break;
+      }
+      spdlog::info("EnsureModelDownloaded interrupted ({}); asking again",
+                   ensured.status().message());
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      if (Status c = client->Connect(); !c.ok() && SecondsSince(asked) > o.resume_seconds) break;
+    }
+    MX_RETURN_IF_ERROR(ensured.status());
+    const mm::ModelStatusUpdate& done = *ensured;
     std::string commit = done.resolved_revision();
     if (pinned && *pinned != commit) {
       return Status::FailedPrecondition(

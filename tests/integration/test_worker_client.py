@@ -17,6 +17,7 @@ import unittest
 from pathlib import Path
 
 import hf_reader
+from azure_token_peers import make_tls_cert
 from harness import MIB, HubStub, base_env, free_port, make_repo, mx_binary, run
 from server_harness import HubAndServersCase, RedisServer
 
@@ -76,6 +77,8 @@ class WorkerClientTest(HubAndServersCase):
         self.assertEqual(rep["commit"], self.hub.commit("org/m"))
         self.assertEqual(rep["files"], len(FILES))
         self.assertEqual(rep["bytes_streamed"], sum(FILES.values()))
+        # Metadata phase: 4 parallel calls for its 4 files; weights phase: one per shard.
+        self.assertEqual(s.log_text().count("stream done"), 6)
         for key in ("path", "commit", "files", "bytes", "bytes_streamed", "seconds", "strategy"):
             self.assertIn(key, rep)
         self.assert_complete(cache, rep)
@@ -279,6 +282,53 @@ class WorkerClientTest(HubAndServersCase):
         p = self.mx("api", "send", "ping", "-e", s.address, env={"MX_AUTH_TOKEN_PATH": str(client_token)})
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertNotIn("s3cret", p.stderr + p.stdout)
+
+    def test_tls_with_private_ca(self):
+        cert, key = make_tls_cert(self.tmp, "worker")
+        s = self.server(args=["--tls-cert", cert, "--tls-key", key], start=False)
+        s.start(wait=False)
+        url = f"https://127.0.0.1:{s.port}"
+        deadline = time.monotonic() + 20
+        while True:
+            h = self.mx("health", "-e", url, "--tls-ca", cert, "-f", "json")
+            if h.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(h.returncode, 0, h.stderr + s.log_text())
+        self.assertEqual(json.loads(h.stdout)["status"], "ok")
+        h = self.mx("health", "-e", url, env={"MX_TLS_CA": str(cert)})
+        self.assertEqual(h.returncode, 0, h.stderr)
+        h = self.mx("health", "-e", url)  # not signed by a CA the system knows
+        self.assertEqual(h.returncode, 1)
+        h = self.mx("health", "-e", f"127.0.0.1:{s.port}")  # plaintext to a TLS port
+        self.assertEqual(h.returncode, 1)
+
+    def test_keepalive_notices_a_frozen_server(self):
+        s = self.server()
+        self.assertEqual(self.mx("model", "download", "org/big", "-e", s.address,
+                                 "--cache-path", self.cache).returncode, 0)
+        cache = self.client_cache()
+        env = base_env()
+        env.update({"MX_AUTH_TOKEN_PATH": str(self.tmp / "no-token")})
+        proc = subprocess.Popen(
+            [mx_binary(), "model", "download", "org/big", "-e", s.address, "--cache-path",
+             str(cache), "--no-shared-storage", "-s", "server-only", "-v",
+             "--transfer-chunk-size", "64KiB", "--streams", "1"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        blobs = cache / "models--org--big" / "blobs"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(
+                p.name.endswith(".tmp") and p.stat().st_size > MIB for p in blobs.glob("*")):
+            time.sleep(0.001)
+        # The server stops answering without closing anything (a partitioned node).
+        os.killpg(s.proc.pid, signal.SIGSTOP)
+        time.sleep(12)
+        os.killpg(s.proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+        self.assertEqual(proc.returncode, 0, err)
+        # Keepalive broke the silent connection and the stream was resumed.
+        self.assertIn("stream interrupted", err)
+        self.assertIn("resuming", err)
 
 
 class RedisWorkerClientTest(WorkerClientTest):
