@@ -434,7 +434,9 @@ Result<FetchReport> FromServer(MxClient* client, const FetchOptions& o, RunState
       size_t missing = 0;
       std::string example;
       for (const auto& f : files) {
-        if (!cache.SnapshotFileOk(commit, f.path, f.size)) {
+        // Present with its size, and readable by this process (not only stat-able).
+        if (!cache.SnapshotFileOk(commit, f.path, f.size) ||
+            ::access(cache.snapshot_path(commit, f.path).c_str(), R_OK) != 0) {
           if (missing++ == 0) example = f.path;
         }
       }

@@ -32,6 +32,18 @@ FILES = {
 BIG = {"config.json": 100, "model.safetensors": 48 * MIB}
 
 
+def largest_temp(blobs: Path) -> int:
+    """Bytes in the largest temp file under blobs/ (0 when none): a temp file may be renamed
+    between listing and stat."""
+    size = 0
+    for p in blobs.glob("*.tmp"):
+        try:
+            size = max(size, p.stat().st_size)
+        except FileNotFoundError:
+            pass
+    return size
+
+
 class WorkerClientTest(HubAndServersCase):
     PREFIX = "mx-worker-"
 
@@ -130,12 +142,7 @@ class WorkerClientTest(HubAndServersCase):
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         blobs = cache / "models--org--big" / "blobs"
         deadline = time.monotonic() + 30
-        def written():
-            try:
-                return max((p.stat().st_size for p in blobs.glob("*.tmp")), default=0)
-            except FileNotFoundError:
-                return 0
-        while time.monotonic() < deadline and written() < MIB:
+        while time.monotonic() < deadline and largest_temp(blobs) < MIB:
             time.sleep(0.001)
         os.kill(proc.pid, signal.SIGSTOP)  # freeze the client mid-file
         try:
@@ -317,8 +324,7 @@ class WorkerClientTest(HubAndServersCase):
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         blobs = cache / "models--org--big" / "blobs"
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(
-                p.name.endswith(".tmp") and p.stat().st_size > MIB for p in blobs.glob("*")):
+        while time.monotonic() < deadline and largest_temp(blobs) < MIB:
             time.sleep(0.001)
         # The server stops answering without closing anything (a partitioned node).
         os.killpg(s.proc.pid, signal.SIGSTOP)
