@@ -192,6 +192,13 @@ class WorkerClientTest(HubAndServersCase):
         # (a --phase metadata install still names its commit; its files verify)
         v = run([mx_binary(), "cache", "verify", "--cache-dir", cache, "org/m"])
         self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
+        # The weights phase against the unchanged server completes the pinned commit.
+        rep, _ = self.download(s, cache, "--no-shared-storage", "--phase", "weights",
+                               "--expect-commit", old, "-s", "server-only")
+        self.assertEqual(rep["commit"], old)
+        self.assertEqual(rep["bytes_streamed"], FILES["model-00001-of-00002.safetensors"] +
+                         FILES["model-00002-of-00002.safetensors"])
+        self.assert_complete(cache, rep)
 
     def test_server_down_fallback_and_server_only(self):
         dead = f"127.0.0.1:{free_port()}"
@@ -289,6 +296,27 @@ class WorkerClientTest(HubAndServersCase):
         p = self.mx("api", "send", "ping", "-e", s.address, env={"MX_AUTH_TOKEN_PATH": str(client_token)})
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertNotIn("s3cret", p.stderr + p.stdout)
+
+    def test_corrupt_bytes_from_the_server_are_refused(self):
+        s = self.server()
+        self.download(s, self.cache)  # the server has it
+        shard = "model-00001-of-00002.safetensors"
+        blob = (self.cache / "models--org--m" / "snapshots" / self.hub.commit("org/m") / shard).resolve()
+        with open(blob, "r+b") as f:  # same size, one byte flipped
+            f.seek(1000)
+            b = f.read(1)
+            f.seek(1000)
+            f.write(bytes([b[0] ^ 0xFF]))
+        cache = self.client_cache()
+        _, r = self.download(s, cache, "--no-shared-storage", "-s", "server-only", ok=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("hash mismatch", r.stderr)
+        self.assertFalse((cache / "models--org--m" / "blobs" / blob.name).exists())
+        self.assertFalse((cache / "models--org--m" / "refs" / "main").exists())
+        # smart-fallback: the hub supplies what the server could not, the rest stays.
+        rep, r = self.download(s, cache, "--no-shared-storage")
+        self.assertEqual(rep["strategy"], "hub", r.stderr)
+        self.assert_complete(cache, rep)
 
     def test_tls_with_private_ca(self):
         cert, key = make_tls_cert(self.tmp, "worker")
