@@ -426,7 +426,7 @@ int RunClear(const WorkerFlags& f, const std::string& name, const std::string& p
       j["server_removed"] = d->success();
       std::string msg = Printable(d->message(), 1024);
       // A model the server never had is not a failure of `clear`.
-      if (!d->success() && msg.find("not") == std::string::npos) server_ok = false;
+      if (!d->success() && msg.find("not in the cache") == std::string::npos) server_ok = false;
       j["server_message"] = msg;
     }
   }

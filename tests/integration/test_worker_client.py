@@ -243,6 +243,9 @@ class WorkerClientTest(HubAndServersCase):
         v = json.loads(self.mx("model", "validate", "org/m", "--cache-path", cache, "-f",
                                "json").stdout)
         self.assertFalse(v["exists"])
+        # A model neither side has: nothing to do, not an error.
+        r = self.mx("model", "clear", "org/never", "-e", s.address, "--cache-path", cache)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         # Server down: local files go, with a warning about the server's record.
         self.download(s, cache, "--no-shared-storage")
         s.stop()
