@@ -179,7 +179,8 @@ class WorkerClientTest(HubAndServersCase):
         changed = make_repo(self.tmp / "changed", FILES, seed=99)
         with HubStub(self.tmp, {"org/m": {"revisions": {"main": changed}}}) as hub2:
             self.assertNotEqual(hub2.commit("org/m"), old)
-            s2 = self.server(env={"HF_ENDPOINT": hub2.endpoint},
+            # Its own registry: it stands for another upstream, not a replica of s.
+            s2 = self.server(env={"HF_ENDPOINT": hub2.endpoint, "MX_METADATA_BACKEND": "embedded"},
                              cache=self.client_cache())
             _, r = self.download(s2, cache, "--no-shared-storage", "--phase", "weights",
                                  "--expect-commit", old, "-s", "server-only", ok=False)
