@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/model_commands.h"
 #include "cli/tool_commands.h"
 #include "common/log.h"
 #include "common/text.h"
@@ -136,6 +137,9 @@ int main(int argc, char** argv) {
   mx::cli::RegisterCache(app, flags, exit_code);
   mx::cli::RegisterStream(app, flags, exit_code);
   mx::cli::RegisterDoctor(app, flags, exit_code);
+  mx::cli::RegisterHealth(app, exit_code);
+  mx::cli::RegisterModel(app, exit_code);
+  mx::cli::RegisterApi(app, exit_code);
   mx::cli::RegisterCompletion(app, exit_code);
   // Listed for `mx --help` and completion; the dispatch above runs it.
   app.add_subcommand("serve",

@@ -170,6 +170,10 @@ int ServerMain(int argc, char** argv) {
   // gRPC sets SO_REUSEPORT by default, so a second server on the same port would start
   // and share (steal) connections: a port in use must be an error instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Workers ping every few seconds (client keepalive) so a dead connection is noticed
+  // quickly, also while they wait on a long EnsureModelDownloaded: accept those pings.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 4000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   int grpc_port = 0;
   builder.AddListeningPort(config.host + ":" + std::to_string(config.port), Credentials(config),
                            &grpc_port);

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/fs.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/text.h"
 #include "hub/cache.h"
@@ -388,6 +389,11 @@ grpc::Status ModelServiceImpl::StreamModelFiles(grpc::ServerContext* ctx,
       out.set_relative_path(f.relative_path);
       out.set_total_size(f.size);
       uint64_t offset = 0;
+      // A resuming client names the bytes it already has (an mx extension field).
+      if (auto it = req->start_offsets().find(f.relative_path);
+          it != req->start_offsets().end() && it->second <= f.size) {
+        offset = it->second;
+      }
       do {
         size_t want = static_cast<size_t>(std::min<uint64_t>(chunk, f.size - offset));
         std::string* data = out.mutable_data();
@@ -450,6 +456,9 @@ grpc::Status ModelServiceImpl::ListModelFiles(grpc::ServerContext* ctx,
       auto* info = resp->add_files();
       info->set_relative_path(f.relative_path);
       info->set_size(f.size);
+      // The snapshot entry resolves into blobs/<hash>: tell the client what to check.
+      std::string blob = std::filesystem::path(f.absolute_path).filename().string();
+      if (IsLowerHex(blob, 40) || IsLowerHex(blob, 64)) info->set_blob_hash(blob);
       total += f.size;
     }
     resp->set_total_size(total);
