@@ -6,9 +6,12 @@
 #include <iostream>
 #include <iterator>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "cli/model_commands.h"
+#include "cli/progress.h"
 #include "client/client.h"
 #include "client/fetch.h"
 #include "common/env.h"
@@ -166,15 +169,37 @@ int RunDownload(const WorkerFlags& f, const DownloadArgs& a) {
   std::string chunk = f.chunk_size;
   if (chunk.empty()) chunk = GetEnv("MODEL_EXPRESS_TRANSFER_CHUNK_SIZE").value_or("");
   if (!chunk.empty()) {
-    auto n = ParseByteSize(chunk);
-    if (!n.ok() || *n < 4096 || *n > (64u << 20)) {
-      return ReportError(Status::InvalidArgument("transfer chunk size must be 4KiB..64MiB, got '" +
-                                                 Printable(chunk) + "'"));
-    }
+    auto n = ParseByteSizeInRange(
+        f.chunk_size.empty() ? "MODEL_EXPRESS_TRANSFER_CHUNK_SIZE" : "--transfer-chunk-size", chunk,
+        4096, 64u << 20);
+    if (!n.ok()) return ReportError(n.status());
     o.chunk_size = static_cast<uint32_t>(*n);
   }
   bool tty = ::isatty(STDERR_FILENO) && !f.quiet && !f.json_out();
-  if (tty) o.on_progress = ShowProgress;
+  // Off a terminal (pod logs): a plain line every few seconds from the latest numbers.
+  std::mutex progress_mu;
+  std::optional<client::FetchProgress> last;
+  std::unique_ptr<PeriodicProgressLine> logger;
+  if (tty) {
+    o.on_progress = ShowProgress;
+  } else if (!f.quiet) {
+    Result<int> interval = ProgressIntervalSeconds();
+    if (!interval.ok()) return ReportError(interval.status());
+    o.on_progress = [&](const client::FetchProgress& p) {
+      std::lock_guard<std::mutex> l(progress_mu);
+      last = p;
+    };
+    logger = std::make_unique<PeriodicProgressLine>(*interval, [&](double elapsed) {
+      std::lock_guard<std::mutex> l(progress_mu);
+      if (!last) return std::string();
+      double rate = elapsed > 0 ? last->bytes_done / elapsed : 0;
+      return "[" + last->stage + "] " + FormatBytes(static_cast<double>(last->bytes_done)) + " / " +
+             FormatBytes(static_cast<double>(last->bytes_total)) + ", " + FormatBytes(rate) +
+             "/s, files " + std::to_string(last->files_done) + "/" +
+             std::to_string(last->files_total) + ", " + std::to_string(static_cast<long>(elapsed)) +
+             "s elapsed";
+    });
+  }
   o.on_warning = [tty](const std::string& text) {
     if (tty) std::fprintf(stderr, "\n");
     std::fprintf(stderr, "warning: %s\n", EscapeControl(text).c_str());
@@ -186,6 +211,7 @@ int RunDownload(const WorkerFlags& f, const DownloadArgs& a) {
     c = std::move(*made);
   }
   auto r = client::FetchModel(c.get(), o);
+  logger.reset();
   if (tty) std::fprintf(stderr, "\n");
   if (!r.ok()) return Fail(f, r.status());
   if (f.json_out()) {
