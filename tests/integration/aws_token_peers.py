@@ -345,7 +345,8 @@ class S3AuthProxy(_Server):
         self.upstream_port = upstream_port
         self.allow_anonymous = allow_anonymous
         # Called once, with the session token, at the first ranged read: the test revokes
-        # the token there (an "expired" token) and the read gets 403 ExpiredToken.
+        # the token there (an "expired" token) and the read gets 400 ExpiredToken, the status
+        # real S3 answers an expired session token with.
         self.expire_at_first_read = None
         self.hook_lock = threading.Lock()
         super().__init__(_ProxyHandler)
@@ -380,7 +381,7 @@ class S3AuthProxy(_Server):
                 hook(token)
                 revoked = True
         if revoked:
-            return 403, "ExpiredToken", rec
+            return 400, "ExpiredToken", rec  # as S3 does (not 401/403)
         if "x-amz-security-token" in h and "x-amz-security-token" not in signed:
             return 403, "SignatureDoesNotMatch", rec
         want = _sigv4_expected(handler.command, handler.path, h, signed, cred["SecretAccessKey"],

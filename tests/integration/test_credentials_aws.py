@@ -308,7 +308,7 @@ class AwsCredentialChainTest(unittest.TestCase):
         self.assertGreaterEqual(len(set(seen)), 2)
 
     def test_expired_token_is_refreshed(self):
-        # The proxy revokes the session token at the first ranged read (403 ExpiredToken) and
+        # The proxy revokes the session token at the first ranged read (400 ExpiredToken, as S3) and
         # STS then issues a new one: mx must renew once and finish the read.
         def expire(token):
             self.registry.revoke(token)
