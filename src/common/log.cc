@@ -18,7 +18,7 @@ namespace {
 std::atomic<bool> g_json{false};
 // The fields of the LogEvent being formatted on this thread. The logger is synchronous
 // (the sink formats in the calling thread), so the formatter below sees them.
-thread_local const std::initializer_list<LogField>* t_fields = nullptr;
+thread_local const std::span<const LogField>* t_fields = nullptr;
 
 void AppendJsonString(std::string_view text, std::string* out) {
   // Invalid UTF-8 cannot go into JSON: replace it (and cap nothing: Printable's limit is
@@ -158,6 +158,11 @@ void InitLogging(std::string_view level, LogFormat format, bool env_overrides) {
 
 void LogEvent(spdlog::level::level_enum level, std::string_view message,
               std::initializer_list<LogField> fields) {
+  LogEvent(level, message, std::span<const LogField>(fields.begin(), fields.size()));
+}
+
+void LogEvent(spdlog::level::level_enum level, std::string_view message,
+              std::span<const LogField> fields) {
   spdlog::logger* logger = spdlog::default_logger_raw();
   if (logger == nullptr || !logger->should_log(level)) return;
   if (g_json) {

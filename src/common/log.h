@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -53,6 +54,9 @@ struct LogField {
 // escaped, quoted when they hold a space, '"' or '='), in JSON as separate keys.
 void LogEvent(spdlog::level::level_enum level, std::string_view message,
               std::initializer_list<LogField> fields);
+// The same, for fields gathered at run time (some present only sometimes).
+void LogEvent(spdlog::level::level_enum level, std::string_view message,
+              std::span<const LogField> fields);
 
 // A JSON string literal (with the quotes) for `text`: escaped as described above.
 std::string JsonQuote(std::string_view text);

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "common/fs.h"
 #include "common/log.h"
@@ -77,26 +78,13 @@ void LogAccess(const AccessRecord& a) {
   auto level = a.status >= 500 ? spdlog::level::warn
                : probe         ? spdlog::level::debug
                                : spdlog::level::info;
-  if (a.note.empty()) {
-    LogEvent(level, "http",
-             {{"method", a.method},
-              {"path", path},
-              {"status", a.status},
-              {"bytes", a.body_bytes},
-              {"duration_s", a.seconds},
-              {"complete", a.complete ? "yes" : "no"},
-              {"peer", a.peer}});
-  } else {
-    LogEvent(level, "http",
-             {{"method", a.method},
-              {"path", path},
-              {"status", a.status},
-              {"bytes", a.body_bytes},
-              {"duration_s", a.seconds},
-              {"complete", a.complete ? "yes" : "no"},
-              {"peer", a.peer},
-              {"error", a.note}});
-  }
+  std::vector<LogField> fields = {
+      {"method", a.method},      {"path", path},
+      {"status", a.status},      {"bytes", a.body_bytes},
+      {"duration_s", a.seconds}, {"complete", a.complete ? "yes" : "no"},
+      {"peer", a.peer}};
+  if (!a.note.empty()) fields.emplace_back("error", a.note);
+  LogEvent(level, "http", fields);
 }
 
 bool ListensEverywhere(const std::string& host) {
