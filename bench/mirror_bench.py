@@ -3,7 +3,7 @@
 
 Driven by bench/mirror.sh (see the header there for what is measured and the
 env knobs). Python 3 stdlib only; it reuses tests/integration/harness.py
-(make_repo, HubStub, Nginx, free_port, base_env, _stop_process) through
+(make_repo, HubStub, Nginx, base_env, _stop_process) through
 bench_common.py, and serve_bench.py's small process helpers. Every server
 listens on 127.0.0.x only and is stopped by PID.
 """
@@ -30,8 +30,9 @@ sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
 
 from bench_common import (remove_work, run_main, targets_table, RESULTS, Terminated, _on_term, append_results,  # noqa: E402
                           cpu_model, env_int, fmt, machine_busy_s, make_log, proc_stat, stop)
-from harness import MIB, HubStub, Nginx, base_env, free_port, make_repo  # noqa: E402
-from serve_bench import env_pairs, proc_status, wait_tcp  # noqa: E402
+from harness import MIB, HubStub, Nginx, base_env, make_repo  # noqa: E402
+from serve_bench import proc_status  # noqa: E402
+from serve_bench import start_server as start_serve_server  # noqa: E402
 
 REPO_ID = "org/bench"
 BIG = "model.safetensors"
@@ -70,25 +71,8 @@ def tree_cpu(pids: list[int]) -> float:
 
 def start_server(server_bin: str, cache: Path, endpoint: str,
                  work: Path) -> tuple[subprocess.Popen, int]:
-    for attempt in range(5):
-        port, mirror_port, metrics_port = (free_port() for _ in range(3))
-        if len({port, mirror_port, metrics_port}) < 3:
-            continue
-        env = dict(base_env(), MODEL_EXPRESS_CACHE_DIRECTORY=str(cache), HF_ENDPOINT=endpoint,
-                   MODEL_EXPRESS_SERVER_HOST="127.0.0.1", MODEL_EXPRESS_SERVER_PORT=str(port),
-                   MX_MIRROR_PORT=str(mirror_port),
-                   MODEL_EXPRESS_SERVER_METRICS_PORT=str(metrics_port))
-        env.update(env_pairs("BENCH_SERVER_ENV"))
-        logf = open(work / "mx-server.log", "ab")
-        proc = subprocess.Popen([server_bin], stdin=subprocess.DEVNULL, stdout=logf,
-                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        logf.close()
-        if wait_tcp("127.0.0.1", mirror_port, proc, 30):
-            return proc, mirror_port
-        stop(proc)
-        log(f"mx-server did not come up on mirror port {mirror_port} (attempt {attempt + 1})")
-    tail = (work / "mx-server.log").read_bytes()[-2000:].decode(errors="replace")
-    raise RuntimeError(f"mx-server failed to start:\n{tail}")
+    """mx-server with its mirror on, upstream `endpoint`: (process, mirror port)."""
+    return start_serve_server(server_bin, cache, work, {"HF_ENDPOINT": endpoint}, mirror=True)
 
 
 def curl_start(url: str) -> subprocess.Popen:

@@ -165,21 +165,29 @@ def iperf3(streams: int, seconds: int, work: Path) -> dict:
         srv_log.close()
 
 
-def start_server(server_bin: str, cache: Path, work: Path) -> tuple[subprocess.Popen, int]:
+def start_server(server_bin: str, cache: Path, work: Path, extra_env: dict | None = None,
+                 mirror: bool = False) -> tuple[subprocess.Popen, int]:
+    """mx-server on 127.0.0.1 with `cache`; returns it and the port it was waited on: the gRPC
+    port, or with `mirror` the HF mirror's (metrics then on a port of its own too)."""
     for attempt in range(5):
-        port = free_port()
+        port, mirror_port, metrics_port = (free_port() for _ in range(3))
+        if mirror and len({port, mirror_port, metrics_port}) < 3:
+            continue
         env = dict(base_env(), MODEL_EXPRESS_CACHE_DIRECTORY=str(cache),
                    MODEL_EXPRESS_SERVER_HOST="127.0.0.1", MODEL_EXPRESS_SERVER_PORT=str(port),
-                   MX_MIRROR_PORT="0", MODEL_EXPRESS_SERVER_METRICS_PORT="0")
+                   MX_MIRROR_PORT=str(mirror_port) if mirror else "0",
+                   MODEL_EXPRESS_SERVER_METRICS_PORT=str(metrics_port) if mirror else "0",
+                   **(extra_env or {}))
         env.update(env_pairs("BENCH_SERVER_ENV"))
+        wait_port = mirror_port if mirror else port
         logf = open(work / "mx-server.log", "ab")
         proc = subprocess.Popen([server_bin], stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=subprocess.STDOUT, start_new_session=True, env=env)
         logf.close()
-        if wait_tcp("127.0.0.1", port, proc, 30):
-            return proc, port
+        if wait_tcp("127.0.0.1", wait_port, proc, 30):
+            return proc, wait_port
         stop(proc)
-        log(f"mx-server did not come up on port {port} (attempt {attempt + 1})")
+        log(f"mx-server did not come up on port {wait_port} (attempt {attempt + 1})")
     tail = (work / "mx-server.log").read_bytes()[-2000:].decode(errors="replace")
     raise RuntimeError(f"mx-server failed to start:\n{tail}")
 

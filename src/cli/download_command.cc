@@ -48,23 +48,6 @@ struct DownloadArgs {
   bool force_download = false;
 };
 
-// The pod-log progress line of a download: bytes, percent, rate, files, ETA.
-std::string DownloadProgressLine(const hub::DownloadProgress& p, double elapsed) {
-  double rate = elapsed > 0 ? p.bytes_done / elapsed : 0;
-  int percent = p.bytes_total
-                    ? static_cast<int>(std::min<uint64_t>(100, p.bytes_done * 100 / p.bytes_total))
-                    : 100;
-  std::string eta = "--";
-  if (rate > 0 && p.bytes_total > p.bytes_done) {
-    eta = std::to_string(static_cast<long>((p.bytes_total - p.bytes_done) / rate)) + "s";
-  }
-  char line[256];
-  std::snprintf(line, sizeof line, "%s / %s (%d%%), %s/s, files %zu/%zu, ETA %s, %.0fs elapsed",
-                FormatBytes(p.bytes_done).c_str(), FormatBytes(p.bytes_total).c_str(), percent,
-                FormatBytes(rate).c_str(), p.files_done, p.files_total, eta.c_str(), elapsed);
-  return line;
-}
-
 // One line redrawn in place on stderr: bytes, rate, ETA, files.
 void DrawProgress(const hub::DownloadProgress& p) {
   double rate = p.seconds > 0 ? p.bytes_done / p.seconds : 0;
@@ -121,7 +104,9 @@ int RunDownload(const DownloadArgs& a, const GlobalFlags& flags) {
     };
     logger = std::make_unique<PeriodicProgressLine>(*interval, [&](double elapsed) {
       std::lock_guard<std::mutex> l(progress_mu);
-      return last ? DownloadProgressLine(*last, elapsed) : std::string();
+      return last ? TransferProgressText(last->bytes_done, last->bytes_total, last->files_done,
+                                         last->files_total, elapsed)
+                  : std::string();
     });
   }
 

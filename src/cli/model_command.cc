@@ -192,12 +192,9 @@ int RunDownload(const WorkerFlags& f, const DownloadArgs& a) {
     logger = std::make_unique<PeriodicProgressLine>(*interval, [&](double elapsed) {
       std::lock_guard<std::mutex> l(progress_mu);
       if (!last) return std::string();
-      double rate = elapsed > 0 ? last->bytes_done / elapsed : 0;
-      return "[" + last->stage + "] " + FormatBytes(static_cast<double>(last->bytes_done)) + " / " +
-             FormatBytes(static_cast<double>(last->bytes_total)) + ", " + FormatBytes(rate) +
-             "/s, files " + std::to_string(last->files_done) + "/" +
-             std::to_string(last->files_total) + ", " + std::to_string(static_cast<long>(elapsed)) +
-             "s elapsed";
+      return "[" + last->stage + "] " +
+             TransferProgressText(last->bytes_done, last->bytes_total, last->files_done,
+                                  last->files_total, elapsed);
     });
   }
   o.on_warning = [tty](const std::string& text) {

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -17,6 +18,11 @@ namespace mx::cli {
 // Seconds between progress lines: MX_PROGRESS_INTERVAL_SECONDS (1..3600), else 5.
 // InvalidArgument naming the variable and the range.
 Result<int> ProgressIntervalSeconds();
+
+// The pod-log text of a transfer (download, install): "1.2 GiB / 4 GiB (30%), 800 MiB/s,
+// files 3/9, ETA 4s, 2s elapsed".
+std::string TransferProgressText(uint64_t bytes_done, uint64_t bytes_total, size_t files_done,
+                                 size_t files_total, double elapsed);
 
 // Calls `line(elapsed_seconds)` every `interval_seconds` and prints what it returns (when
 // not empty) as one stderr line. Stops and joins on destruction. `line` runs on the

@@ -17,6 +17,7 @@
 #include "common/fs.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "common/text.h"
 #include "http/http.h"
 
 namespace mx::cloud {
@@ -210,10 +211,7 @@ Result<AzureConnectionString> ParseAzureConnectionString(std::string_view text) 
     std::string_view part =
         text.substr(pos, semi == std::string_view::npos ? std::string_view::npos : semi - pos);
     pos = semi == std::string_view::npos ? text.size() + 1 : semi + 1;
-    while (!part.empty() && std::isspace(static_cast<unsigned char>(part.front())))
-      part.remove_prefix(1);
-    while (!part.empty() && std::isspace(static_cast<unsigned char>(part.back())))
-      part.remove_suffix(1);
+    part = TrimWhitespace(part);
     if (part.empty()) continue;
     size_t eq = part.find('=');
     if (eq == std::string_view::npos || eq == 0) {

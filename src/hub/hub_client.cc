@@ -34,12 +34,6 @@ const char* RepoTypePlural(RepoType type) {
   return "models";
 }
 
-static std::string Trimmed(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
-  while (!s.empty() && s.front() == ' ') s.erase(0, 1);
-  return s;
-}
-
 HubConfig HubConfig::FromEnvironment() {
   HubConfig c;
   if (auto e = GetEnv("HF_ENDPOINT"); e && !e->empty()) c.endpoint = *e;
@@ -59,11 +53,11 @@ HubConfig HubConfig::FromEnvironment() {
     c.cache_dir = c.hf_home + "/hub";
   }
   if (auto t = GetEnv("HF_TOKEN"); t && !t->empty()) {
-    c.token = Trimmed(*t);
+    c.token = std::string(TrimWhitespace(*t));
   } else if (auto lt = GetEnv("HUGGING_FACE_HUB_TOKEN"); lt && !lt->empty()) {
-    c.token = Trimmed(*lt);
-  } else if (auto f = ReadFile(c.hf_home + "/token"); f.ok() && !Trimmed(*f).empty()) {
-    c.token = Trimmed(*f);
+    c.token = std::string(TrimWhitespace(*lt));
+  } else if (auto f = ReadFile(c.hf_home + "/token"); f.ok() && !TrimWhitespace(*f).empty()) {
+    c.token = std::string(TrimWhitespace(*f));
   }
   c.offline = EnvIsTruthy("HF_HUB_OFFLINE");
   c.disable_symlinks = EnvIsTruthy("HF_HUB_DISABLE_SYMLINKS");
