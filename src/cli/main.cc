@@ -140,6 +140,7 @@ int main(int argc, char** argv) {
   mx::cli::RegisterHealth(app, exit_code);
   mx::cli::RegisterModel(app, exit_code);
   mx::cli::RegisterApi(app, exit_code);
+  mx::cli::RegisterLoad(app, exit_code);
   mx::cli::RegisterCompletion(app, exit_code);
   // Listed for `mx --help` and completion; the dispatch above runs it.
   app.add_subcommand("serve",

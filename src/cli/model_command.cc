@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <iostream>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -14,12 +15,14 @@
 #include "cli/progress.h"
 #include "client/client.h"
 #include "client/fetch.h"
+#include "client/loader_chain.h"
 #include "common/env.h"
 #include "common/fs.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/text.h"
 #include "hub/cache_admin.h"
+#include "streamer/streamer.h"
 
 namespace mx::cli {
 
@@ -559,6 +562,111 @@ int RunApiSend(const WorkerFlags& f, const std::string& action, const std::strin
   return r->success() ? 0 : 1;
 }
 
+// --- mx load ----------------------------------------------------------------------------
+
+struct LoadArgs {
+  std::string name;
+  std::string provider = "hugging-face";
+  std::string revision;
+  std::string uri;
+  bool digest = false;
+};
+
+// A server is asked only when one is named (flag or environment): a worker without one
+// should not pay a connect timeout on every start.
+bool ServerConfigured(const WorkerFlags& f) {
+  return !f.endpoint.empty() || GetEnv("MODEL_EXPRESS_URL").has_value() ||
+         GetEnv("MODEL_EXPRESS_ENDPOINT").has_value();
+}
+
+json StepsJson(const std::vector<client::LoadStep>& steps) {
+  json out = json::array();
+  for (const auto& s : steps) {
+    out.push_back({{"strategy", s.strategy},
+                   {"outcome", s.outcome},
+                   {"reason", s.reason},
+                   {"seconds", s.seconds},
+                   {"tensors", s.tensors},
+                   {"bytes", s.bytes}});
+  }
+  return out;
+}
+
+int RunLoad(const WorkerFlags& f, const LoadArgs& a) {
+  Init(f);
+  client::LoadRequest r;
+  r.model = a.name;
+  r.revision = a.revision;
+  r.cache_root = client::ResolveCacheRoot(f.cache_path);
+  r.shared_storage = !f.no_shared_storage && !EnvIsTruthy("MODEL_EXPRESS_NO_SHARED_STORAGE");
+  r.model_uri = a.uri.empty() ? GetEnv("MX_MODEL_URI").value_or("") : a.uri;
+  auto provider = client::ParseProvider(a.provider);
+  if (!provider.ok()) return ReportError(provider.status());
+  r.provider = *provider;
+  auto stream = streamer::StreamOptions::FromEnvironment();
+  if (!stream.ok()) return ReportError(stream.status());
+  r.stream = *stream;
+  r.on_warning = [](const std::string& text) {
+    std::fprintf(stderr, "warning: %s\n", EscapeControl(text).c_str());
+  };
+  std::unique_ptr<client::MxClient> c;
+  if (ServerConfigured(f)) {
+    auto made = NewClient(f);
+    if (!made.ok()) return ReportError(made.status());
+    c = std::move(*made);
+  }
+  // --digest: one sha256 per tensor, combined in name order, so a caller can compare what
+  // reached memory with the files (tensors arrive in any order).
+  std::map<std::string, std::string> digests;
+  client::LoaderChain chain = client::MakeDefaultChain(c.get());
+  client::LoadReport report;
+  auto loaded = chain.Load(
+      r,
+      [&](const streamer::Tensor& t, const std::shared_ptr<void>&) {
+        if (a.digest) {
+          digests[t.info.name] = Sha256Hex(std::string_view(t.data, t.info.bytes()));
+        }
+        return Status::OK();
+      },
+      &report);
+  if (!f.json_out() && !f.quiet) {
+    for (const auto& s : report.steps) {
+      std::fprintf(stderr, "%-6s %-7s %6.2fs %s\n", s.strategy.c_str(), s.outcome.c_str(),
+                   s.seconds, EscapeControl(s.reason).c_str());
+    }
+  }
+  if (!loaded.ok()) {
+    if (f.json_out()) {
+      Print(f, json{{"success", false},
+                    {"error", loaded.status().message()},
+                    {"steps", StepsJson(report.steps)}});
+      return 1;
+    }
+    return ReportError(loaded.status());
+  }
+  json out{{"success", true},
+           {"model", a.name},
+           {"served_by", report.served_by},
+           {"path", report.path},
+           {"tensors", report.tensors},
+           {"bytes", report.bytes},
+           {"seconds", report.seconds},
+           {"steps", StepsJson(report.steps)}};
+  if (a.digest) {
+    std::string lines;
+    for (const auto& [name, hex] : digests) lines += name + " " + hex + "\n";
+    out["digest"] = Sha256Hex(lines);
+  }
+  if (f.json_out()) {
+    Print(f, out);
+  } else {
+    std::printf("%s: %zu tensors, %s in %.2fs, served by %s\n", Shown(a.name).c_str(),
+                report.tensors, FormatBytes(static_cast<double>(report.bytes)).c_str(),
+                report.seconds, report.served_by.c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 void RegisterHealth(CLI::App& app, int& exit_code) {
@@ -628,6 +736,25 @@ void RegisterModel(CLI::App& app, int& exit_code) {
   CLI::App* stats = sub("stats", "Local cache totals");
   stats->add_flag("--detailed", *detailed, "Per model too");
   stats->callback([f, detailed, &exit_code] { exit_code = RunStats(*f, *detailed); });
+}
+
+void RegisterLoad(CLI::App& app, int& exit_code) {
+  auto f = std::make_shared<WorkerFlags>();
+  auto a = std::make_shared<LoadArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "load",
+      "Load a model's weights into memory through the loader chain (p2p, server, "
+      "MX_MODEL_URI, local cache, hub) and report which strategy served them");
+  AddWorkerFlags(cmd, f.get());
+  cmd->add_option("name", a->name, "Model name, e.g. org/name")->required();
+  cmd->add_option("-p,--provider", a->provider, "hugging-face, s3, gcs or ngc");
+  cmd->add_option("-r,--revision", a->revision, "Branch, tag or commit (default main)");
+  cmd->add_option("--uri", a->uri, "Where the uri step streams from (default: $MX_MODEL_URI)");
+  cmd->add_flag("--digest", a->digest,
+                "Hash every tensor as it lands; json gets one digest over all of them");
+  cmd->add_flag_callback(
+      "--json", [f] { f->format = "json"; }, "Same as -f json");
+  cmd->callback([f, a, &exit_code] { exit_code = RunLoad(*f, *a); });
 }
 
 void RegisterApi(CLI::App& app, int& exit_code) {
