@@ -18,6 +18,7 @@ from pathlib import Path
 
 import hf_reader
 from azure_token_peers import make_tls_cert
+from grpc_fault_proxy import GrpcFaultProxy
 from harness import MIB, HubStub, base_env, free_port, make_repo, mx_binary, run
 from server_harness import HubAndServersCase, RedisServer
 
@@ -321,6 +322,48 @@ class WorkerClientTest(HubAndServersCase):
         rep, r = self.download(s, cache, "--no-shared-storage")
         self.assertEqual(rep["strategy"], "hub", r.stderr)
         self.assert_complete(cache, rep)
+
+    def proxied(self, s):
+        proxy = GrpcFaultProxy(("127.0.0.1", s.port))
+        self.addCleanup(proxy.stop)
+        return proxy
+
+    def test_chunk_corrupted_in_flight_is_fetched_again(self):
+        s = self.server()
+        self.download(s, self.cache)  # the server has it
+        proxy = self.proxied(s)
+        proxy.flip_after(2 * MIB)  # inside a shard's bytes, past the metadata phase
+        cache = self.client_cache()
+        rep, r = self.download(None, cache, proxy.address, "--no-shared-storage",
+                               "-s", "server-only", "-v")
+        self.assertEqual(proxy.flipped, 1)
+        self.assertIn("hash mismatch", r.stderr)
+        self.assertEqual(rep["strategy"], "stream")
+        total = sum(FILES.values())
+        self.assertGreater(rep["bytes_streamed"], total)  # the damaged file came again
+        self.assert_complete(cache, rep)
+
+    def test_commit_change_mid_stream_is_refused(self):
+        s = self.server()
+        self.download(s, self.cache)
+        commit = self.hub.commit("org/m")
+        other = ("0" if commit[0] != "0" else "1") + commit[1:]
+        proxy = self.proxied(s)
+        # From the second MiB of file bytes on, chunks say they belong to another commit.
+        proxy.replace(commit.encode(), other.encode(), after=MIB)
+        cache = self.client_cache()
+        _, r = self.download(None, cache, proxy.address, "--no-shared-storage",
+                             "--transfer-chunk-size", "64KiB", "-s", "server-only", ok=False)
+        self.assertGreater(proxy.replaced, 0)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("refusing to mix two commits", r.stderr)
+        repo = cache / "models--org--m"
+        self.assertFalse((repo / "refs" / "main").exists())
+        self.assertFalse((repo / "snapshots" / other).exists())
+        snap = repo / "snapshots" / commit
+        for name in FILES:  # what is in the snapshot is the pinned commit's, byte for byte
+            if (snap / name).exists():
+                self.assertEqual((snap / name).read_bytes(), (self.content / name).read_bytes())
 
     def test_tls_with_private_ca(self):
         cert, key = make_tls_cert(self.tmp, "worker")
