@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <iterator>
 #include <map>
@@ -422,14 +423,36 @@ int RunStatus(const WorkerFlags& f, const std::string& name, const std::string& 
   return conn.ok() ? 0 : 1;
 }
 
+// An object-store model's local copy (its directory), as hub::RemoveFromCache reports.
+Result<hub::RemoveReport> RemoveObjectCopy(const std::string& dir) {
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return Status::NotFound(dir + " is not in the cache");
+  }
+  hub::RemoveReport report;
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->is_regular_file(ec)) report.bytes_freed += it->file_size(ec);
+  }
+  std::filesystem::remove_all(dir, ec);
+  if (ec) return Status::IoError("removing " + dir + ": " + ec.message());
+  return report;
+}
+
 int RunClear(const WorkerFlags& f, const std::string& name, const std::string& provider_text) {
   Init(f);
-  if (Status st = hub::ValidateRepoId(name); !st.ok()) return ReportError(st);
   auto provider = client::ParseProvider(provider_text);
   if (!provider.ok()) return ReportError(provider.status());
   std::string root = client::ResolveCacheRoot(f.cache_path);
+  auto object_dir = client::ObjectModelDir(root, *provider, name);
+  if (!object_dir.ok()) return ReportError(object_dir.status());
+  if (!*object_dir) {
+    if (Status st = hub::ValidateRepoId(name); !st.ok()) return ReportError(st);
+  }
   json j{{"model", name}};
-  auto local = hub::RemoveFromCache(root, hub::RepoType::kModel, name, std::nullopt);
+  auto local = *object_dir ? RemoveObjectCopy(**object_dir)
+                           : hub::RemoveFromCache(root, hub::RepoType::kModel, name, std::nullopt);
   bool local_ok = local.ok() || local.status().code() == StatusCode::kNotFound;
   j["local_removed"] = local.ok();
   if (!local_ok) j["local_error"] = local.status().message();

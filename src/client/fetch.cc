@@ -7,10 +7,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -91,18 +94,133 @@ bool Retriable(const Status& st) {
   }
 }
 
-// One file being received: temp file in blobs/, hashed as it is written.
+// Where a model's files live on this worker, and how a verified file is put in place.
+class LocalLayout {
+ public:
+  virtual ~LocalLayout() = default;
+  // The directory the engine reads: the snapshot (hub) or the model's directory (objects).
+  virtual std::string SnapshotDir(const std::string& commit) const = 0;
+  // True when `path` is in place, a regular file of `size` bytes, readable here.
+  virtual bool FileOk(const std::string& commit, const std::string& path, uint64_t size) const = 0;
+  // Creates what StreamFiles writes into; takes the layout's lock when it has one.
+  virtual Status Prepare(const std::string& commit) = 0;
+  // Links a file whose contents are already here under another name (hub blobs); false
+  // when there is none.
+  virtual Result<bool> Adopt(const std::string& commit, const WantedFile& f) = 0;
+  virtual std::string TempDir() const = 0;
+  // Moves the verified, fsynced `temp` (contents hashing to `digest`) into place.
+  virtual Status Place(const std::string& commit, const WantedFile& f, const std::string& temp,
+                       const std::string& digest) = 0;
+  // After every file of a phase is in place: refs (hub) or the copy's marker (objects).
+  virtual Status Finish(const std::string& revision, const std::string& commit,
+                        const std::vector<WantedFile>& files, bool weights) = 0;
+};
+
+// The HF cache: blobs/ named by hash, snapshot symlinks, refs/ last.
+class HubLayout : public LocalLayout {
+ public:
+  HubLayout(const std::string& root, const std::string& model)
+      : cache_(root, hub::RepoType::kModel, model) {}
+  std::string SnapshotDir(const std::string& commit) const override {
+    return cache_.snapshot_dir(commit);
+  }
+  bool FileOk(const std::string& commit, const std::string& path, uint64_t size) const override {
+    return cache_.SnapshotFileOk(commit, path, size) &&
+           ::access(cache_.snapshot_path(commit, path).c_str(), R_OK) == 0;
+  }
+  Status Prepare(const std::string& commit) override {
+    MX_RETURN_IF_ERROR(hub::CheckRepoDirsNotSymlinks(cache_.repo_dir()));
+    MX_RETURN_IF_ERROR(cache_.Prepare(commit));
+    MX_ASSIGN_OR_RETURN(lock_, cache_.LockForUse());
+    return Status::OK();
+  }
+  Result<bool> Adopt(const std::string& commit, const WantedFile& f) override {
+    struct stat st;
+    if (f.blob_hash.empty() || cache_.BlobMarkedBad(f.blob_hash) ||
+        ::stat(cache_.blob_path(f.blob_hash).c_str(), &st) != 0 ||
+        static_cast<uint64_t>(st.st_size) != f.size) {
+      return false;
+    }
+    MX_RETURN_IF_ERROR(cache_.LinkSnapshot(commit, f.path, f.blob_hash));
+    return true;
+  }
+  std::string TempDir() const override { return cache_.blobs_dir(); }
+  Status Place(const std::string& commit, const WantedFile& f, const std::string& temp,
+               const std::string& digest) override {
+    std::string blob = cache_.blob_path(digest);
+    if (::rename(temp.c_str(), blob.c_str()) != 0) {
+      return Status::FromErrno(errno, "rename " + temp);
+    }
+    cache_.ClearBlobBad(digest);
+    return cache_.LinkSnapshot(commit, f.path, digest);
+  }
+  Status Finish(const std::string& revision, const std::string& commit,
+                const std::vector<WantedFile>&, bool) override {
+    return cache_.WriteRef(revision, commit);
+  }
+
+ private:
+  hub::RepoCache cache_;
+  std::optional<FileLock> lock_;
+};
+
+// An object-store model, as ModelExpress keeps it: <root>/s3|gcs/<bucket>/<prefix>/ with the
+// files at their relative paths and a marker (.mx-model, the format mx-server writes)
+// written last, naming the commit and every file.
+class ObjectLayout : public LocalLayout {
+ public:
+  ObjectLayout(std::string canonical, std::string dir)
+      : canonical_(std::move(canonical)), dir_(std::move(dir)) {}
+  std::string SnapshotDir(const std::string&) const override { return dir_; }
+  bool FileOk(const std::string&, const std::string& path, uint64_t size) const override {
+    struct stat st;
+    std::string p = dir_ + "/" + path;
+    return ::lstat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+           static_cast<uint64_t>(st.st_size) == size && ::access(p.c_str(), R_OK) == 0;
+  }
+  Status Prepare(const std::string&) override {
+    MX_RETURN_IF_ERROR(MakeDirs(TempDir()));
+    return Status::OK();
+  }
+  Result<bool> Adopt(const std::string&, const WantedFile&) override { return false; }
+  std::string TempDir() const override { return dir_ + "/.mx-incoming"; }
+  Status Place(const std::string&, const WantedFile& f, const std::string& temp,
+               const std::string&) override {
+    std::string final_path = dir_ + "/" + f.path;
+    MX_RETURN_IF_ERROR(MakeDirs(DirName(final_path)));
+    if (::rename(temp.c_str(), final_path.c_str()) != 0) {
+      return Status::FromErrno(errno, "rename " + temp);
+    }
+    return Status::OK();
+  }
+  Status Finish(const std::string&, const std::string& commit, const std::vector<WantedFile>& files,
+                bool weights) override {
+    nlohmann::json marker = {{"name", canonical_},
+                             {"commit", commit},
+                             {"ignore_weights", !weights},
+                             {"files", nlohmann::json::array()}};
+    for (const auto& f : files) marker["files"].push_back({{"path", f.path}, {"size", f.size}});
+    ::rmdir(TempDir().c_str());  // empty once every file is in place
+    return WriteFileAtomic(dir_ + "/.mx-model", marker.dump());
+  }
+
+ private:
+  std::string canonical_;
+  std::string dir_;
+};
+
+// One file being received: a temp file, hashed as it is written.
 class Incoming {
  public:
   ~Incoming() { Abandon(); }
 
-  Status Open(const hub::RepoCache& cache, const WantedFile& f) {
+  Status Open(const LocalLayout& layout, const WantedFile& f) {
     file_ = f;
     kind_ = !f.blob_hash.empty()
                 ? (f.blob_hash.size() == 64 ? HashKind::kSha256 : HashKind::kGitSha1)
                 : (IsWeightFile(f.path) ? HashKind::kSha256 : HashKind::kGitSha1);
     hasher_ = std::make_unique<Hasher>(kind_, f.size);
-    temp_ = cache.blobs_dir() + "/" + (f.blob_hash.empty() ? "stream" : f.blob_hash) + "." +
+    temp_ = layout.TempDir() + "/" + (f.blob_hash.empty() ? "stream" : f.blob_hash) + "." +
             UniqueTempSuffix() + ".tmp";
     fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
                  DefaultFileMode());
@@ -138,8 +256,8 @@ class Incoming {
     written_back_ = offset_;
   }
 
-  // Size and hash checked, fsynced, renamed into blobs/, linked from the snapshot.
-  Status Publish(const hub::RepoCache& cache, const std::string& commit) {
+  // Size and hash checked, fsynced, put in place by the layout.
+  Status Publish(LocalLayout& layout, const std::string& commit) {
     if (offset_ != file_.size) {
       return Status::DataLoss(file_.path + ": got " + std::to_string(offset_) +
                               " bytes, expected " + std::to_string(file_.size));
@@ -152,13 +270,9 @@ class Incoming {
     if (::fsync(fd_) != 0) return Status::FromErrno(errno, "fsync " + temp_);
     ::close(fd_);
     fd_ = -1;
-    std::string blob = cache.blob_path(digest);
-    if (::rename(temp_.c_str(), blob.c_str()) != 0) {
-      return Status::FromErrno(errno, "rename " + temp_);
-    }
+    MX_RETURN_IF_ERROR(layout.Place(commit, file_, temp_, digest));
     temp_.clear();
-    cache.ClearBlobBad(digest);
-    return cache.LinkSnapshot(commit, file_.path, digest);
+    return Status::OK();
   }
 
   void Abandon() {
@@ -186,7 +300,7 @@ class Incoming {
 using Partials = std::map<std::string, std::unique_ptr<Incoming>>;
 
 // One StreamModelFiles call for `group` (those not done yet). OK when all arrived.
-Status StreamOnce(MxClient* client, const FetchOptions& o, const hub::RepoCache& cache,
+Status StreamOnce(MxClient* client, const FetchOptions& o, LocalLayout& layout,
                   const std::string& commit, const std::vector<WantedFile>& group, RunState* run,
                   Partials* partials, bool* progressed) {
   std::map<std::string, const WantedFile*> remaining;
@@ -208,6 +322,11 @@ Status StreamOnce(MxClient* client, const FetchOptions& o, const hub::RepoCache&
     }
   }
   if (remaining.empty()) return Status::OK();
+  // Metadata only: say so, since a server may hold only that much (an object-store copy
+  // made with ignore_weights answers nothing else).
+  bool weights = false;
+  for (const auto& [path, f] : remaining) weights = weights || IsWeightFile(path);
+  req.set_ignore_weights(!weights);
   MX_ASSIGN_OR_RETURN(auto ctx, client->NewContext(0));
   auto reader = client->models().StreamModelFiles(ctx.get(), req);
   mm::FileChunk chunk;
@@ -243,7 +362,7 @@ Status StreamOnce(MxClient* client, const FetchOptions& o, const hub::RepoCache&
       // start_offsets starts at 0, and so do we.
       if (!slot || chunk.offset() != slot->offset()) {
         slot = std::make_unique<Incoming>();
-        if (local = slot->Open(cache, f); !local.ok()) break;
+        if (local = slot->Open(layout, f); !local.ok()) break;
       } else if (slot->offset() > 0) {
         spdlog::info("resuming {} at byte {}", f.path, slot->offset());
       }
@@ -261,7 +380,7 @@ Status StreamOnce(MxClient* client, const FetchOptions& o, const hub::RepoCache&
     if (local = in->Write(chunk.data()); !local.ok()) break;
     run->bytes_streamed += chunk.data().size();
     if (chunk.is_last_chunk()) {
-      local = in->Publish(cache, commit);
+      local = in->Publish(layout, commit);
       partials->erase(f.path);  // published, or corrupt: either way not resumable
       in = nullptr;
       if (!local.ok()) break;
@@ -289,14 +408,14 @@ Status StreamOnce(MxClient* client, const FetchOptions& o, const hub::RepoCache&
 
 // Retries StreamOnce until the group is complete, a fatal error, or resume_seconds pass
 // without progress.
-Status StreamGroup(MxClient* client, const FetchOptions& o, const hub::RepoCache& cache,
+Status StreamGroup(MxClient* client, const FetchOptions& o, LocalLayout& layout,
                    const std::string& commit, const std::vector<WantedFile>& group, RunState* run) {
   auto last_progress = Clock::now();
   std::map<std::string, int> corrupt;
   Partials partials;  // their temp files go when this returns (Incoming's destructor)
   for (int attempt = 0;; ++attempt) {
     bool progressed = false;
-    Status st = StreamOnce(client, o, cache, commit, group, run, &partials, &progressed);
+    Status st = StreamOnce(client, o, layout, commit, group, run, &partials, &progressed);
     if (st.ok()) return st;
     if (progressed) last_progress = Clock::now();
     if (!Retriable(st)) return st;
@@ -309,24 +428,17 @@ Status StreamGroup(MxClient* client, const FetchOptions& o, const hub::RepoCache
   }
 }
 
-Status StreamFiles(MxClient* client, const FetchOptions& o, const hub::RepoCache& cache,
+Status StreamFiles(MxClient* client, const FetchOptions& o, LocalLayout& layout,
                    const std::string& commit, const std::vector<WantedFile>& files, RunState* run) {
-  MX_RETURN_IF_ERROR(hub::CheckRepoDirsNotSymlinks(cache.repo_dir()));
-  MX_RETURN_IF_ERROR(cache.Prepare(commit));
-  MX_ASSIGN_OR_RETURN(FileLock lock, cache.LockForUse());
+  MX_RETURN_IF_ERROR(layout.Prepare(commit));
   std::vector<WantedFile> todo;
   for (const auto& f : files) {
-    if (cache.SnapshotFileOk(commit, f.path, f.size)) {
-      std::lock_guard<std::mutex> l(run->mu);
-      run->done.insert(f.path);
-      continue;
+    bool here = layout.FileOk(commit, f.path, f.size);
+    if (!here) {
+      // The same contents under another revision: link, do not fetch.
+      MX_ASSIGN_OR_RETURN(here, layout.Adopt(commit, f));
     }
-    // The same contents under another revision: link, do not fetch.
-    struct stat st;
-    if (!f.blob_hash.empty() && !cache.BlobMarkedBad(f.blob_hash) &&
-        ::stat(cache.blob_path(f.blob_hash).c_str(), &st) == 0 &&
-        static_cast<uint64_t>(st.st_size) == f.size) {
-      MX_RETURN_IF_ERROR(cache.LinkSnapshot(commit, f.path, f.blob_hash));
+    if (here) {
       std::lock_guard<std::mutex> l(run->mu);
       run->done.insert(f.path);
       continue;
@@ -350,7 +462,7 @@ Status StreamFiles(MxClient* client, const FetchOptions& o, const hub::RepoCache
   for (size_t i = 0; i < n; ++i) {
     threads.emplace_back([&, i] {
       try {
-        results[i] = StreamGroup(client, o, cache, commit, groups[i], run);
+        results[i] = StreamGroup(client, o, layout, commit, groups[i], run);
       } catch (const std::exception& e) {
         results[i] = Status::Internal(std::string("stream thread: ") + e.what());
       }
@@ -386,6 +498,61 @@ Result<std::vector<WantedFile>> ValidatedList(const mm::ModelFileList& list) {
   return out;
 }
 
+constexpr int kProviderGcs = 2;
+constexpr int kProviderS3 = 3;
+
+bool StartsWithNoCase(std::string_view text, std::string_view prefix) {
+  if (text.size() < prefix.size()) return false;
+  for (size_t i = 0; i < prefix.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(text[i])) != prefix[i]) return false;
+  }
+  return true;
+}
+
+// The local directory of an object-store model, from its name, checked the way mx-server
+// checks it (the server refuses what this refuses): "s3://bucket/prefix" or
+// "gs://bucket/prefix", bucket one segment, prefix a safe relative path.
+Result<std::unique_ptr<ObjectLayout>> MakeObjectLayout(const FetchOptions& o);
+
+Result<std::unique_ptr<LocalLayout>> MakeLayout(const FetchOptions& o) {
+  MX_ASSIGN_OR_RETURN(std::unique_ptr<ObjectLayout> object, MakeObjectLayout(o));
+  if (!object) return std::unique_ptr<LocalLayout>(new HubLayout(o.cache_root, o.model));
+  return std::unique_ptr<LocalLayout>(std::move(object));
+}
+
+// Null for hub models.
+Result<std::unique_ptr<ObjectLayout>> MakeObjectLayout(const FetchOptions& o) {
+  std::string_view name = o.model;
+  bool s3 = StartsWithNoCase(name, "s3://"), gs = StartsWithNoCase(name, "gs://");
+  bool object = o.provider == kProviderS3 || o.provider == kProviderGcs || s3 || gs;
+  if (!object) return std::unique_ptr<ObjectLayout>();
+  bool want_gs = o.provider == kProviderGcs || (o.provider == 0 && gs);
+  if (!(want_gs ? gs : s3)) {
+    return Status::InvalidArgument("an " + std::string(want_gs ? "GCS" : "S3") +
+                                   " model is named " + (want_gs ? "gs" : "s3") +
+                                   "://BUCKET/PREFIX, not '" + Printable(name) + "'");
+  }
+  name.remove_prefix(5);
+  while (!name.empty() && name.back() == '/') name.remove_suffix(1);
+  size_t slash = name.find('/');
+  std::string bucket(name.substr(0, slash));
+  std::string prefix(slash == std::string_view::npos ? "" : name.substr(slash + 1));
+  bool bucket_ok = !bucket.empty() && std::isalnum(static_cast<unsigned char>(bucket[0]));
+  for (char c : bucket) {
+    bucket_ok = bucket_ok &&
+                (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
+  }
+  if (!bucket_ok || prefix.empty() || !IsValidUtf8(prefix) || !IsSafeRelativePath(prefix)) {
+    return Status::InvalidArgument("bad object-store model name '" + Printable(o.model) +
+                                   "': expected " + (want_gs ? "gs" : "s3") +
+                                   "://BUCKET/PREFIX with no empty, '.' or '..' segment");
+  }
+  std::string scheme = want_gs ? "gs" : "s3";
+  std::string canonical = scheme + "://" + bucket + "/" + prefix;
+  std::string dir = o.cache_root + "/" + (want_gs ? "gcs" : "s3") + "/" + bucket + "/" + prefix;
+  return std::make_unique<ObjectLayout>(canonical, dir);
+}
+
 Result<FetchReport> FromServer(MxClient* client, const FetchOptions& o, RunState* run) {
   MX_RETURN_IF_ERROR(client->Connect());
   FetchReport report;
@@ -394,8 +561,9 @@ Result<FetchReport> FromServer(MxClient* client, const FetchOptions& o, RunState
   std::vector<bool> phases;
   if (o.phase != Phase::kWeights) phases.push_back(true);
   if (o.phase != Phase::kMetadata) phases.push_back(false);
-  hub::RepoCache cache(o.cache_root, hub::RepoType::kModel, o.model);
+  MX_ASSIGN_OR_RETURN(std::unique_ptr<LocalLayout> layout, MakeLayout(o));
   std::set<std::string> listed;
+  std::vector<WantedFile> all_files;
   for (bool ignore_weights : phases) {
     mm::ModelDownloadRequest req;
     req.set_model_name(o.model);
@@ -437,7 +605,10 @@ Result<FetchReport> FromServer(MxClient* client, const FetchOptions& o, RunState
     MX_ASSIGN_OR_RETURN(mm::ModelFileList list, client->ListFiles(lreq, 30000));
     MX_ASSIGN_OR_RETURN(std::vector<WantedFile> files, ValidatedList(list));
     for (const auto& f : files) {
-      if (listed.insert(f.path).second) report.bytes += f.size, ++report.files;
+      if (listed.insert(f.path).second) {
+        report.bytes += f.size, ++report.files;
+        all_files.push_back(f);
+      }
     }
     {
       std::lock_guard<std::mutex> l(run->mu);
@@ -449,28 +620,27 @@ Result<FetchReport> FromServer(MxClient* client, const FetchOptions& o, RunState
       std::string example;
       for (const auto& f : files) {
         // Present with its size, and readable by this process (not only stat-able).
-        if (!cache.SnapshotFileOk(commit, f.path, f.size) ||
-            ::access(cache.snapshot_path(commit, f.path).c_str(), R_OK) != 0) {
+        if (!layout->FileOk(commit, f.path, f.size)) {
           if (missing++ == 0) example = f.path;
         }
       }
       if (missing == 0) continue;
-      run->Warn("the server's snapshot " + cache.snapshot_dir(commit) +
+      run->Warn("the server's snapshot " + layout->SnapshotDir(commit) +
                 " is not readable or not complete from this process (" + std::to_string(missing) +
                 " of " + std::to_string(files.size()) + " files missing, e.g. " +
                 EscapeControl(example) +
                 "): no shared storage here, streaming the files from the server instead");
       shared = false;
     }
-    MX_RETURN_IF_ERROR(StreamFiles(client, o, cache, commit, files, run));
+    MX_RETURN_IF_ERROR(StreamFiles(client, o, *layout, commit, files, run));
   }
   report.commit = *pinned;
-  report.path = cache.snapshot_dir(report.commit);
+  report.path = layout->SnapshotDir(report.commit);
   report.strategy = shared ? "shared-storage" : "stream";
   if (!shared) {
-    // Refs last: only once every file of the snapshot is in place.
+    // Refs (or the copy's marker) last: only once every file is in place.
     std::string rev = o.revision.empty() ? "main" : o.revision;
-    MX_RETURN_IF_ERROR(cache.WriteRef(rev, report.commit));
+    MX_RETURN_IF_ERROR(layout->Finish(rev, report.commit, all_files, o.phase != Phase::kMetadata));
   }
   return report;
 }
@@ -566,6 +736,17 @@ Result<int> ParseProvider(const std::string& text) {
                                  "' (hugging-face, s3, gcs, ngc)");
 }
 
+Result<std::optional<std::string>> ObjectModelDir(const std::string& cache_root, int provider,
+                                                  const std::string& model) {
+  FetchOptions o;
+  o.cache_root = cache_root;
+  o.provider = provider;
+  o.model = model;
+  MX_ASSIGN_OR_RETURN(std::unique_ptr<ObjectLayout> layout, MakeObjectLayout(o));
+  if (!layout) return std::optional<std::string>();
+  return std::optional<std::string>(layout->SnapshotDir(""));
+}
+
 std::string ResolveCacheRoot(const std::string& flag) {
   if (!flag.empty()) return flag;
   for (const char* var : {"MODEL_EXPRESS_CACHE_DIRECTORY", "HF_HUB_CACHE"}) {
@@ -580,7 +761,9 @@ Result<FetchReport> FetchModel(MxClient* client, const FetchOptions& options) {
   auto start = Clock::now();
   RunState run;
   run.options = &options;
-  MX_RETURN_IF_ERROR(hub::ValidateRepoId(options.model));
+  // A bad name fails here, before the server is asked anything.
+  MX_ASSIGN_OR_RETURN(std::unique_ptr<ObjectLayout> object, MakeObjectLayout(options));
+  if (!object) MX_RETURN_IF_ERROR(hub::ValidateRepoId(options.model));
   if (!options.revision.empty()) MX_RETURN_IF_ERROR(hub::ValidateRevision(options.revision));
   Result<FetchReport> result = Status::Unavailable("no strategy ran");
   if (options.strategy != Strategy::kDirect) {

@@ -23,6 +23,9 @@
 //   tokenizer, index) and then the rest; kAll runs both. A file already complete in the
 //   cache is never fetched again, so no file crosses the network twice in one run,
 //   whatever falls back to what.
+// - Object-store models (provider s3 / gcs, names s3://BUCKET/PREFIX, gs://...) live in
+//   ModelExpress's layout, <cache_root>/s3|gcs/<bucket>/<prefix>/, files at their relative
+//   paths (temp files in .mx-incoming/ until verified), the marker .mx-model last.
 // - A dropped stream is retried (for up to resume_seconds without progress): files that
 //   completed stay, and a file cut off mid-way resumes from the bytes already written and
 //   hashed (ModelFilesRequest.start_offsets, an mx extension; a server without it starts
@@ -94,6 +97,12 @@ struct FetchReport {
 
 // `client` may be null for kDirect.
 Result<FetchReport> FetchModel(MxClient* client, const FetchOptions& options);
+
+// Where an object-store model (provider s3/gcs, or an s3:// / gs:// name) lives under
+// `cache_root`: <cache_root>/s3|gcs/<bucket>/<prefix>, ModelExpress's layout, with the
+// marker .mx-model written last. nullopt for hub models; InvalidArgument for a bad name.
+Result<std::optional<std::string>> ObjectModelDir(const std::string& cache_root, int provider,
+                                                  const std::string& model);
 
 // The local cache root: flag, else MODEL_EXPRESS_CACHE_DIRECTORY, else HF_HUB_CACHE, else
 // $HF_HOME/hub, else ~/.cache/huggingface/hub.

@@ -8,6 +8,7 @@ nothing behind), refuses hostile names, and deletes it."""
 from __future__ import annotations
 
 import filecmp
+import json
 import http.client
 import os
 import re
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import grpc
 
-from harness import base_env
+from harness import base_env, mx_binary, run
 from http_peers import LoopbackHttpServer, QuietHandler, read_body, relay_head
 from server_harness import MxServer, stubs
 from storage_peers import S3rver, write_model
@@ -242,6 +243,52 @@ class ObjectProvidersTest(unittest.TestCase):
         self.assertEqual(ensure(srv.address, NAME)[-1].status, model_pb2.DOWNLOADED)
         self.assertGreater(len(self.proxy.gets), before)
         self.assert_copy()
+
+    def mx_model(self, *args, env=None):
+        e = {"MX_AUTH_TOKEN_PATH": str(self.tmp / "no-token")}
+        e.update(env or {})
+        return run([mx_binary(), "model", *args], env=e, timeout=120)
+
+    def test_worker_installs_an_s3_model_both_ways_then_clears_it(self):
+        srv = self.server()
+        # Streamed into the worker's own cache, in ModelExpress's layout, marker last.
+        client = Path(tempfile.mkdtemp(prefix="client-", dir=self.tmp))
+        r = self.mx_model("download", NAME, "-p", "s3", "-e", srv.address, "--cache-path",
+                          client, "--no-shared-storage", "-s", "server-only", "-f", "json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rep = json.loads(r.stdout.strip().splitlines()[-1])
+        local = client / "s3" / BUCKET / PREFIX
+        self.assertEqual(rep["path"], str(local))
+        self.assertEqual(rep["strategy"], "stream")
+        self.assertEqual(rep["bytes_streamed"], sum(tree(self.src).values()))
+        got = {k: v for k, v in tree(local).items() if k != ".mx-model"}
+        self.assertEqual(got, tree(self.src))
+        for rel in got:
+            self.assertTrue(filecmp.cmp(self.src / rel, local / rel, shallow=False), rel)
+        marker = json.loads((local / ".mx-model").read_text())
+        self.assertEqual(marker["commit"], rep["commit"])
+        self.assertEqual(marker["name"], NAME)
+        # Shared storage: the server's copy is read in place (gs:// names the GCS one).
+        r = self.mx_model("download", "S3://models/org/model/", "-p", "s3", "-e", srv.address,
+                          "--cache-path", self.cache, "-f", "json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rep2 = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertEqual(rep2["strategy"], "shared-storage")
+        self.assertEqual(rep2["path"], str(self.model_dir()))
+        self.assertEqual(rep2["commit"], rep["commit"])
+        # A hostile name is refused before anything is written or asked.
+        r = self.mx_model("download", "s3://models/../etc", "-p", "s3", "-e", srv.address,
+                          "--cache-path", client)
+        self.assertEqual(r.returncode, 2)  # a bad argument
+        self.assertIn("bad object-store model name", r.stderr)
+        # clear: the local copy and the server's.
+        r = self.mx_model("clear", NAME, "-p", "s3", "-e", srv.address, "--cache-path", client,
+                          "-f", "json")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        out = json.loads(r.stdout)
+        self.assertTrue(out["local_removed"] and out["server_removed"], out)
+        self.assertFalse(local.exists())
+        self.assertFalse(self.model_dir().exists())
 
     def test_concurrent_ensures_copy_once(self):
         srv = self.server()
