@@ -15,7 +15,10 @@
 #      c. bench/modelcache_client.py: a grpcio client working the way ModelExpress's
 #         Python ModelCacheClient does at its defaults (one StreamModelFiles call, 1 MiB
 #         chunks, files written from Python into a temp dir, renamed; no hash, no fsync);
-#      d. BENCH_WORKERS (4) mx installs at once into 4 fresh dirs (aggregate MB/s).
+#      d. BENCH_WORKERS (4) mx installs at once into 4 fresh dirs (aggregate MB/s);
+#      e. (b) and (c) again into tmpfs (/dev/shm), where fsync is free: the software's own
+#         cost, without the disk; and (b) into tmpfs at --transfer-chunk-size 256 KiB,
+#         1 MiB and 4 MiB (the default is whichever is fastest). BENCH_TMPFS=0 skips (e).
 #      Each install dir is removed and `sync`ed after its run.
 #   Targets: (b) >= 0.8x (a); (b) >= 1.5x (c) by wall time; (d) all complete and verified.
 #   Exit status 1 if a target fails (the report is appended anyway).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -31,6 +32,8 @@ from harness import MIB, base_env  # noqa: E402
 from serve_bench import REPO_ID, prepare_model, start_server, stream_bench, warm  # noqa: E402
 
 log = make_log("fetch.sh")
+# Chunk sizes tried for the default (--transfer-chunk-size), into tmpfs.
+CHUNKS = (262144, 1048576, 4194304)
 
 
 def drop_dir(path: Path) -> None:
@@ -39,18 +42,25 @@ def drop_dir(path: Path) -> None:
 
 
 def timed(cmd: list, timeout: float) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall seconds and the result; r.cpu is the command's user+sys CPU seconds."""
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     r = subprocess.run([str(c) for c in cmd], env=base_env(), capture_output=True, text=True,
                        timeout=timeout)
-    return time.monotonic() - t0, r
+    wall = time.monotonic() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r.cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return wall, r
 
 
-def mx_install(mx_bin: str, port: int, dest: Path, model_bytes: int, timeout: float) -> dict:
+def mx_install(mx_bin: str, port: int, dest: Path, model_bytes: int, timeout: float,
+               chunk: int | None = None) -> dict:
     """`mx model download --no-shared-storage` into a fresh cache; checks the report."""
+    extra = ["--transfer-chunk-size", str(chunk)] if chunk else []
     wall, r = timed([mx_bin, "model", "download", REPO_ID, "-e", f"127.0.0.1:{port}",
                      "--cache-path", dest, "--no-shared-storage", "-s", "server-only",
-                     "-f", "json", "-q"], timeout)
-    res = {"rc": r.returncode, "wall": wall, "stderr": r.stderr.strip()[-300:]}
+                     "-f", "json", "-q", *extra], timeout)
+    res = {"rc": r.returncode, "wall": wall, "cpu": r.cpu, "stderr": r.stderr.strip()[-300:]}
     try:
         rep = json.loads(r.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
@@ -85,7 +95,7 @@ def mx_install_parallel(mx_bin: str, port: int, dests: list[Path], model_bytes: 
 def modelcache_install(port: int, dest: Path, model_bytes: int, timeout: float) -> dict:
     wall, r = timed(["/usr/bin/python3", HERE / "modelcache_client.py", f"127.0.0.1:{port}",
                      REPO_ID, dest], timeout)
-    res = {"rc": r.returncode, "wall": wall, "stderr": r.stderr.strip()[-300:]}
+    res = {"rc": r.returncode, "wall": wall, "cpu": r.cpu, "stderr": r.stderr.strip()[-300:]}
     try:
         rep = json.loads(r.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
@@ -104,6 +114,18 @@ def disk_write(work: Path, nbytes: int) -> float:
     secs = time.monotonic() - t0
     target.unlink()
     return (nbytes // (4 * MIB)) * 4 * MIB / secs / 1e6
+
+
+def sha256_rate() -> float:
+    """MB/s of one core hashing with sha256 (hashlib: OpenSSL, as mx uses): every installed
+    byte must be hashed, so this bounds a verified install on a machine this size."""
+    import hashlib
+    buf = os.urandom(64 * MIB)
+    t0 = time.monotonic()
+    h = hashlib.sha256()
+    for _ in range(8):
+        h.update(buf)
+    return 8 * len(buf) / (time.monotonic() - t0) / 1e6
 
 
 def best(rows: list[dict]) -> dict:
@@ -133,9 +155,12 @@ def main() -> int:
         timeout = 120 + 4 * model_bytes / 20e6
         disk = max(disk_write(work, min(model_bytes, 1 << 30)) for _ in range(nruns))
         log(f"disk (dd, fdatasync): {disk:.1f} MB/s")
+        sha = max(sha256_rate() for _ in range(2))
+        log(f"sha256, one core: {sha:.1f} MB/s")
         # The model is in the server's cache; offline, the server resolves main from it.
         server, port = start_server(server_bin, cache, work, {"HF_HUB_OFFLINE": "1"})
         mem, mx, mc, par, mx_shm, mc_shm = [], [], [], [], [], []
+        by_chunk: dict[int, list] = {}
         # The same installs into tmpfs (BENCH_TMPFS=0 skips them): fsync costs nothing there,
         # so they show the software's own cost where the disk would hide it.
         shm = None
@@ -173,6 +198,12 @@ def main() -> int:
                 log(f"run {i + 1} ModelCacheClient-style into tmpfs: {fmt(r.get('mbps'))} MB/s "
                     f"{r['wall']:.2f} s")
                 shutil.rmtree(d.parent, ignore_errors=True)
+            for chunk in CHUNKS if shm else ():
+                d = shm / f"chunk-{i}-{chunk}"
+                r = mx_install(mx_bin, port, d, model_bytes, timeout, chunk)
+                by_chunk.setdefault(chunk, []).append(r)
+                log(f"run {i + 1} mx install into tmpfs, chunk {chunk}: {fmt(r.get('mbps'))} MB/s")
+                shutil.rmtree(d, ignore_errors=True)
             ds = [work / f"par-{i}-{k}" for k in range(workers)]
             r = mx_install_parallel(mx_bin, port, ds, model_bytes, timeout)
             par.append(r)
@@ -195,13 +226,15 @@ def main() -> int:
                  f"the same disk, removed and `sync`ed after each run. Best of {nruns} runs. CPU "
                  f"{info['cpu']}, kernel {info['kernel']}, load at start {info['load']}.",
                  "",
-                 "| what | MB/s | seconds | vs into memory | all runs MB/s |",
-                 "|---|---:|---:|---:|---|"]
+                 "| what | MB/s | seconds | vs into memory | client CPU s | all runs MB/s |",
+                 "|---|---:|---:|---:|---:|---|"]
 
         def row(name, b, rows):
             secs = b.get("seconds", b.get("wall"))
             ratio = b["mbps"] / bm["mbps"] if b.get("mbps") and bm.get("mbps") else None
+            cpu = b.get("cpu", b.get("client_cpu"))
             return (f"| {name} | {fmt(b.get('mbps'))} | {fmt(secs, '.2f')} | {fmt(ratio, '.2f')}x | "
+                    f"{fmt(cpu, '.2f')} | "
                     + ", ".join(fmt(r.get("mbps")) for r in rows) + " |")
         lines.append(row("StreamModelFiles into memory, 1 client, 1 MiB chunks (serve.sh's client)",
                          bm, mem))
@@ -214,8 +247,13 @@ def main() -> int:
             lines.append(row("mx model download --no-shared-storage into tmpfs (/dev/shm)", bxs,
                              mx_shm))
             lines.append(row("ModelCacheClient-style grpcio client into tmpfs", bcs, mc_shm))
+        for chunk, rows in sorted(by_chunk.items()):
+            lines.append(row(f"mx install into tmpfs, --transfer-chunk-size {chunk // 1024} KiB",
+                             best(rows), rows))
         lines.append(f"| disk: dd 1 GiB with fdatasync (the disk's own limit) | {disk:.1f} | | "
-                     f"{fmt(disk / bm['mbps'] if bm.get('mbps') else None, '.2f')}x | |")
+                     f"{fmt(disk / bm['mbps'] if bm.get('mbps') else None, '.2f')}x | | |")
+        lines.append(f"| sha256 on one core (hashlib / OpenSSL, what mx hashes with) | {sha:.1f} | | "
+                     f"{fmt(sha / bm['mbps'] if bm.get('mbps') else None, '.2f')}x | | |")
         lines.append("")
         if bp:
             lines.append(f"{workers} installs at once finished at {bp.get('per_worker')} s.")
