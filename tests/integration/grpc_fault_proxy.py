@@ -5,8 +5,10 @@ stream: it parses the server's frames (9-byte headers) and edits only DATA frame
 Faults (set on the proxy, applied once unless said otherwise):
 - flip_after(n):          XOR one byte in the middle of the first DATA frame payload that
                           starts after n DATA bytes.
-- replace(old, new, n):   in every DATA frame after n DATA bytes, replace the bytes `old`
-                          by `new` (same length), e.g. a commit hash by another one.
+- replace(old, new, min_frame): in every DATA frame of at least min_frame bytes, replace
+                          the bytes `old` by `new` (same length), e.g. a commit hash by
+                          another one (large frames carry file chunks, not the small
+                          status and listing answers).
 The proxy binds 127.0.0.1 on a free port; stop() closes the listener and every connection."""
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ class GrpcFaultProxy:
         with self.lock:
             self.flip_at = n
 
-    def replace(self, old: bytes, new: bytes, after: int = 0) -> None:
+    def replace(self, old: bytes, new: bytes, min_frame: int = 0) -> None:
         assert len(old) == len(new)
         with self.lock:
-            self.replacement = (old, new, after)
+            self.replacement = (old, new, min_frame)
 
     def stop(self) -> None:
         self.stopped = True
@@ -107,7 +109,7 @@ class GrpcFaultProxy:
                 self.flipped += 1
                 mid = len(payload) // 2
                 payload = payload[:mid] + bytes([payload[mid] ^ 0x5A]) + payload[mid + 1:]
-            if self.replacement and start >= self.replacement[2]:
+            if self.replacement and len(payload) >= self.replacement[2]:
                 old, new, _ = self.replacement
                 self.replaced += payload.count(old)
                 payload = payload.replace(old, new)

@@ -349,8 +349,10 @@ class WorkerClientTest(HubAndServersCase):
         commit = self.hub.commit("org/m")
         other = ("0" if commit[0] != "0" else "1") + commit[1:]
         proxy = self.proxied(s)
-        # From the second MiB of file bytes on, chunks say they belong to another commit.
-        proxy.replace(commit.encode(), other.encode(), after=MIB)
+        # The server names the commit in the first chunk of each call. With 64 KiB chunks
+        # only the shards' calls fill frames of 8 KiB or more: the metadata phase arrives
+        # intact at the pinned commit, then the weights' calls claim another one.
+        proxy.replace(commit.encode(), other.encode(), min_frame=8192)
         cache = self.client_cache()
         _, r = self.download(None, cache, proxy.address, "--no-shared-storage",
                              "--transfer-chunk-size", "64KiB", "-s", "server-only", ok=False)
@@ -361,6 +363,7 @@ class WorkerClientTest(HubAndServersCase):
         self.assertFalse((repo / "refs" / "main").exists())
         self.assertFalse((repo / "snapshots" / other).exists())
         snap = repo / "snapshots" / commit
+        self.assertTrue((snap / "config.json").is_file())  # the metadata phase completed
         for name in FILES:  # what is in the snapshot is the pinned commit's, byte for byte
             if (snap / name).exists():
                 self.assertEqual((snap / name).read_bytes(), (self.content / name).read_bytes())
