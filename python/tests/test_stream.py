@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ def sample_tensors(seed: int) -> dict:
         "f8": ("F8_E4M3", (2, 2), bytes([0x38, 0xb8, 0x00, 0x7e])),
         "scalar": ("F32", (), tensor_bytes(torch.tensor(2.5))),
         "empty": ("F32", (0, 3), b""),
+        "f4": ("F4", (2, 4), bytes([0x12, 0x34, 0x56, 0x78])),  # packed: 2 values a byte
     }
 
 
@@ -72,6 +74,8 @@ class StreamTest(unittest.TestCase):
 
     def expected(self, name):
         path, lay = self.layout[name]
+        if lay[0] == "F4":  # packed sub-byte values: the raw bytes, 1-D
+            lay = (lay[0], (lay[3] - lay[2],), lay[2], lay[3])
         return plain_read(path, lay, _tensors.torch_dtype(lay[0]))
 
     def test_tensors_equal_a_plain_read_in_the_files_dtype_and_shape(self):
@@ -82,11 +86,14 @@ class StreamTest(unittest.TestCase):
             with self.subTest(name=name):
                 self.assertIsInstance(tensor, torch.Tensor)
                 self.assertEqual(tensor.dtype, want.dtype)
-                self.assertEqual(tuple(tensor.shape), self.layout[name][1][1])
+                if self.layout[name][1][0] != "F4":  # packed types come 1-D
+                    self.assertEqual(tuple(tensor.shape), self.layout[name][1][1])
+                self.assertEqual(tuple(tensor.shape), tuple(want.shape))
                 self.assertTrue(torch.equal(tensor, want))
         # The types torch has keep their own dtype; those it lacks come as same-width raw bits.
         self.assertEqual(got["s0.bf16"].dtype, torch.bfloat16)
         self.assertEqual(got["s0.f8"].dtype, getattr(torch, "float8_e4m3fn", torch.uint8))
+        self.assertEqual((got["s0.f4"].dtype, tuple(got["s0.f4"].shape)), (torch.uint8, (4,)))
 
     def test_tensors_view_the_streamers_buffers(self):
         native = _mx.stream([str(self.model)])
@@ -226,6 +233,37 @@ class PeakMemoryTest(unittest.TestCase):
         out = json.loads(r.stdout.strip().splitlines()[-1])
         self.assertEqual(out["tensors"], self.COUNT)
         return out
+
+    def test_a_wait_for_held_memory_answers_ctrl_c(self):
+        # Keeping every view under a 16 MiB limit leaves the stream waiting for memory the
+        # caller holds; SIGINT interrupts the wait and the process exits.
+        script = textwrap.dedent("""
+            import sys, mx
+            kept = []
+            print("streaming", flush=True)
+            try:
+                for pair in mx.stream(sys.argv[1]):
+                    kept.append(pair)
+            except KeyboardInterrupt:
+                print("interrupted after", len(kept), flush=True)
+        """)
+        env = support.harness.base_env()
+        env.update({"PYTHONPATH": os.pathsep.join(sys.path[:1]),
+                    "RUNAI_STREAMER_MEMORY_LIMIT": "16MiB"})
+        child = subprocess.Popen([sys.executable, "-c", script, str(self.tmp / "model")],
+                                 env=env, stdout=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(child.stdout.readline().strip(), "streaming")
+            time.sleep(1.5)
+            self.assertIsNone(child.poll(), "the stream should be waiting for memory")
+            child.send_signal(signal.SIGINT)
+            out, _ = child.communicate(timeout=15)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        self.assertRegex(out, r"interrupted after [1-4]\b")
+        self.assertEqual(child.returncode, 0)
 
     def test_peak_rss_stays_near_the_memory_limit(self):
         model = self.TENSOR * self.COUNT

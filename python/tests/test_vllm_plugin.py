@@ -96,6 +96,17 @@ class PluginSelectionTest(unittest.TestCase):
                          {"mx", "mx-source", "mx-target"})
         self.assertEqual(len(set(loader_registry._LOAD_FORMAT_TO_MODEL_LOADER.values())), 1)
 
+    def test_a_vllm_without_loader_registration_gets_a_warning(self):
+        saved = loader_registry.register_model_loader
+        del loader_registry.register_model_loader
+        try:
+            with self.assertLogs("mx.vllm", "WARNING") as logs:
+                mx.vllm_plugin.register()
+        finally:
+            loader_registry.register_model_loader = saved
+        self.assertIn("register_model_loader", logs.output[0])
+        self.assertEqual(loader_registry._LOAD_FORMAT_TO_MODEL_LOADER, {})
+
     def test_entry_points_are_the_packages(self):
         found = {e.name: e.value for e in
                  importlib.metadata.entry_points(group="vllm.general_plugins")}
@@ -197,12 +208,37 @@ class LoaderChainTest(HubAndServersCase):
             self.load()
 
     def test_download_model_fills_the_cache(self):
+        loader = loader_registry.get_model_loader(LoadConfig(load_format="mx"))
+        # From the hub when no server is named ...
         cache = self.worker_cache()
         self.env.set(MODEL_EXPRESS_CACHE_DIRECTORY=cache)
-        loader = loader_registry.get_model_loader(LoadConfig(load_format="mx"))
         loader.download_model(ModelConfig(model="org/tiny"))
         path = mx.cache_path("org/tiny", cache_dir=cache)
         self.assertTrue((Path(path) / "model.safetensors").is_file())
+        # ... through mx-server when one is.
+        server = self.server()
+        cache = self.worker_cache()
+        self.env.set(MODEL_EXPRESS_CACHE_DIRECTORY=cache, MODEL_EXPRESS_URL=server.address,
+                     MODEL_EXPRESS_NO_SHARED_STORAGE="true", HF_ENDPOINT="http://127.0.0.1:9")
+        loader.download_model(ModelConfig(model="org/tiny"))
+        self.assertIsNotNone(mx.cache_path("org/tiny", cache_dir=cache))
+
+    def test_model_directory_and_extra_config(self):
+        # vLLM given a local directory: streamed directly.
+        loader = loader_registry.get_model_loader(LoadConfig(load_format="mx"))
+        config = ModelConfig(model=str(self.content))
+        model = loader.load_model(VllmConfig(LoadConfig(), config, Tiny), config)
+        self.assertEqual(loader.last_report["served_by"], "path")
+        self.assert_weights_from_file(model)
+        # --model-loader-extra-config {"uri": ...} stands in for MX_MODEL_URI.
+        load_config = LoadConfig(load_format="mx",
+                                 model_loader_extra_config={"uri": str(self.content)})
+        loader = loader_registry.get_model_loader(load_config)
+        config = ModelConfig(model="org/tiny")
+        self.env.set(MODEL_EXPRESS_CACHE_DIRECTORY=self.worker_cache())
+        model = loader.load_model(VllmConfig(load_config, config, Tiny), config)
+        self.assertEqual(loader.last_report["served_by"], "uri")
+        self.assert_weights_from_file(model)
 
     def test_wrong_model_shape_is_refused(self):
         class Wider(Tiny):
