@@ -78,9 +78,9 @@ class _Pairs:
     a suspended generator frame would keep the last tensor alive, and with a memory limit
     the streamer waits for exactly that memory."""
 
-    def __init__(self, native: Any, device: str, framework: Optional[str]):
+    def __init__(self, native: Any, convert: Any):
         self._native = native
-        self._convert = _tensors.converter(framework, device)
+        self._convert = convert
 
     def __iter__(self) -> "_Pairs":
         return self
@@ -114,9 +114,10 @@ def stream(uri: Union[PathLike, Sequence[PathLike]], device: str = "cpu", *,
     Knobs default to RUNAI_STREAMER_CONCURRENCY, RUNAI_STREAMER_CHUNK_BYTESIZE,
     RUNAI_STREAMER_MEMORY_LIMIT; sizes take units ("16MiB")."""
     uris = [uri] if isinstance(uri, (str, os.PathLike)) else list(uri)
+    convert = _tensors.converter(framework, device)
     native = _mx.stream([os.fspath(u) for u in uris], concurrency, _size(chunk_bytes),
                         _size(memory_limit), direct_io, queue)
-    return _Pairs(native, device, framework)
+    return _Pairs(native, convert)
 
 
 class ModelLoad:
@@ -124,9 +125,9 @@ class ModelLoad:
     ``report`` says which strategy served the weights once the iteration ended (also when
     it failed: every step's outcome and reason)."""
 
-    def __init__(self, native: Any, device: str, framework: Optional[str]):
+    def __init__(self, native: Any, convert: Any):
         self._native = native
-        self._pairs = _Pairs(native, device, framework)
+        self._pairs = _Pairs(native, convert)
 
     def __iter__(self) -> Iterator[Tuple[str, Any]]:
         return self._pairs
@@ -158,10 +159,11 @@ def load(model: str, revision: Optional[str] = None, *, device: str = "cpu",
     the local cache, then the hub. Each tensor is delivered once, whichever strategy
     finishes the load. ``shared_storage`` defaults to not MODEL_EXPRESS_NO_SHARED_STORAGE.
     Tensors are as in ``stream``."""
+    convert = _tensors.converter(framework, device)
     native = _mx.load(model, revision or "", provider, uri, endpoint or "",
                       os.fspath(cache_dir) if cache_dir else "", shared_storage, concurrency,
                       _size(chunk_bytes), _size(memory_limit), direct_io, queue)
-    return ModelLoad(native, device, framework)
+    return ModelLoad(native, convert)
 
 
 def fetch_model(name: str, revision: Optional[str] = None, *, provider: str = "hugging-face",

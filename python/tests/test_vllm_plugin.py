@@ -168,6 +168,9 @@ class LoaderChainTest(HubAndServersCase):
         self.assertEqual(loader.last_report["served_by"], "server")
         self.assertEqual(self.outcomes(loader.last_report),
                          [("p2p", "skipped"), ("server", "served")])
+        # MODEL_EXPRESS_NO_SHARED_STORAGE honoured: no warning about a shared cache that
+        # does not hold the files (the fallback to streaming when shared storage is assumed).
+        self.assertEqual(loader.last_report["warnings"], [])
         self.assert_weights_from_file(model)
         self.assertIsNotNone(mx.cache_path("org/tiny", cache_dir=cache))
         self.assertEqual(loader.published, (False, "this build has no P2P transfer engine"))
