@@ -16,7 +16,7 @@ C++ library's message, or ``ValueError`` for bad arguments.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _mx
 from ._mx import MxError

@@ -7,7 +7,6 @@ the hub stand-in), saying which one served it."""
 from __future__ import annotations
 
 import importlib.metadata
-import shutil
 import tempfile
 import tomllib
 import unittest
