@@ -79,7 +79,7 @@ class LoaderLogic:
                               endpoint=self._endpoint, cache_dir=self._cache_dir)
         with weights:
             if callable(getattr(model, "load_weights", None)):
-                model.load_weights(iter(weights))
+                model.load_weights(_owned(weights) if _memory_limited() else iter(weights))
             else:
                 _fill_by_name(model, weights)
         self.last_report = weights.report
@@ -115,14 +115,40 @@ class _DirectoryLoad:
         self._pairs.close()
 
 
+def _memory_limited() -> bool:
+    """True when RUNAI_STREAMER_MEMORY_LIMIT bounds the streamer's memory."""
+    return os.environ.get("RUNAI_STREAMER_MEMORY_LIMIT", "").strip() not in ("", "-1")
+
+
+def _owned(weights: Iterable[Tuple[str, Any]]) -> Iterator[Tuple[str, Any]]:
+    """For a model's own load_weights under a memory limit: its `for` loop keeps the
+    previous tensor while it asks for the next one, and a view of the streamer's memory
+    kept that way can hold the memory the next tensor needs (a limit of one tensor waits
+    forever). So each view is copied and dropped before the model sees it: one copy per
+    tensor, only when RUNAI_STREAMER_MEMORY_LIMIT is set."""
+    for name, view in weights:
+        owned = view.clone()
+        del view
+        yield name, owned
+        del owned
+
+
 def _fill_by_name(model: Any, weights: Iterable[Tuple[str, Any]]) -> None:
     import torch
 
     targets = dict(model.named_parameters())
     targets.update(dict(model.named_buffers()))
     filled = set()
+    it = iter(weights)
     with torch.no_grad():
-        for name, tensor in weights:
+        while True:
+            # Not a for loop: each view is dropped before the next one is asked for, so a
+            # memory limit of one tensor suffices and nothing is copied but into the model.
+            pair = next(it, None)
+            if pair is None:
+                break
+            name, tensor = pair
+            del pair
             target = targets.get(name)
             if target is None:
                 raise KeyError(f"the checkpoint's tensor {name!r} has no parameter in the model")
@@ -130,6 +156,7 @@ def _fill_by_name(model: Any, weights: Iterable[Tuple[str, Any]]) -> None:
                 raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != model "
                                  f"shape {tuple(target.shape)}")
             target.copy_(tensor)  # the only copy: streamer memory -> the parameter
+            del tensor
             filled.add(name)
     missing = sorted(set(dict(model.named_parameters())) - filled)
     if missing:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import tempfile
+import threading
 import tomllib
 import unittest
 from pathlib import Path
@@ -57,6 +58,24 @@ class TinyWithLoadWeights(Tiny):
                 self.seen.append(name)
                 state[name].copy_(tensor)
         return set(self.seen)
+
+
+class Three(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(128, 128, bias=False)
+        self.b = torch.nn.Linear(128, 128, bias=False)
+        self.c = torch.nn.Linear(128, 128, bias=False)
+
+
+class ThreeWithLoadWeights(Three):
+    """Loads as vLLM's models do: a plain for loop over the pairs."""
+
+    def load_weights(self, weights):
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, tensor in weights:
+                params[name].copy_(tensor)
 
 
 def tiny_checkpoint(seed: int) -> dict:
@@ -241,6 +260,30 @@ class LoaderChainTest(HubAndServersCase):
         model = loader.load_model(VllmConfig(load_config, config, Tiny), config)
         self.assertEqual(loader.last_report["served_by"], "uri")
         self.assert_weights_from_file(model)
+
+    def test_a_memory_limit_of_one_tensor_loads_both_kinds_of_model(self):
+        # RUNAI_STREAMER_MEMORY_LIMIT=0 (the largest tensor) leaves room for one 64 KiB
+        # tensor at a time: a loop that still holds the previous tensor when it asks for the
+        # next one would wait forever for its memory.
+        content = self.tmp / "three"
+        g = torch.Generator().manual_seed(5)
+        layout = write_safetensors(content / "model.safetensors", {
+            n: ("F32", (128, 128), tensor_bytes(torch.randn(128, 128, generator=g)))
+            for n in ("a.weight", "b.weight", "c.weight")})
+        self.env.set(MX_MODEL_URI=content, RUNAI_STREAMER_MEMORY_LIMIT="0",
+                     MODEL_EXPRESS_CACHE_DIRECTORY=self.worker_cache())
+        for model_cls in (Three, ThreeWithLoadWeights):
+            done = []
+            worker = threading.Thread(target=lambda: done.append(self.load(model_cls=model_cls)),
+                                      daemon=True)
+            worker.start()
+            worker.join(20)
+            self.assertTrue(done, f"{model_cls.__name__}: the load did not finish")
+            loader, model = done[0]
+            self.assertEqual(loader.last_report["served_by"], "uri")
+            for name, lay in layout.items():
+                want = plain_read(content / "model.safetensors", lay)
+                self.assertTrue(torch.equal(model.state_dict()[name], want), name)
 
     def test_wrong_model_shape_is_refused(self):
         class Wider(Tiny):
