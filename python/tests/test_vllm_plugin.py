@@ -260,6 +260,17 @@ class LoaderChainTest(HubAndServersCase):
         model = loader.load_model(VllmConfig(load_config, config, Tiny), config)
         self.assertEqual(loader.last_report["served_by"], "uri")
         self.assert_weights_from_file(model)
+        # ... and {"endpoint", "cache_dir"} for MODEL_EXPRESS_URL and the cache root.
+        server = self.server()
+        cache = self.worker_cache()
+        self.env.set(MODEL_EXPRESS_NO_SHARED_STORAGE="1")
+        load_config = LoadConfig(load_format="mx", model_loader_extra_config={
+            "endpoint": server.address, "cache_dir": str(cache)})
+        loader = loader_registry.get_model_loader(load_config)
+        model = loader.load_model(VllmConfig(load_config, config, Tiny), config)
+        self.assertEqual(loader.last_report["served_by"], "server")
+        self.assertIsNotNone(mx.cache_path("org/tiny", cache_dir=cache))
+        self.assert_weights_from_file(model)
 
     def test_a_memory_limit_of_one_tensor_loads_both_kinds_of_model(self):
         # RUNAI_STREAMER_MEMORY_LIMIT=0 (the largest tensor) leaves room for one 64 KiB
