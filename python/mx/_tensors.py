@@ -35,6 +35,12 @@ _NUMPY = {
 }
 _PACKED = ("F4", "F6_E2M3", "F6_E3M2")  # sub-byte: raw bytes, shape not applied
 
+# The buffers are read-only (they may be read-only file mappings): torch.frombuffer warns
+# that writing to such a tensor is undefined, which is this module's documented contract.
+# A filter for this module's calls only (catch_warnings per call would not be thread-safe).
+warnings.filterwarnings("ignore", message="The given buffer is not writable",
+                        category=UserWarning, module=__name__)
+
 
 def torch_dtype(name: str):
     """The torch dtype a safetensors dtype arrives as (see the module docstring)."""
@@ -60,12 +66,7 @@ def to_torch(buffer: Any, dtype: str, shape: Sequence[int]):
     shape = tuple(shape) if dtype not in _PACKED else (buffer.nbytes,)
     if buffer.nbytes == 0:
         return torch.empty(shape, dtype=dt)
-    with warnings.catch_warnings():
-        # The buffer is read-only (it may be a read-only file mapping): torch warns that
-        # writing to the tensor is undefined, which is the documented contract here.
-        warnings.simplefilter("ignore", UserWarning)
-        flat = torch.frombuffer(buffer, dtype=dt)
-    return flat.reshape(shape)
+    return torch.frombuffer(buffer, dtype=dt).reshape(shape)
 
 
 def to_numpy(buffer: Any, dtype: str, shape: Sequence[int]):
