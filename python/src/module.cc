@@ -96,29 +96,28 @@ class TensorStream {
  public:
   TensorStream(size_t capacity, Producer::Job job, std::shared_ptr<LoadState> load)
       : producer_(std::make_unique<Producer>(capacity, std::move(job))), load_(std::move(load)) {}
-  ~TensorStream() {
-    if (producer_) {
-      py::gil_scoped_release release;
-      producer_.reset();
-    }
-  }
+  ~TensorStream() { Close(); }
 
   py::tuple Next() {
     if (!producer_) throw py::stop_iteration();
+    std::shared_ptr<TensorQueue> queue = producer_->queue();
     Item item;
     for (;;) {
       TensorQueue::Next next;
       {
         py::gil_scoped_release release;
-        next = producer_->queue().Pop(&item, std::chrono::milliseconds(100));
+        next = queue->Pop(&item, std::chrono::milliseconds(100));
       }
       if (next == TensorQueue::Next::kItem) break;
       if (next == TensorQueue::Next::kEnd) {
-        Status st = producer_->queue().status();
+        // Closed by another thread first: the stream just ends (its Cancelled is ours).
+        bool closed_elsewhere = queue->closed();
+        Status st = queue->status();
         Close();
-        if (!st.ok()) Raise(st);
+        if (!st.ok() && !closed_elsewhere) Raise(st);
         throw py::stop_iteration();
       }
+      if (!producer_) throw py::stop_iteration();  // closed meanwhile by another thread
       // A wait that never ends (say, a memory limit held up by tensors Python keeps) must
       // still answer Ctrl-C.
       if (PyErr_CheckSignals() != 0) throw py::error_already_set();
@@ -129,11 +128,13 @@ class TensorStream {
     return py::make_tuple(item.name, py::cast(std::move(buffer)), item.dtype, shape, item.file);
   }
 
+  // Idempotent, and safe against a concurrent Close() or Next() from another thread: the
+  // producer is taken out (under the GIL) before the GIL is released to stop it.
   void Close() {
-    if (!producer_) return;
+    std::unique_ptr<Producer> producer = std::move(producer_);
+    if (!producer) return;
     py::gil_scoped_release release;
-    producer_->Stop(std::chrono::milliseconds(2000));
-    producer_.reset();
+    producer->Stop(std::chrono::milliseconds(2000));
   }
 
   py::object Report() const {

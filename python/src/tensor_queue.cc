@@ -64,6 +64,11 @@ bool TensorQueue::finished() const {
   return finished_;
 }
 
+bool TensorQueue::closed() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return closed_;
+}
+
 bool TensorQueue::WaitFinished(std::chrono::milliseconds wait) {
   std::unique_lock<std::mutex> l(mu_);
   return cv_.wait_for(l, wait, [&] { return finished_; });

@@ -55,6 +55,7 @@ class TensorQueue {
   // The producer's status, once Pop() returned kEnd.
   Status status() const;
   bool finished() const;
+  bool closed() const;
   // Waits at most `wait` for Finish(); true when it came.
   bool WaitFinished(std::chrono::milliseconds wait);
 
@@ -80,7 +81,9 @@ class Producer {
   Producer(const Producer&) = delete;
   Producer& operator=(const Producer&) = delete;
 
-  TensorQueue& queue() { return *queue_; }
+  // Shared: a consumer keeps the queue while it waits, even if another thread stops the
+  // producer meanwhile.
+  std::shared_ptr<TensorQueue> queue() const { return queue_; }
   void Stop(std::chrono::milliseconds grace);
 
  private:
