@@ -4,7 +4,9 @@
 # Not built in this repository's CI (no container registry is reachable from it); the
 # deployment tests check that this build stage runs the Makefile's CMake configure and
 # builds its mx and mx-server targets, and that the final stage runs as non-root.
-# The Python wheel is not built here yet: the python/ package does not exist so far.
+# The build stage also builds the Python package's wheel (python/, over the same build
+# tree); the image carries it in /usr/local/share/mx/wheels for worker images to install
+# (`COPY --from=mx:0.1.0 /usr/local/share/mx/wheels /tmp/wheels`, then pip install).
 # The CUDA tensor destination of `mx stream` needs the CUDA toolkit at build time; this
 # image builds without it (`mx --version` says "CUDA no").
 
@@ -12,10 +14,12 @@
 FROM debian:bookworm-slim AS build
 # The toolchain and library lines of scripts/install-deps.sh (python3: CMake's configure
 # looks for the interpreter that runs the integration tests; gtest: the unit tests are
-# declared by the same CMake files, though not built here).
+# declared by the same CMake files, though not built here; pybind11, python3-dev,
+# setuptools and pip: the wheel).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential cmake ninja-build pkg-config ca-certificates python3 \
+      python3-pybind11 python3-dev python3-setuptools python3-pip \
       libcurl4-openssl-dev libssl-dev libspdlog-dev libfmt-dev libcli11-dev \
       nlohmann-json3-dev libgtest-dev libgmock-dev \
       libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc \
@@ -28,6 +32,9 @@ COPY . .
 RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
  && cmake --build build -j "$(nproc)" --target mx mx-server \
  && strip --strip-debug build/src/cli/mx build/src/server/mx-server
+# The wheel: setup.py builds the extension's target in the same build tree.
+RUN MX_BUILD_DIR=/src/build python3 -m pip wheel --no-build-isolation --no-deps --no-index \
+      -w /src/dist ./python
 
 # ---- runtime stage -----------------------------------------------------------------------
 FROM debian:bookworm-slim
@@ -44,6 +51,7 @@ RUN apt-get update \
  && chown -R 10001:10001 /cache
 COPY --from=build /src/build/src/server/mx-server /usr/local/bin/mx-server
 COPY --from=build /src/build/src/cli/mx /usr/local/bin/mx
+COPY --from=build /src/dist/ /usr/local/share/mx/wheels/
 ENV HF_HOME=/cache/huggingface \
     MODEL_EXPRESS_CACHE_DIRECTORY=/cache/huggingface/hub
 VOLUME ["/cache/huggingface"]

@@ -18,6 +18,9 @@ APT_PACKAGES=(
   # ... and the deployment checks (tests/integration/test_deploy.py): the official
   # Kubernetes client's models (kubectl: Debian's kubernetes-client, below)
   python3-yaml python3-kubernetes
+  # ... and the Python package (python/): pybind11 for its extension, setuptools and pip
+  # for `pip install ./python`, torch and numpy for its tests
+  python3-pybind11 python3-dev python3-setuptools python3-pip python3-torch python3-numpy
 )
 # Debian's kubectl only where none is installed: kubernetes-client's /usr/bin/kubectl would
 # clash with another package's (the Google Cloud SDK's kubectl, for one) and fail the install.

@@ -1,0 +1,1 @@
+"""Stand-in of vLLM for the mx plugin's tests (see ../README.md)."""
