@@ -18,6 +18,7 @@
 #include <mutex>
 #include <thread>
 
+#include "common/env.h"
 #include "common/fs.h"
 #include "common/hash.h"
 #include "common/log.h"
@@ -38,6 +39,12 @@ constexpr uint64_t kMinChunkBytes = 1ull << 20;
 // Files staged (lock + temp file + progress record open) at once: a repo of thousands of
 // files must not need thousands of descriptors (ulimit -n is often 1024, or less).
 constexpr size_t kMaxFilesInFlight = 64;
+// Files made durable and renamed into place at once (fdatasync mostly waits on the disk;
+// one file after another would leave a tail of syncs after the last byte arrived).
+constexpr int kPublishThreads = 4;
+// The connections a file's chunking plans for when the engine chooses the number itself.
+constexpr int kAdaptivePlanningWorkers = 32;
+constexpr int kDefaultMaxConnections = 128;
 
 double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
@@ -194,7 +201,10 @@ class Downloader {
   bool AdoptOrphan(Target& t);
   void AdvanceHash(Target& t, VerifyPool& pool);
   void HashRange(Target& t, uint64_t from, uint64_t to);
-  void Verify(Target& t);
+  void Verify(Target& t, VerifyPool& publisher);
+  void PublishBlob(Target& t);
+  // The engine's ceiling and whether it adapts below it (see DownloadOptions::max_workers).
+  Result<http::EngineOptions> ConnectionOptions() const;
   Status Publish(const std::string& commit, const std::vector<TreeEntry>& listing,
                  const std::vector<TreeEntry>& selected);
   Status LinkBlob(const std::string& etag);
@@ -442,8 +452,10 @@ Status Downloader::Stage(Target& t) {
   }
   if (!resumed) {
     MX_ASSIGN_OR_RETURN(
-        t.progress,
-        ProgressFile::Create(progress_path, size, ChooseChunkBytes(size, options_.max_workers)));
+        t.progress, ProgressFile::Create(progress_path, size,
+                                         ChooseChunkBytes(size, options_.max_workers > 0
+                                                                    ? options_.max_workers
+                                                                    : kAdaptivePlanningWorkers)));
   }
   t.hasher =
       std::make_unique<Hasher>(t.entry.is_lfs() ? HashKind::kSha256 : HashKind::kGitSha1, size);
@@ -488,7 +500,7 @@ void Downloader::HashRange(Target& t, uint64_t from, uint64_t to) {
                     SYNC_FILE_RANGE_WRITE);
 }
 
-void Downloader::Verify(Target& t) {
+void Downloader::Verify(Target& t, VerifyPool& publisher) {
   const TreeEntry& e = t.entry;
   auto fail = [&](Status st) {
     ::close(t.fd);
@@ -506,6 +518,20 @@ void Downloader::Verify(Target& t) {
     return fail(Status::DataLoss(e.path + ": hash mismatch (expected " + e.etag() + ", got " +
                                  digest + ")"));
   }
+  publisher.Submit([this, &t] { PublishBlob(t); });
+}
+
+// Publisher thread (several run at once, each on its own target).
+void Downloader::PublishBlob(Target& t) {
+  const TreeEntry& e = t.entry;
+  auto fail = [&](Status st) {
+    ::close(t.fd);
+    t.fd = -1;
+    ::unlink(t.temp_path.c_str());
+    t.progress.Remove();
+    t.owned.Release();
+    t.verify_status = std::move(st);
+  };
   ::fchmod(t.fd, DefaultFileMode());
   // Durable before visible: after a power loss a blob is either absent or whole.
   if (::fdatasync(t.fd) != 0) return fail(Status::FromErrno(errno, "fsync " + t.temp_path));
@@ -541,6 +567,21 @@ Status Downloader::LinkBlob(const std::string& etag) {
   return Status::OK();
 }
 
+Result<http::EngineOptions> Downloader::ConnectionOptions() const {
+  http::EngineOptions eo;
+  if (options_.max_workers > 0) {
+    eo.max_connections = options_.max_workers;
+    eo.adaptive = false;
+    return eo;
+  }
+  eo.max_connections = kDefaultMaxConnections;
+  if (auto v = GetEnv("MX_MAX_CONNECTIONS"); v && !v->empty()) {
+    MX_ASSIGN_OR_RETURN(int64_t n, ParseIntInRange("MX_MAX_CONNECTIONS", *v, 1, 1024));
+    eo.max_connections = static_cast<int>(n);
+  }
+  return eo;
+}
+
 void Downloader::ReportProgress(bool force) {
   if (!options_.on_progress) return;
   auto now = Clock::now();
@@ -568,7 +609,9 @@ Status Downloader::FetchAll() {
     std::lock_guard<std::mutex> l(progress_mu_);
     progress_.files_total = targets_.size();
   }
+  MX_ASSIGN_OR_RETURN(http::EngineOptions eo, ConnectionOptions());
   VerifyPool verifier(1);
+  VerifyPool publisher(kPublishThreads);
   std::vector<Status> failures;
   bool announced_wait = false;
   while (!pending.empty()) {
@@ -612,17 +655,18 @@ Status Downloader::FetchAll() {
     }
 
     if (!round.empty()) {
-      http::EngineOptions eo;
-      eo.max_connections = options_.max_workers;
       eo.cancel = options_.cancel;
-      eo.on_bytes = [this](uint64_t n) {
+      const http::RangeEngine* running = nullptr;  // set before Run, read on its thread
+      eo.on_bytes = [this, &running](uint64_t n) {
         {
           std::lock_guard<std::mutex> l(progress_mu_);
           progress_.bytes_done += n;
+          if (running) progress_.connections = running->connections_active();
         }
         ReportProgress(false);
       };
       http::RangeEngine engine(eo);
+      running = &engine;
       for (Target* t : round) {
         http::FetchJob job;
         job.url = t->url;
@@ -644,16 +688,17 @@ Status Downloader::FetchAll() {
           t->progress.Record(t->chunk_of_range[index], cursor);
           AdvanceHash(*t, verifier);
         };
-        job.on_done = [this, t, &verifier](const Status& st) {
+        job.on_done = [this, t, &verifier, &publisher](const Status& st) {
           t->fetch_status = st;
           if (!st.ok()) return;
           AdvanceHash(*t, verifier);
-          verifier.Submit([this, t] { Verify(*t); });
+          verifier.Submit([this, t, &publisher] { Verify(*t, publisher); });
         };
         engine.Add(std::move(job));
       }
       Status st = engine.Run();
       verifier.Wait();
+      publisher.Wait();
       bytes_fetched_ += engine.bytes_received();
       if (!st.ok()) {
         // fds, progress records, locks, claims; temp files with nothing to resume go.
@@ -866,7 +911,8 @@ Result<DownloadReport> Downloader::AnswerFromCache(const Status& hub_error) {
 
 Result<DownloadReport> Downloader::Run() {
   MX_RETURN_IF_ERROR(ValidateRepoId(options_.repo_id));
-  if (options_.max_workers < 1) return Status::InvalidArgument("--max-workers must be at least 1");
+  if (options_.max_workers < 0) return Status::InvalidArgument("--max-workers must be at least 1");
+  MX_RETURN_IF_ERROR(ConnectionOptions().status());
   if (client_.config().offline) {
     if (options_.force) {
       return Status::FailedPrecondition("offline mode (HF_HUB_OFFLINE) cannot --force-download");
