@@ -661,6 +661,8 @@ Status RangeEngine::Impl::Loop() {
       --active;
     }
 
+    // All done: leave at once (the wait below would be a pure tail after the last byte).
+    if (active == 0 && pending.empty() && (!background || stopping)) continue;
     int timeout_ms = ramp_cap < limit && !pending.empty() ? 20 : 100;
     if (next_ready != Clock::time_point::max()) {
       auto until = std::chrono::duration_cast<std::chrono::milliseconds>(next_ready - Clock::now());

@@ -609,6 +609,11 @@ Status Downloader::FetchAll() {
     std::lock_guard<std::mutex> l(progress_mu_);
     progress_.files_total = targets_.size();
   }
+  // Smallest first: the engine starts jobs in the order added, so small files (a round
+  // trip each, latency-bound) all go out together at the start and overlap the large
+  // ones, instead of trailing after the last large byte.
+  std::stable_sort(pending.begin(), pending.end(),
+                   [](const Target* a, const Target* b) { return a->entry.size < b->entry.size; });
   MX_ASSIGN_OR_RETURN(http::EngineOptions eo, ConnectionOptions());
   VerifyPool verifier(1);
   VerifyPool publisher(kPublishThreads);

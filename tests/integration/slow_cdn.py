@@ -12,7 +12,8 @@ this process, with knobs real servers have and nginx lacks:
 * ``idle_timeout``: an idle keep-alive connection is closed after this many seconds.
 
 Every answered request is recorded in ``requests`` (conn, status, bytes, start, end in
-time.time() seconds) for accounting. Listens on 127.0.0.x only.
+time.time() seconds) for accounting; ``max_in_flight`` is the most requests answered at
+once. Listens on 127.0.0.x only.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class SlowCdn:
         self.backlog, self.workers, self.idle_timeout = backlog, workers, idle_timeout
         self.requests: list[tuple[int, int, int, float, float]] = []
         self.connections = 0
+        self.in_flight = 0  # requests being answered now
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._pool = threading.BoundedSemaphore(workers) if workers else None
@@ -120,6 +123,17 @@ class SlowCdn:
             name, _, value = ln.partition(":")
             headers[name.strip().lower()] = value.strip()
         start = time.time()
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return self._reply(conn, conn_id, method, target, headers, start)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _reply(self, conn, conn_id: int, method: str, target: str, headers: dict,
+               start: float) -> bool:
         if self.delay:
             time.sleep(self.delay)
         name = target.split("?", 1)[0].rsplit("/", 1)[-1]

@@ -57,6 +57,18 @@ class SmallBacklogTest(unittest.TestCase):
         self.assertLess(seconds, 25, f"took {seconds:.1f} s: a connection stalled")
         self.assertGreater(len(self.cdn.requests), 0, "the CDN was never used")
 
+    def test_max_connections_caps_the_requests_in_flight(self):
+        r, _ = self.download(env_extra={"MX_MAX_CONNECTIONS": "3"})
+        self.assertEqual(r.returncode, 0, r.stderr)
+        assert_snapshot_matches(self, r.stdout.strip().splitlines()[-1], self.content, FILES)
+        self.assertLessEqual(self.cdn.max_in_flight, 3)
+        self.assertGreater(len(self.cdn.requests), 3)
+
+    def test_a_bad_max_connections_is_refused(self):
+        r, _ = self.download(env_extra={"MX_MAX_CONNECTIONS": "0"})
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("MX_MAX_CONNECTIONS", r.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()
