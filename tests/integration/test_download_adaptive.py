@@ -11,13 +11,16 @@ inside the 30 s stall window, which used to be the only way out of such a wait (
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import subprocess
 import tempfile
 import time
 import unittest
 from pathlib import Path
 
-from harness import MIB, HubStub, make_repo, mx_binary, run
+from harness import MIB, HubStub, base_env, make_repo, mx_binary, run
 from slow_cdn import SlowCdn
 from test_download import assert_snapshot_matches
 
@@ -28,18 +31,23 @@ FILES = {
 }
 
 
-class SmallBacklogTest(unittest.TestCase):
+class AdaptiveConnectionsTest(unittest.TestCase):
     def setUp(self):
         self.tmp = Path(tempfile.mkdtemp(prefix="mx-adaptive-"))
         self.content = make_repo(self.tmp / "content", FILES, seed=11)
         self.store = self.tmp / "store"
-        self.cdn = SlowCdn(self.store, backlog=8, workers=8, rate=4e6, idle_timeout=5.0).start()
+        self.cdn = self.hub = None
+
+    def serve(self, **cdn_options):
+        self.cdn = SlowCdn(self.store, **cdn_options).start()
         self.hub = HubStub(self.tmp, {"org/m": {"revisions": {"main": self.content}}},
                            lfs_redirect_base=self.cdn.base_url, lfs_store=self.store).start()
 
     def tearDown(self):
-        self.hub.stop()
-        self.cdn.stop()
+        if self.hub:
+            self.hub.stop()
+        if self.cdn:
+            self.cdn.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def download(self, *extra, env_extra=None):
@@ -49,7 +57,8 @@ class SmallBacklogTest(unittest.TestCase):
         r = run([mx_binary(), "download", "org/m", *extra], env=env, timeout=120)
         return r, time.monotonic() - started
 
-    def test_defaults_finish_without_a_stall(self):
+    def test_small_backlog_costs_no_stall(self):
+        self.serve(backlog=8, workers=8, rate=4e6, idle_timeout=5.0)
         r, seconds = self.download()
         self.assertEqual(r.returncode, 0, r.stderr)
         assert_snapshot_matches(self, r.stdout.strip().splitlines()[-1], self.content, FILES)
@@ -58,13 +67,39 @@ class SmallBacklogTest(unittest.TestCase):
         self.assertGreater(len(self.cdn.requests), 0, "the CDN was never used")
 
     def test_max_connections_caps_the_requests_in_flight(self):
+        self.serve(rate=4e6)
         r, _ = self.download(env_extra={"MX_MAX_CONNECTIONS": "3"})
         self.assertEqual(r.returncode, 0, r.stderr)
         assert_snapshot_matches(self, r.stdout.strip().splitlines()[-1], self.content, FILES)
         self.assertLessEqual(self.cdn.max_in_flight, 3)
         self.assertGreater(len(self.cdn.requests), 3)
 
+    def test_terminal_progress_shows_the_connections_in_use(self):
+        self.serve(rate=4e6)
+        env = dict(base_env(), HF_ENDPOINT=self.hub.endpoint, HF_HUB_CACHE=str(self.tmp / "tty"))
+        master, slave = os.openpty()
+        p = subprocess.Popen([str(mx_binary()), "download", "org/m"], env=env,
+                             stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        os.close(master)
+        p.stdout.read()
+        p.stdout.close()
+        self.assertEqual(p.wait(timeout=60), 0, seen[-500:])
+        shown = [int(n) for n in re.findall(rb"conns (\d+)", seen)]
+        self.assertTrue(shown, seen[-500:])
+        self.assertGreater(max(shown), 0)
+
     def test_a_bad_max_connections_is_refused(self):
+        self.serve()
         r, _ = self.download(env_extra={"MX_MAX_CONNECTIONS": "0"})
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("MX_MAX_CONNECTIONS", r.stderr)
