@@ -13,6 +13,9 @@
 #     d) tests/integration/slow_cdn.py: 25 MB/s per connection + 50 ms before
 #        each response (tc netem is not available on these kernels)
 #     e) the small repo from slow_cdn.py with 30 ms before each response
+#     g) slow_cdn.py: 8 MB/s per connection, continuously (nginx's limit_rate
+#        lets each request send `rate` bytes in its first second, so requests
+#        of a few MiB are barely capped in a, b and f)
 #   Per shape each tool runs twice (curl once), interleaved, into a fresh
 #   directory that is deleted and `sync`ed afterwards:
 #     mx      mx download org/bench --cache-dir DIR --json   (defaults: adaptive

@@ -42,6 +42,7 @@ constexpr size_t kMaxFilesInFlight = 64;
 // Files made durable and renamed into place at once (fdatasync mostly waits on the disk;
 // one file after another would leave a tail of syncs after the last byte arrived).
 constexpr int kPublishThreads = 4;
+constexpr int kHashLanes = 2;
 // The connections a file's chunking plans for when the engine chooses the number itself.
 constexpr int kAdaptivePlanningWorkers = 32;
 constexpr int kDefaultMaxConnections = 128;
@@ -101,6 +102,7 @@ struct Target {
   std::string lock_path;
   std::string url;
   int attempts = 0;
+  size_t lane = 0;  // hashing lane (HashLanes)
 
   // While being produced:
   FileLock lock;
@@ -177,6 +179,25 @@ class VerifyPool {
   bool stop_ = false;
 };
 
+// Hashing lanes: each file is hashed on one lane, in order; files on different lanes hash
+// at once, so several large files finishing together do not queue their last hashing
+// behind one another after the last byte.
+class HashLanes {
+ public:
+  explicit HashLanes(int lanes) {
+    for (int i = 0; i < lanes; ++i) lanes_.push_back(std::make_unique<VerifyPool>(1));
+  }
+  void Submit(size_t lane, std::function<void()> fn) {
+    lanes_[lane % lanes_.size()]->Submit(std::move(fn));
+  }
+  void Wait() {
+    for (auto& l : lanes_) l->Wait();
+  }
+
+ private:
+  std::vector<std::unique_ptr<VerifyPool>> lanes_;
+};
+
 class Downloader {
  public:
   Downloader(HubClient& client, const DownloadOptions& options)
@@ -199,7 +220,7 @@ class Downloader {
   Status FetchAll();
   Status Stage(Target& t);
   bool AdoptOrphan(Target& t);
-  void AdvanceHash(Target& t, VerifyPool& pool);
+  void AdvanceHash(Target& t, HashLanes& lanes);
   void HashRange(Target& t, uint64_t from, uint64_t to);
   void Verify(Target& t, VerifyPool& publisher);
   void PublishBlob(Target& t);
@@ -472,13 +493,13 @@ static void Reserve(Target& t) {
   (void)::fallocate(t.fd, 0, 0, static_cast<off_t>(t.entry.size));
 }
 
-void Downloader::AdvanceHash(Target& t, VerifyPool& pool) {
+void Downloader::AdvanceHash(Target& t, HashLanes& lanes) {
   uint64_t prefix = t.progress.PrefixEnd(&t.first_open_chunk);
   if (prefix < t.hash_submitted + kHashStepBytes && prefix < t.entry.size) return;
   if (prefix <= t.hash_submitted) return;
   uint64_t from = t.hash_submitted;
   t.hash_submitted = prefix;
-  pool.Submit([this, &t, from, prefix] { HashRange(t, from, prefix); });
+  lanes.Submit(t.lane, [this, &t, from, prefix] { HashRange(t, from, prefix); });
 }
 
 void Downloader::HashRange(Target& t, uint64_t from, uint64_t to) {
@@ -615,8 +636,9 @@ Status Downloader::FetchAll() {
   std::stable_sort(pending.begin(), pending.end(),
                    [](const Target* a, const Target* b) { return a->entry.size < b->entry.size; });
   MX_ASSIGN_OR_RETURN(http::EngineOptions eo, ConnectionOptions());
-  VerifyPool verifier(1);
+  HashLanes verifier(kHashLanes);
   VerifyPool publisher(kPublishThreads);
+  size_t next_lane = 0;
   std::vector<Status> failures;
   bool announced_wait = false;
   while (!pending.empty()) {
@@ -656,6 +678,7 @@ Status Downloader::FetchAll() {
         std::lock_guard<std::mutex> l(progress_mu_);
         progress_.bytes_total -= std::min(progress_.bytes_total, t->progress.BytesDone());
       }
+      t->lane = next_lane++;
       round.push_back(t);
     }
 
@@ -697,7 +720,7 @@ Status Downloader::FetchAll() {
           t->fetch_status = st;
           if (!st.ok()) return;
           AdvanceHash(*t, verifier);
-          verifier.Submit([this, t, &publisher] { Verify(*t, publisher); });
+          verifier.Submit(t->lane, [this, t, &publisher] { Verify(*t, publisher); });
         };
         engine.Add(std::move(job));
       }
