@@ -23,7 +23,7 @@ struct ConcurrencySample {
 class ConcurrencyController {
  public:
   struct Options {
-    int initial = 8;     // connections at the start
+    int initial = 16;    // connections at the start
     int ceiling = 128;   // never more than this (--max-workers, MX_MAX_CONNECTIONS)
     bool fixed = false;  // always `ceiling`: no adaptation
   };

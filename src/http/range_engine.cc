@@ -491,7 +491,7 @@ RangeEngine::RangeEngine(EngineOptions options) : impl_(std::make_unique<Impl>()
   impl_->multi = curl_multi_init();
   ConcurrencyController::Options co;
   co.ceiling = impl_->options.max_connections;
-  co.initial = std::min(16, co.ceiling);
+  co.initial = std::min(co.initial, co.ceiling);
   co.fixed = !impl_->options.adaptive;
   impl_->controller = std::make_unique<ConcurrencyController>(co);
   impl_->limit = impl_->controller->limit();
