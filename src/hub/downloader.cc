@@ -32,8 +32,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr int kMaxFileAttempts = 3;
-// Hash the written prefix in steps of this much, so verifying overlaps the download.
-constexpr uint64_t kHashStepBytes = 1ull << 20;  // small: little is left to hash after the last byte
+// Hash the written prefix in steps of this much, so verifying overlaps the download; small,
+// so little is left to hash after the last byte.
+constexpr uint64_t kHashStepBytes = 1ull << 20;
 constexpr uint64_t kMaxChunkBytes = 16ull << 20;
 constexpr uint64_t kMinChunkBytes = 1ull << 20;
 // Files staged (lock + temp file + progress record open) at once: a repo of thousands of
