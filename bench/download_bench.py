@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""Download benchmark: mx vs aria2c vs curl against a local hub + nginx CDN.
+"""Download benchmark: mx vs aria2c vs curl against a local hub + CDN, per link shape.
 
 Driven by bench/download.sh (see the header there). Python 3 stdlib only; it
 reuses tests/integration/harness.py (make_repo, HubStub, Nginx, base_env,
-sha256_file) and bench_common.py. Everything listens on 127.0.0.x only.
+sha256_file), tests/integration/slow_cdn.py (a CDN stand-in with a delay
+before each response) and bench_common.py. Everything listens on 127.0.0.x.
 
-For each scenario (nginx limit_rate 25m per connection, then unlimited) it
-runs every tool RUNS times, interleaved (mx, aria2c, curl, mx, aria2c, curl),
-each into a fresh destination directory that is deleted (and the disk
-synced) before the next run. Every run is wrapped in
+For each link shape (SCENARIOS) it runs every tool RUNS times, interleaved
+(mx, mx-16, aria2c, curl, mx, ...; curl only in the first round: at 8 MB/s it
+takes a minute), each into a fresh destination directory that is deleted (and
+the disk synced) before the next run. Every run is wrapped in
 ``/usr/bin/time -f "%e %M %U %S"`` for wall seconds, peak RSS (KiB) and
 user/sys CPU seconds.
 """
@@ -34,6 +35,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
 
 from bench_common import cpu_model  # noqa: E402
 from harness import MIB, HubStub, Nginx, base_env, make_repo, sha256_file  # noqa: E402
+from slow_cdn import SlowCdn  # noqa: E402
 
 REPO_ID = "org/bench"
 TIME_BIN = "/usr/bin/time"
@@ -43,19 +45,96 @@ NSHARDS = 4
 class BenchNginx(Nginx):
     """The harness nginx, with the connection serial number, the request's
     position on its connection and the request time added to the access log
-    so connection reuse can be counted per run."""
+    so connection reuse can be counted per run, and an optional listen
+    backlog."""
+
+    def __init__(self, *args, backlog: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backlog = backlog
 
     def _config(self, port: int) -> str:
         conf = super()._config(port)
         old = "auth=$mx_auth_present';"
         assert old in conf, "harness nginx log_format changed"
-        return conf.replace(old, "auth=$mx_auth_present conn=$connection "
+        conf = conf.replace(old, "auth=$mx_auth_present conn=$connection "
                                  "creq=$connection_requests rt=$request_time t=$msec';")
+        if self.backlog:
+            listen = f"listen {self.host}:{port};"
+            assert listen in conf, "harness nginx listen line changed"
+            conf = conf.replace(listen, f"listen {self.host}:{port} backlog={self.backlog};")
+        return conf
+
+
+class CdnLog:
+    """slow_cdn's request records, read like the nginx access log."""
+
+    def __init__(self, cdn: SlowCdn):
+        self.cdn = cdn
+
+    def mark(self) -> int:
+        return len(self.cdn.requests)
+
+    def summary(self, mark: int) -> dict:
+        reqs = self.cdn.requests[mark:]
+        conns = collections.Counter(r[0] for r in reqs)
+        sizes = sorted(r[2] for r in reqs)
+        return {"requests": len(reqs), "connections": len(conns),
+                "ranged": sum(1 for r in reqs if r[1] == 206),
+                "bytes": sum(sizes), "statuses": dict(collections.Counter(str(r[1]) for r in reqs)),
+                "median_body": sizes[len(sizes) // 2] if sizes else 0,
+                "max_reqs_per_conn": max(conns.values()) if conns else 0,
+                "first_start": min((r[3] for r in reqs), default=None),
+                "last_end": max((r[4] for r in reqs), default=None)}
+
+
+class NginxLog:
+    def __init__(self, nginx: Nginx):
+        self.nginx = nginx
+
+    def mark(self) -> int:
+        return self.nginx.access_log.stat().st_size if self.nginx.access_log.exists() else 0
+
+    def summary(self, mark: int) -> dict:
+        time.sleep(0.2)  # let nginx flush the last access-log lines
+        with open(self.nginx.access_log, "rb") as f:
+            f.seek(mark)
+            return log_summary(f.read().decode(errors="replace").splitlines())
+
+
+# Link shapes. server: nginx (limit = limit_rate per connection, backlog = listen
+# backlog) or slow (slow_cdn: rate bytes/s per connection, delay s before each
+# response); repo: "big" (NSHARDS shards + small files) or "small" (SMALL_FILES
+# LFS files of SMALL_SIZE bytes).
+SCENARIOS = [
+    ("a) 8 MB/s per connection", {"server": "nginx", "limit": "8m", "repo": "big"}),
+    ("b) 25 MB/s per connection", {"server": "nginx", "limit": "25m", "repo": "big"}),
+    ("c) uncapped", {"server": "nginx", "repo": "big"}),
+    ("d) 25 MB/s per connection + 50 ms before each response",
+     {"server": "slow", "rate": 25e6, "delay": 0.05, "repo": "big"}),
+    ("e) 120 files of 96 KiB + 30 ms before each response",
+     {"server": "slow", "delay": 0.03, "repo": "small"}),
+    ("f) listen backlog 8, 8 MB/s per connection",
+     {"server": "nginx", "limit": "8m", "backlog": 8, "repo": "big"}),
+    # nginx's limit_rate lets each request send `rate` bytes in its first second (it allows
+    # rate x (seconds since the request started + 1)), so requests of a few MiB are barely
+    # capped in a) b) f); this one caps every connection continuously, as CDNs do.
+    ("g) 8 MB/s per connection, continuous (slow_cdn)",
+     {"server": "slow", "rate": 8e6, "repo": "big"}),
+]
+SMALL_FILES = 120
+SMALL_SIZE = 96 * 1024
 
 
 # --------------------------------------------------------------------------
 # Repo
 # --------------------------------------------------------------------------
+
+
+def small_repo_files() -> dict:
+    """SMALL_FILES LFS files (.bin) of SMALL_SIZE bytes, and a config.json."""
+    files = {f"part-{i:04d}.bin": SMALL_SIZE for i in range(SMALL_FILES)}
+    files["config.json"] = json.dumps({"model_type": "bench-small"}) + "\n"
+    return files
 
 
 def repo_files(size_mib: int) -> dict:
@@ -160,15 +239,18 @@ def log_summary(lines: list[str]) -> dict:
 
 
 class Ctx:
+    """One repo: its files (sizes), the sha256 of its LFS files, where it lives."""
+
     def __init__(self, args, work: Path, files: dict, sizes: dict, shard_sha: dict,
-                 total: int):
+                 total: int, content: Path, store: Path):
         self.args, self.work, self.files, self.sizes = args, work, files, sizes
         self.shard_sha, self.total = shard_sha, total
+        self.content, self.store = content, store
         self.env = base_env()
 
 
-def urls_for(ctx: Ctx, hub: HubStub, nginx: Nginx) -> list[tuple[str, str]]:
-    """(url, repo path): shards straight from nginx, the rest via the stub."""
+def urls_for(ctx: Ctx, hub: HubStub, nginx) -> list[tuple[str, str]]:
+    """(url, repo path): LFS files straight from the CDN, the rest via the stub."""
     out = []
     for path in sorted(ctx.files):
         if path in ctx.shard_sha:
@@ -189,10 +271,11 @@ def check_plain(ctx: Ctx, dest: Path) -> str:
     return ""
 
 
-def run_mx(ctx: Ctx, hub, nginx, dest: Path, log: Path) -> dict:
+def run_mx(ctx: Ctx, hub, nginx, dest: Path, log: Path, workers: int | None = None) -> dict:
     env = dict(ctx.env, HF_ENDPOINT=hub.endpoint)
-    cmd = [ctx.args.mx_bin, "download", REPO_ID, "--cache-dir", str(dest), "--json",
-           "--max-workers", "16"]
+    cmd = [ctx.args.mx_bin, "download", REPO_ID, "--cache-dir", str(dest), "--json"]
+    if workers:
+        cmd += ["--max-workers", str(workers)]
     r = timed(cmd, env, log, ctx.args.timeout)
     r["problem"] = ""
     if r["rc"] != 0:
@@ -247,7 +330,13 @@ def run_curl(ctx: Ctx, hub, nginx, dest: Path, log: Path) -> dict:
     return r
 
 
-TOOLS = [("mx", run_mx, "yes"), ("aria2c", run_aria2c, "no"), ("curl", run_curl, "no")]
+def run_mx16(ctx: Ctx, hub, nginx, dest: Path, log: Path) -> dict:
+    return run_mx(ctx, hub, nginx, dest, log, workers=16)
+
+
+# mx at its defaults (adaptive connections), mx with the old fixed 16.
+TOOLS = [("mx", run_mx, "yes"), ("mx-16", run_mx16, "yes"), ("aria2c", run_aria2c, "no"),
+         ("curl", run_curl, "no")]
 
 
 # --------------------------------------------------------------------------
@@ -255,46 +344,73 @@ TOOLS = [("mx", run_mx, "yes"), ("aria2c", run_aria2c, "no"), ("curl", run_curl,
 # --------------------------------------------------------------------------
 
 
-def run_scenario(ctx: Ctx, name: str, limit: str | None, content: Path, store: Path,
-                 hash_cache: Path) -> list[dict]:
+def start_cdn(sdir: Path, ctx: Ctx, shape: dict):
+    """The CDN of one shape and its request accounting."""
+    if shape["server"] == "nginx":
+        nginx = BenchNginx(sdir, ctx.store, limit_rate=shape.get("limit"),
+                           backlog=shape.get("backlog")).start()
+        return nginx, NginxLog(nginx)
+    cdn = SlowCdn(ctx.store, delay=shape.get("delay", 0), rate=shape.get("rate", 0)).start()
+    return cdn, CdnLog(cdn)
+
+
+def run_scenario(ctx: Ctx, name: str, shape: dict, hash_cache: Path) -> list[dict]:
     rows = []
     sdir = Path(tempfile.mkdtemp(prefix=f"scn-{name[0]}-", dir=ctx.work))
-    with BenchNginx(sdir, store, limit_rate=limit) as nginx, \
-            HubStub(sdir, {REPO_ID: {"revisions": {"main": content}}},
-                    lfs_redirect_base=nginx.base_url, lfs_store=store,
-                    hash_cache=hash_cache) as hub:
-        print(f"## scenario {name}: nginx {nginx.base_url} limit_rate={limit or 'off'}, "
-              f"hub {hub.endpoint}", flush=True)
-        for run_no in range(1, ctx.args.runs + 1):
-            for tool, fn, verified in TOOLS:
-                if tool not in ctx.args.tools:
-                    continue
-                dest = sdir / f"{tool}-{run_no}"
-                log = sdir / f"{tool}-{run_no}.log"
-                drop(dest)
-                log_off = nginx.access_log.stat().st_size if nginx.access_log.exists() else 0
-                r = fn(ctx, hub, nginx, dest, log)
-                time.sleep(0.2)  # let nginx flush the last access-log lines
-                with open(nginx.access_log, "rb") as f:
-                    f.seek(log_off)
-                    lines = f.read().decode(errors="replace").splitlines()
-                if r["problem"]:
-                    verified = "FAILED"
-                r.update(scenario=name, tool=tool, run=run_no, verified=verified,
-                         nginx=log_summary(lines))
-                r["mbps"] = ctx.total / r["seconds"] / 1e6 if r["seconds"] > 0 else 0.0
-                r["cpu_per_gb"] = r["cpu_s"] / (ctx.total / 1e9)
-                r.pop("stdout", None)
-                rows.append(r)
-                status = "OK" if not r["problem"] else f"FAILED: {r['problem']}"
-                n = r["nginx"]
-                print(f"  {tool:7s} run {run_no}: {r['seconds']:7.2f} s {r['mbps']:8.1f} MB/s "
-                      f"rss {r['rss_kib'] / 1024:7.1f} MiB cpu {r['cpu_s']:6.2f} s  "
-                      f"nginx {n['requests']} reqs / {n['connections']} conns "
-                      f"({n['ranged']} ranged)  {status}", flush=True)
-                drop(dest)
+    cdn, cdn_log = start_cdn(sdir, ctx, shape)
+    try:
+        with HubStub(sdir, {REPO_ID: {"revisions": {"main": ctx.content}}},
+                     lfs_redirect_base=cdn.base_url, lfs_store=ctx.store,
+                     hash_cache=hash_cache) as hub:
+            print(f"## scenario {name}: CDN {cdn.base_url} {shape}, hub {hub.endpoint}",
+                  flush=True)
+            rows += run_tools(ctx, name, hub, cdn, cdn_log, sdir)
+    finally:
+        cdn.stop()
     shutil.rmtree(sdir, ignore_errors=True)
     return rows
+
+
+def run_tools(ctx: Ctx, name: str, hub, cdn, cdn_log, sdir: Path) -> list[dict]:
+    rows = []
+    for run_no in range(1, ctx.args.runs + 1):
+        for tool, fn, verified in TOOLS:
+            if tool not in ctx.args.tools or (tool == "curl" and run_no > ctx.args.curl_runs):
+                continue
+            dest = sdir / f"{tool}-{run_no}"
+            log = sdir / f"{tool}-{run_no}.log"
+            drop(dest)
+            mark = cdn_log.mark()
+            r = fn(ctx, hub, cdn, dest, log)
+            if r["problem"]:
+                verified = "FAILED"
+            r.update(scenario=name, tool=tool, run=run_no, verified=verified,
+                     nginx=cdn_log.summary(mark), total=ctx.total)
+            r["mbps"] = ctx.total / r["seconds"] / 1e6 if r["seconds"] > 0 else 0.0
+            r["cpu_per_gb"] = r["cpu_s"] / (ctx.total / 1e9)
+            r.pop("stdout", None)
+            rows.append(r)
+            status = "OK" if not r["problem"] else f"FAILED: {r['problem']}"
+            n = r["nginx"]
+            print(f"  {tool:7s} run {run_no}: {r['seconds']:7.2f} s {r['mbps']:8.1f} MB/s "
+                  f"rss {r['rss_kib'] / 1024:7.1f} MiB cpu {r['cpu_s']:6.2f} s  "
+                  f"cdn {n['requests']} reqs / {n['connections']} conns "
+                  f"({n['ranged']} ranged)  {tail_text(r)}  {status}", flush=True)
+            drop(dest)
+    return rows
+
+
+def tail_seconds(r: dict) -> float | None:
+    """Seconds from the CDN's last byte sent to the tool's exit."""
+    end = r["nginx"].get("last_end")
+    return None if end is None else max(0.0, r["t_end"] - end)
+
+
+def tail_text(r: dict) -> str:
+    t = tail_seconds(r)
+    if t is None or r["seconds"] <= 0:
+        return "tail n/a"
+    return f"tail {t:.2f} s ({100 * t / r['seconds']:.1f} %)"
 
 
 # --------------------------------------------------------------------------
@@ -308,23 +424,28 @@ def best(rows, scenario, tool):
     return min(ok, key=lambda r: r["seconds"]) if ok else None
 
 
-def report(ctx: Ctx, rows: list[dict], scenarios: list[str], gen_s: float) -> str:
+def report(ctxs: dict, rows: list[dict], scenarios: list[str], gen_s: float,
+           load: tuple[str, str]) -> tuple[str, bool]:
     cpu = cpu_model("unknown", processor=False)
     date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
-    nfiles = len(ctx.files)
+    big, small = ctxs["big"], ctxs["small"]
     out = []
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     out.append(f"## {date} — nproc {nproc}, kernel {platform.release()}, {cpu}")
     out.append("")
-    out.append(f"Repo `{REPO_ID}`: {nfiles} files, {ctx.total} bytes "
-               f"({ctx.total / MIB:.0f} MiB, {ctx.total / 1e9:.3f} GB); "
-               f"{NSHARDS} shards of {ctx.sizes[min(ctx.shard_sha)] / MIB:.1f} MiB. "
-               f"mx: `{ctx.args.mx_bin}`; {ctx.args.runs} runs per tool, interleaved; "
-               f"repo generated in {gen_s:.1f} s.")
+    out.append(f"Repo `{REPO_ID}` (big): {len(big.files)} files, {big.total} bytes "
+               f"({big.total / MIB:.0f} MiB); {NSHARDS} shards of "
+               f"{big.sizes[min(big.shard_sha)] / MIB:.1f} MiB. Small: {len(small.files)} files, "
+               f"{small.total} bytes ({SMALL_FILES} LFS files of {SMALL_SIZE // 1024} KiB). "
+               f"mx: `{big.args.mx_bin}`; {big.args.runs} runs per tool (curl "
+               f"{big.args.curl_runs}), interleaved; repos generated in {gen_s:.1f} s. "
+               f"Load average at start {load[0]}, at end {load[1]}. mx goes through the hub "
+               f"API and its redirects; aria2c and curl get the CDN URLs of LFS files "
+               f"directly. mx-16 is `mx download --max-workers 16` (the old fixed default).")
     out.append("")
     out.append("| scenario | tool | run | seconds | MB/s | peak RSS MiB | CPU s/GB | verified | "
-               "nginx reqs / conns | status |")
-    out.append("|---|---|---:|---:|---:|---:|---:|---|---|---|")
+               "CDN reqs / conns | tail after last byte | status |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---|---|---|---|")
     order = {t: i for i, (t, _, _) in enumerate(TOOLS)}
     table_rows = sorted(rows, key=lambda r: (scenarios.index(r["scenario"]),
                                              order[r["tool"]], r["run"]))
@@ -333,29 +454,38 @@ def report(ctx: Ctx, rows: list[dict], scenarios: list[str], gen_s: float) -> st
         mark = " (best)" if b is r else ""
         status = "ok" if not r["problem"] else f"**FAILED**: {r['problem']}"
         n = r["nginx"]
+        t = tail_seconds(r)
+        tail = f"{t:.2f} s ({100 * t / r['seconds']:.1f} %)" if t is not None else "n/a"
         out.append(f"| {r['scenario']} | {r['tool']} | {r['run']}{mark} | {r['seconds']:.2f} | "
                    f"{r['mbps']:.1f} | {r['rss_kib'] / 1024:.1f} | {r['cpu_per_gb']:.2f} | "
-                   f"{r['verified']} | {n['requests']} / {n['connections']} | {status} |")
+                   f"{r['verified']} | {n['requests']} / {n['connections']} | {tail} | "
+                   f"{status} |")
     out.append("")
     checks = []
-    out.append("| scenario | mx/aria2c (speed) | mx/curl (speed) |")
-    out.append("|---|---:|---:|")
+    out.append("| scenario | mx / aria2c (time) | mx / mx-16 (time) | mx / curl (time) | "
+               "mx tail (best run) |")
+    out.append("|---|---:|---:|---:|---:|")
     for s in scenarios:
-        mx, ar, cu = (best(rows, s, t) for t in ("mx", "aria2c", "curl"))
-        ra = ar["seconds"] / mx["seconds"] if mx and ar else None
-        rc = cu["seconds"] / mx["seconds"] if mx and cu else None
-        out.append(f"| {s} | {f'{ra:.2f}x' if ra else 'n/a'} | {f'{rc:.2f}x' if rc else 'n/a'} |")
-        checks.append((f"mx >= 1.0x aria2c in {s}", ra is not None and ra >= 1.0,
-                       f"{ra:.2f}x" if ra else "n/a"))
-        if s.startswith("a"):
-            checks.append((f"mx >= 10x curl in {s}", rc is not None and rc >= 10.0,
-                           f"{rc:.2f}x" if rc else "n/a"))
-    mx_rows = [r for r in rows if r["tool"] == "mx"]
+        mx, m16, ar, cu = (best(rows, s, t) for t in ("mx", "mx-16", "aria2c", "curl"))
+        ra = mx["seconds"] / ar["seconds"] if mx and ar else None
+        r16 = mx["seconds"] / m16["seconds"] if mx and m16 else None
+        rc = mx["seconds"] / cu["seconds"] if mx and cu else None
+        t = tail_seconds(mx) if mx else None
+        tail = t / mx["seconds"] if t is not None else None
+        fmt = lambda v: f"{v:.2f}" if v is not None else "n/a"  # noqa: E731
+        out.append(f"| {s} | {fmt(ra)} | {fmt(r16)} | {fmt(rc)} | "
+                   f"{f'{100 * tail:.1f} %' if tail is not None else 'n/a'} |")
+        checks.append((f"{s}: mx <= 1.1x aria2c's time", ra is not None and ra <= 1.1, fmt(ra)))
+        checks.append((f"{s}: mx <= 1.05x mx-16's time", r16 is not None and r16 <= 1.05,
+                       fmt(r16)))
+        checks.append((f"{s}: mx tail < 5 % of its time", tail is not None and tail < 0.05,
+                       f"{100 * tail:.1f} %" if tail is not None else "n/a"))
+    mx_rows = [r for r in rows if r["tool"].startswith("mx")]
     peak = max((r["rss_kib"] for r in mx_rows), default=0) / 1024
     checks.append(("mx peak RSS <= 256 MiB (max over all mx runs)", bool(mx_rows) and peak <= 256,
                    f"{peak:.1f} MiB"))
     failed = [r for r in mx_rows if r["problem"]]
-    checks.append(("every mx run exit 0 + shard sha256 match", not failed,
+    checks.append(("every mx run exit 0 + LFS sha256 match", not failed,
                    f"{len(mx_rows) - len(failed)}/{len(mx_rows)} ok"))
     out.append("")
     out.append("| target | measured | result |")
@@ -363,14 +493,15 @@ def report(ctx: Ctx, rows: list[dict], scenarios: list[str], gen_s: float) -> st
     for name, ok, val in checks:
         out.append(f"| {name} | {val} | {'PASS' if ok else '**FAIL**'} |")
     out.append("")
-    out.append("nginx access log per run (LFS traffic only; requests / distinct connections / "
-               "ranged requests / median body bytes / max requests on one connection):")
+    out.append("CDN requests per run (LFS traffic only; requests / distinct connections / "
+               "ranged requests / median body bytes / max requests on one connection); tail = "
+               "the tool's exit minus the CDN's last byte sent:")
     out.append("")
     for r in table_rows:
         n = r["nginx"]
         extra = ""
         if n["first_start"] is not None:
-            extra += (f"; nginx busy from +{n['first_start'] - r['t_start']:.2f} s to "
+            extra += (f"; CDN busy from +{n['first_start'] - r['t_start']:.2f} s to "
                       f"+{n['last_end'] - r['t_start']:.2f} s of {r['t_end'] - r['t_start']:.2f} s")
         if r.get("mx_json"):
             extra += f"; mx self-reported {r['mx_json'].get('seconds', 0):.2f} s"
@@ -382,14 +513,30 @@ def report(ctx: Ctx, rows: list[dict], scenarios: list[str], gen_s: float) -> st
     return "\n".join(out), all(ok for _, ok, _ in checks)
 
 
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def build_repo(args, work: Path, name: str, files: dict) -> Ctx:
+    content, store = work / f"content-{name}", work / f"store-{name}"
+    make_repo(content, files)
+    sizes = {p: (content / p).stat().st_size for p in files}
+    lfs = {p: sha256_file(content / p) for p in files if p.endswith((".safetensors", ".bin"))}
+    return Ctx(args, work, files, sizes, lfs, sum(sizes.values()), content, store)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size-mib", type=int, default=int(os.environ.get("BENCH_SIZE_MIB", 2048)))
+    ap.add_argument("--size-mib", type=int, default=int(os.environ.get("BENCH_SIZE_MIB", 512)))
     ap.add_argument("--mx-bin", default=os.environ.get("MX_BIN") or
                     str(REPO_ROOT / "build" / "src" / "cli" / "mx"))
     ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--limit", default="25m", help="nginx limit_rate for scenario (a)")
-    ap.add_argument("--tools", default="mx,aria2c,curl")
+    ap.add_argument("--curl-runs", type=int, default=1)
+    ap.add_argument("--scenarios", default="abcdefg", help="letters of SCENARIOS to run")
+    ap.add_argument("--tools", default="mx,mx-16,aria2c,curl")
     ap.add_argument("--results", default=str(HERE / "RESULTS.md"))
     ap.add_argument("--no-append", action="store_true", help="print only")
     ap.add_argument("--work", default=str(HERE / "work"))
@@ -405,23 +552,20 @@ def main() -> int:
 
     Path(args.work).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="dl-", dir=args.work))
+    load_start = load_average()
     try:
-        content, store = work / "content", work / "store"
-        files = repo_files(args.size_mib)
         t0 = time.monotonic()
-        make_repo(content, files)
+        ctxs = {"big": build_repo(args, work, "big", repo_files(args.size_mib)),
+                "small": build_repo(args, work, "small", small_repo_files())}
         gen_s = time.monotonic() - t0
-        sizes = {p: (content / p).stat().st_size for p in files}
-        total = sum(sizes.values())
-        shard_sha = {p: sha256_file(content / p) for p in files if p.endswith(".safetensors")}
-        print(f"repo: {len(files)} files, {total} bytes ({total / MIB:.0f} MiB) in {content} "
-              f"(generated in {gen_s:.1f} s)", flush=True)
-        ctx = Ctx(args, work, files, sizes, shard_sha, total)
-        scenarios = [(f"a) limit_rate {args.limit}", args.limit), ("b) unlimited", None)]
+        for name, c in ctxs.items():
+            print(f"repo {name}: {len(c.files)} files, {c.total} bytes "
+                  f"({c.total / MIB:.0f} MiB) in {c.content}", flush=True)
+        chosen = [(n, shape) for n, shape in SCENARIOS if n[0] in args.scenarios]
         rows = []
-        for name, limit in scenarios:
-            rows += run_scenario(ctx, name, limit, content, store, work / "hash-cache.json")
-        text, ok = report(ctx, rows, [s for s, _ in scenarios], gen_s)
+        for name, shape in chosen:
+            rows += run_scenario(ctxs[shape["repo"]], name, shape, work / "hash-cache.json")
+        text, ok = report(ctxs, rows, [n for n, _ in chosen], gen_s, (load_start, load_average()))
         print()
         print(text)
         if not args.no_append:

@@ -44,11 +44,11 @@ struct DownloadArgs {
   std::vector<std::string> include, exclude;
   std::string repo_type = "model";
   std::string cache_dir, local_dir;
-  int max_workers = 16;
+  int max_workers = 0;  // 0: adaptive (see hub::DownloadOptions::max_workers)
   bool force_download = false;
 };
 
-// One line redrawn in place on stderr: bytes, rate, ETA, files.
+// One line redrawn in place on stderr: bytes, rate, ETA, files, connections in use.
 void DrawProgress(const hub::DownloadProgress& p) {
   double rate = p.seconds > 0 ? p.bytes_done / p.seconds : 0;
   double frac = p.bytes_total ? std::min(1.0, double(p.bytes_done) / p.bytes_total) : 1.0;
@@ -59,9 +59,9 @@ void DrawProgress(const hub::DownloadProgress& p) {
   if (rate > 0 && p.bytes_total > p.bytes_done) {
     eta = std::to_string(static_cast<long>((p.bytes_total - p.bytes_done) / rate)) + "s";
   }
-  std::fprintf(stderr, "\r[%s] %s / %s  %s/s  ETA %s  files %zu/%zu   ", bar.c_str(),
+  std::fprintf(stderr, "\r[%s] %s / %s  %s/s  ETA %s  files %zu/%zu  conns %d   ", bar.c_str(),
                FormatBytes(p.bytes_done).c_str(), FormatBytes(p.bytes_total).c_str(),
-               FormatBytes(rate).c_str(), eta.c_str(), p.files_done, p.files_total);
+               FormatBytes(rate).c_str(), eta.c_str(), p.files_done, p.files_total, p.connections);
   std::fflush(stderr);
 }
 
@@ -154,7 +154,9 @@ void RegisterDownload(CLI::App& app, GlobalFlags& flags, int& exit_code) {
   cmd->add_option("--local-dir", args->local_dir, "Write plain files into this directory instead");
   // The value was scrubbed from argv before parsing; this option only keeps CLI11 happy.
   cmd->add_option("--token", "Hub token (prefer HF_TOKEN: argv is visible to other users)");
-  cmd->add_option("--max-workers", args->max_workers, "Parallel connections (default 16)")
+  cmd->add_option("--max-workers", args->max_workers,
+                  "Exactly this many parallel connections (default: adaptive, up to "
+                  "MX_MAX_CONNECTIONS or 128)")
       ->check(CLI::Range(1, 256));
   cmd->add_flag("--force-download", args->force_download,
                 "Fetch every selected file again even if cached (verified, then replaces the "

@@ -40,6 +40,32 @@ constexpr long kMinProgressBytesPerSecond = 1024;
 // resets the retry count; a byte or two from a dripping peer does not.
 constexpr uint64_t kRealProgressBytes = 1 << 20;
 
+// New transfers (which may each open a connection) started at most this many per
+// kRampTick: a raised limit is never a burst of connects.
+constexpr int kRampStep = 8;
+constexpr auto kRampTick = std::chrono::milliseconds(20);
+// The controller's measuring interval: a few response times, within these bounds.
+constexpr double kMinSampleSeconds = 0.1;
+constexpr double kMaxSampleSeconds = 1.0;
+
+long SecondsFromEnv(const char* name, long fallback) {
+  auto v = GetEnv(name);
+  if (!v || v->empty()) return fallback;
+  Result<int64_t> s = ParseIntInRange(name, *v, 1, 3600);
+  if (!s.ok()) spdlog::error("{}; using {} s", s.status().message(), fallback);
+  return s.ok() ? static_cast<long>(*s) : fallback;
+}
+
+long ConnectTimeoutSeconds() {
+  static const long s = SecondsFromEnv("MX_CONNECT_TIMEOUT_SECONDS", 5);
+  return s;
+}
+
+long ResponseTimeoutSeconds() {
+  static const long s = SecondsFromEnv("MX_RESPONSE_TIMEOUT_SECONDS", 10);
+  return s;
+}
+
 uint64_t FloorRateFromEnv() {
   static const uint64_t rate = [] {
     auto v = GetEnv("MX_MIN_RATE_BYTES_PER_SECOND");
@@ -68,7 +94,8 @@ struct Work {
   size_t index = 0;
   uint64_t cursor = 0;  // next byte to write
   uint64_t end = 0;
-  int failures = 0;  // consecutive attempts that made no real progress
+  int failures = 0;    // consecutive attempts that made no real progress
+  int unanswered = 0;  // attempts that got no response in time (each doubles the wait)
   Clock::time_point not_before{};
   Clock::time_point deadline{};  // set on the first attempt; the range fails past it
 };
@@ -88,6 +115,10 @@ struct Transfer {
   uint64_t progress_this_attempt = 0;
   std::string failure;  // why we aborted the transfer ourselves
   Status fatal;         // non-retryable: fail the whole job
+  Clock::time_point started{};
+  Clock::time_point last_header{};  // last header line (of any response of the chain)
+  bool unanswered = false;          // aborted: no response within the response timeout
+  double response_timeout = 0;      // seconds
 };
 
 }  // namespace
@@ -104,8 +135,21 @@ struct RangeEngine::Impl {
   std::deque<Work> pending;
   std::vector<CURL*> idle_handles;
   CURLM* multi = nullptr;
-  uint64_t bytes_received = 0;
-  int active = 0;
+  std::atomic<uint64_t> bytes_received{0};
+  std::atomic<int> active{0};
+  // Adaptive concurrency (see concurrency_controller.cc for the rule).
+  std::unique_ptr<ConcurrencyController> controller;
+  std::atomic<int> limit{1};
+  int ramp_cap = kRampStep;  // transfers allowed now: at most kRampStep more per kRampTick
+  Clock::time_point last_ramp{};
+  Clock::time_point sample_start{}, last_tick{};
+  uint64_t sample_bytes = 0;
+  double busy_seconds = 0;  // sum of active x elapsed over the interval
+  int throttled = 0, connect_failures = 0;
+  double response_seconds = 0;  // smoothed time from request to first body byte
+
+  // Feeds the controller when an interval has passed; paces the growth of ramp_cap.
+  void Tick(Clock::time_point now);
 
   ~Impl() {
     for (CURL* e : idle_handles) curl_easy_cleanup(e);
@@ -146,6 +190,7 @@ struct RangeEngine::Impl {
 
 size_t RangeEngine::Impl::OnHeader(char* data, size_t size, size_t n, void* user) {
   auto* t = static_cast<Transfer*>(user);
+  t->last_header = Clock::now();
   std::string_view line(data, size * n);
   if (line.substr(0, 5) == "HTTP/") {
     // Each response of a redirect chain starts here; keep only the last one's facts.
@@ -188,6 +233,9 @@ size_t RangeEngine::Impl::OnBody(char* data, size_t size, size_t n, void* user) 
   if (!t->validated) {
     if (t->status >= 300 && t->status < 400) return len;  // redirect body, not ours
     if (!self->Validate(t)) return 0;                     // abort: CURLE_WRITE_ERROR
+    double secs = std::chrono::duration<double>(Clock::now() - t->started).count();
+    self->response_seconds =
+        self->response_seconds == 0 ? secs : 0.8 * self->response_seconds + 0.2 * secs;
   }
   if (t->work.cursor + len > t->work.end) {
     t->failure = "server sent more bytes than the range asked for";
@@ -217,6 +265,7 @@ size_t RangeEngine::Impl::OnBody(char* data, size_t size, size_t n, void* user) 
   }
   t->progress_this_attempt += len;
   self->bytes_received += len;
+  self->sample_bytes += len;
   if (self->options.on_bytes) self->options.on_bytes(len);
   if (t->work.job->job.on_progress) t->work.job->job.on_progress(t->work.index, t->work.cursor);
   return len;
@@ -225,6 +274,20 @@ size_t RangeEngine::Impl::OnBody(char* data, size_t size, size_t n, void* user) 
 // libcurl calls this at least once a second, even while a transfer is stalled.
 int RangeEngine::Impl::OnXferInfo(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
   auto* t = static_cast<Transfer*>(user);
+  if (!t->validated) {
+    // Connected (or not) but no answer: a request lost in a full accept queue, or a peer
+    // that accepts and says nothing. Retried on a fresh connection, long before the stall
+    // window would notice.
+    auto since = std::max(t->started, t->last_header);
+    if (Clock::now() - since > std::chrono::duration<double>(t->response_timeout)) {
+      t->unanswered = true;
+      char why[128];
+      std::snprintf(why, sizeof why, "no response within %.1f s (MX_RESPONSE_TIMEOUT_SECONDS)",
+                    t->response_timeout);
+      t->failure = why;
+      return 1;
+    }
+  }
   if (!static_cast<Impl*>(t->engine)->Cancelled()) return 0;
   t->fatal = Status::Cancelled(t->work.job->job.display_name + ": download cancelled");
   return 1;  // CURLE_ABORTED_BY_CALLBACK
@@ -240,6 +303,7 @@ void RangeEngine::Impl::Start(Work work) {
     easy = curl_easy_init();
   }
   internal::ApplyCommonOptions(easy);
+  curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT, ConnectTimeoutSeconds());
   // Limits enforced by libcurl itself, so the fast path pays nothing per chunk.
   auto now = Clock::now();
   if (work.deadline == Clock::time_point{}) {
@@ -255,6 +319,15 @@ void RangeEngine::Impl::Start(Work work) {
                    static_cast<long>(std::min<uint64_t>(kMinProgressBytesPerSecond, FloorRate())));
   auto* t = new Transfer();
   t->engine = this;
+  t->started = now;
+  // Ten times the usual response time (a request that waits that long is stuck in a queue,
+  // not slow), at least 2 s, at most MX_RESPONSE_TIMEOUT_SECONDS; doubled for each earlier
+  // attempt of this range that got no answer, so a server that is slow, not stuck, gets
+  // the full wait.
+  double wait = static_cast<double>(ResponseTimeoutSeconds());
+  if (response_seconds > 0) wait = std::clamp(10 * response_seconds, 2.0, wait);
+  t->response_timeout = std::min(static_cast<double>(ResponseTimeoutSeconds()),
+                                 wait * static_cast<double>(1 << std::min(work.unanswered, 8)));
   t->work = work;
   t->easy = easy;
   JobState* js = work.job;
@@ -285,11 +358,9 @@ void RangeEngine::Impl::Start(Work work) {
   curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &Impl::OnBody);
   curl_easy_setopt(easy, CURLOPT_WRITEDATA, t);
   curl_easy_setopt(easy, CURLOPT_PRIVATE, t);
-  if (options.cancel) {
-    curl_easy_setopt(easy, CURLOPT_XFERINFOFUNCTION, &Impl::OnXferInfo);
-    curl_easy_setopt(easy, CURLOPT_XFERINFODATA, t);
-    curl_easy_setopt(easy, CURLOPT_NOPROGRESS, 0L);
-  }
+  curl_easy_setopt(easy, CURLOPT_XFERINFOFUNCTION, &Impl::OnXferInfo);
+  curl_easy_setopt(easy, CURLOPT_XFERINFODATA, t);
+  curl_easy_setopt(easy, CURLOPT_NOPROGRESS, 0L);
   t->errbuf[0] = 0;
   curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, t->errbuf);
   curl_multi_add_handle(multi, easy);
@@ -311,6 +382,7 @@ bool RangeEngine::Impl::Retry(Transfer* t, const std::string& why) {
   const ByteRange& r = w.job->job.ranges[w.index];
   bool real_progress = t->progress_this_attempt >= std::min(kRealProgressBytes, r.end - r.begin);
   w.failures = real_progress ? 0 : w.failures + 1;
+  if (t->unanswered) ++w.unanswered;
   const std::string url = t->used_data_url ? w.job->data_url : w.job->job.url;
   if (t->used_data_url &&
       (t->status == 401 || t->status == 403 || t->status == 404 || t->status == 410)) {
@@ -353,6 +425,13 @@ bool RangeEngine::Impl::Complete(Transfer* t, CURLcode rc) {
     if (--js->ranges_left == 0) FinishJob(js, Status::OK());
     return false;
   }
+  curl_off_t connected_at = 0;
+  curl_easy_getinfo(t->easy, CURLINFO_CONNECT_TIME_T, &connected_at);
+  if (t->unanswered || rc == CURLE_COULDNT_CONNECT ||
+      (rc == CURLE_OPERATION_TIMEDOUT && connected_at == 0)) {
+    ++connect_failures;
+  }
+  if (t->status == 429 || t->status == 503) ++throttled;
   std::string why = t->failure;
   if (why.empty()) {
     if (rc != CURLE_OK) {
@@ -377,8 +456,11 @@ bool RangeEngine::Impl::Complete(Transfer* t, CURLcode rc) {
   long s = t->status;
   // Final 3xx (a redirect we could not follow) and 4xx other than 408/429 will not get
   // better by retrying, except on a cached CDN URL, which may simply have expired.
+  // A 3xx is final only when the transfer ended on it; one that failed while following the
+  // redirect (a connect to the CDN timed out, no answer from it) still shows the 3xx.
   bool permanent =
-      !t->validated && ((s >= 300 && s < 400) || (s >= 400 && s < 500 && !IsRetryableStatus(s)));
+      !t->validated && !t->unanswered &&
+      ((s >= 300 && s < 400 && rc == CURLE_OK) || (s >= 400 && s < 500 && !IsRetryableStatus(s)));
   // 400 too: S3 answers an expired session token with 400 ExpiredToken (the body, which
   // names it, is not kept), so a signed read with a renewable credential tries once more.
   if (permanent && !t->used_data_url && (s == 400 || s == 401 || s == 403) &&
@@ -407,9 +489,15 @@ RangeEngine::RangeEngine(EngineOptions options) : impl_(std::make_unique<Impl>()
   impl_->options = std::move(options);
   if (impl_->options.max_connections < 1) impl_->options.max_connections = 1;
   impl_->multi = curl_multi_init();
+  ConcurrencyController::Options co;
+  co.ceiling = impl_->options.max_connections;
+  co.initial = std::min(co.initial, co.ceiling);
+  co.fixed = !impl_->options.adaptive;
+  impl_->controller = std::make_unique<ConcurrencyController>(co);
+  impl_->limit = impl_->controller->limit();
   long conns = impl_->options.max_connections;
   curl_multi_setopt(impl_->multi, CURLMOPT_MAX_HOST_CONNECTIONS, conns);
-  curl_multi_setopt(impl_->multi, CURLMOPT_MAXCONNECTS, conns * 2);
+  curl_multi_setopt(impl_->multi, CURLMOPT_MAXCONNECTS, 2L * impl_->limit);
   // One transfer per connection, even over HTTP/2: CDNs cap bandwidth per connection, so
   // multiplexing ranges onto one connection would throttle them together.
   curl_multi_setopt(impl_->multi, CURLMOPT_PIPELINING, static_cast<long>(CURLPIPE_NOTHING));
@@ -455,6 +543,49 @@ void RangeEngine::Add(FetchJob job) {
 }
 
 uint64_t RangeEngine::bytes_received() const { return impl_->bytes_received; }
+int RangeEngine::connection_limit() const { return impl_->limit; }
+int RangeEngine::connections_active() const { return impl_->active; }
+
+void RangeEngine::Impl::Tick(Clock::time_point now) {
+  if (last_tick == Clock::time_point{}) {
+    last_tick = sample_start = last_ramp = now;
+    return;
+  }
+  busy_seconds += active * std::chrono::duration<double>(now - last_tick).count();
+  last_tick = now;
+  if (now - last_ramp >= kRampTick) {
+    ramp_cap = std::min(limit.load(), active + kRampStep);
+    last_ramp = now;
+  }
+  double interval = std::clamp(3 * response_seconds, kMinSampleSeconds, kMaxSampleSeconds);
+  double elapsed = std::chrono::duration<double>(now - sample_start).count();
+  if (elapsed < interval) return;
+  ConcurrencySample s;
+  s.seconds = elapsed;
+  s.bytes = sample_bytes;
+  s.busy = busy_seconds / elapsed;
+  s.throttled = throttled;
+  s.connect_failures = connect_failures;
+  int before = limit;
+  limit = controller->OnSample(s);
+  if (limit != before) {
+    spdlog::debug(
+        "connections: {} -> {} ({:.0f} MB/s, {:.1f} busy, {} throttled, {} failed "
+        "connects)",
+        before, limit.load(), s.bytes / s.seconds / 1e6, s.busy, s.throttled, s.connect_failures);
+  }
+  ramp_cap = std::min(ramp_cap, limit.load());
+  // Idle connections beyond twice the limit (a transfer may hold one to the hub and one to
+  // its CDN) are closed: on a server with few workers an idle keep-alive connection holds
+  // one that a waiting connection needs.
+  if (limit != before) {
+    curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, static_cast<long>(2 * limit));
+  }
+  sample_start = now;
+  sample_bytes = 0;
+  busy_seconds = 0;
+  throttled = connect_failures = 0;
+}
 
 Status RangeEngine::Run() { return impl_->Loop(); }
 
@@ -492,8 +623,10 @@ Status RangeEngine::Impl::Loop() {
       for (auto& [js, owned] : jobs) FinishJob(js, Status::Cancelled("download cancelled"));
     }
     auto now = Clock::now();
+    Tick(now);
+    const int allowed = std::min(limit.load(), ramp_cap);
     auto next_ready = Clock::time_point::max();
-    for (auto it = pending.begin(); it != pending.end() && active < options.max_connections;) {
+    for (auto it = pending.begin(); it != pending.end() && active < allowed;) {
       if (it->job->finished) {
         JobState* js = it->job;
         it = pending.erase(it);
@@ -528,10 +661,12 @@ Status RangeEngine::Impl::Loop() {
       --active;
     }
 
-    int timeout_ms = 100;
+    // All done: leave at once (the wait below would be a pure tail after the last byte).
+    if (active == 0 && pending.empty() && (!background || stopping)) continue;
+    int timeout_ms = ramp_cap < limit && !pending.empty() ? 20 : 100;
     if (next_ready != Clock::time_point::max()) {
       auto until = std::chrono::duration_cast<std::chrono::milliseconds>(next_ready - Clock::now());
-      timeout_ms = static_cast<int>(std::clamp<int64_t>(until.count(), 0, 100));
+      timeout_ms = static_cast<int>(std::clamp<int64_t>(until.count(), 0, timeout_ms));
     }
     if (active > 0 || background) {
       curl_multi_poll(multi, nullptr, 0, timeout_ms, nullptr);

@@ -3,6 +3,19 @@
 // range and writes it with pwrite as it arrives, so memory stays at about
 // max_connections x buffer_bytes however large the files are.
 //
+// How many of those connections are in use is decided by a ConcurrencyController
+// (http/concurrency_controller.h) from the aggregate rate it measures: it starts at 16,
+// doubles while that pays, holds when the rate plateaus, and sheds connections on
+// 429/503, on connects that fail or time out, and when per-connection throughput
+// collapses. New connections are opened at most 8 per 20 ms, so raising the limit is
+// never a burst of connects against a small listen backlog. `adaptive = false` keeps
+// exactly max_connections (--max-workers N).
+//
+// The connect phase has its own timeout (MX_CONNECT_TIMEOUT_SECONDS, default 5), and so
+// does the wait for the response headers of each request (MX_RESPONSE_TIMEOUT_SECONDS,
+// default 10), both far shorter than the stall window: a connection lost in a full
+// accept queue is retried on a fresh one in seconds instead of stalling.
+//
 // Every range is checked: the answer must be 206 with exactly
 // "Content-Range: bytes <begin>-<end-1>/<size>" and exactly the asked length. Anything
 // else (200 for a range, a wrong Content-Range, a short or long body, a dropped
@@ -25,6 +38,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "http/concurrency_controller.h"
 #include "http/http.h"
 
 namespace mx::http {
@@ -66,7 +80,9 @@ struct FetchJob {
 };
 
 struct EngineOptions {
-  int max_connections = 16;
+  // The ceiling (adaptive) or the exact number (not adaptive) of transfers at once.
+  int max_connections = 128;
+  bool adaptive = true;
   RetryPolicy retry{8, 0.25, 20.0};
   long buffer_bytes = 512 * 1024;                    // libcurl receive buffer per transfer
   std::function<void(uint64_t new_bytes)> on_bytes;  // engine thread, for progress display
@@ -102,6 +118,11 @@ class RangeEngine {
 
   // Body bytes received over the network, across all Run() calls.
   uint64_t bytes_received() const;
+
+  // The connection limit in force now (any thread; for progress displays).
+  int connection_limit() const;
+  // Transfers in flight now (any thread).
+  int connections_active() const;
 
  private:
   struct Impl;

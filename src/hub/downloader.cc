@@ -18,6 +18,7 @@
 #include <mutex>
 #include <thread>
 
+#include "common/env.h"
 #include "common/fs.h"
 #include "common/hash.h"
 #include "common/log.h"
@@ -31,13 +32,21 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr int kMaxFileAttempts = 3;
-// Hash the written prefix in steps of this much, so verifying overlaps the download.
-constexpr uint64_t kHashStepBytes = 4ull << 20;  // whole-file refetches after a hash mismatch
+// Hash the written prefix in steps of this much, so verifying overlaps the download; small,
+// so little is left to hash after the last byte.
+constexpr uint64_t kHashStepBytes = 1ull << 20;
 constexpr uint64_t kMaxChunkBytes = 16ull << 20;
 constexpr uint64_t kMinChunkBytes = 1ull << 20;
 // Files staged (lock + temp file + progress record open) at once: a repo of thousands of
 // files must not need thousands of descriptors (ulimit -n is often 1024, or less).
 constexpr size_t kMaxFilesInFlight = 64;
+// Files made durable and renamed into place at once (fdatasync mostly waits on the disk;
+// one file after another would leave a tail of syncs after the last byte arrived).
+constexpr int kPublishThreads = 4;
+constexpr int kHashLanes = 2;
+// The connections a file's chunking plans for when the engine chooses the number itself.
+constexpr int kAdaptivePlanningWorkers = 32;
+constexpr int kDefaultMaxConnections = 128;
 
 double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
@@ -94,6 +103,7 @@ struct Target {
   std::string lock_path;
   std::string url;
   int attempts = 0;
+  size_t lane = 0;  // hashing lane (HashLanes)
 
   // While being produced:
   FileLock lock;
@@ -170,6 +180,25 @@ class VerifyPool {
   bool stop_ = false;
 };
 
+// Hashing lanes: each file is hashed on one lane, in order; files on different lanes hash
+// at once, so several large files finishing together do not queue their last hashing
+// behind one another after the last byte.
+class HashLanes {
+ public:
+  explicit HashLanes(int lanes) {
+    for (int i = 0; i < lanes; ++i) lanes_.push_back(std::make_unique<VerifyPool>(1));
+  }
+  void Submit(size_t lane, std::function<void()> fn) {
+    lanes_[lane % lanes_.size()]->Submit(std::move(fn));
+  }
+  void Wait() {
+    for (auto& l : lanes_) l->Wait();
+  }
+
+ private:
+  std::vector<std::unique_ptr<VerifyPool>> lanes_;
+};
+
 class Downloader {
  public:
   Downloader(HubClient& client, const DownloadOptions& options)
@@ -192,9 +221,12 @@ class Downloader {
   Status FetchAll();
   Status Stage(Target& t);
   bool AdoptOrphan(Target& t);
-  void AdvanceHash(Target& t, VerifyPool& pool);
+  void AdvanceHash(Target& t, HashLanes& lanes);
   void HashRange(Target& t, uint64_t from, uint64_t to);
-  void Verify(Target& t);
+  void Verify(Target& t, VerifyPool& publisher);
+  void PublishBlob(Target& t);
+  // The engine's ceiling and whether it adapts below it (see DownloadOptions::max_workers).
+  Result<http::EngineOptions> ConnectionOptions() const;
   Status Publish(const std::string& commit, const std::vector<TreeEntry>& listing,
                  const std::vector<TreeEntry>& selected);
   Status LinkBlob(const std::string& etag);
@@ -442,8 +474,10 @@ Status Downloader::Stage(Target& t) {
   }
   if (!resumed) {
     MX_ASSIGN_OR_RETURN(
-        t.progress,
-        ProgressFile::Create(progress_path, size, ChooseChunkBytes(size, options_.max_workers)));
+        t.progress, ProgressFile::Create(progress_path, size,
+                                         ChooseChunkBytes(size, options_.max_workers > 0
+                                                                    ? options_.max_workers
+                                                                    : kAdaptivePlanningWorkers)));
   }
   t.hasher =
       std::make_unique<Hasher>(t.entry.is_lfs() ? HashKind::kSha256 : HashKind::kGitSha1, size);
@@ -460,13 +494,13 @@ static void Reserve(Target& t) {
   (void)::fallocate(t.fd, 0, 0, static_cast<off_t>(t.entry.size));
 }
 
-void Downloader::AdvanceHash(Target& t, VerifyPool& pool) {
+void Downloader::AdvanceHash(Target& t, HashLanes& lanes) {
   uint64_t prefix = t.progress.PrefixEnd(&t.first_open_chunk);
   if (prefix < t.hash_submitted + kHashStepBytes && prefix < t.entry.size) return;
   if (prefix <= t.hash_submitted) return;
   uint64_t from = t.hash_submitted;
   t.hash_submitted = prefix;
-  pool.Submit([this, &t, from, prefix] { HashRange(t, from, prefix); });
+  lanes.Submit(t.lane, [this, &t, from, prefix] { HashRange(t, from, prefix); });
 }
 
 void Downloader::HashRange(Target& t, uint64_t from, uint64_t to) {
@@ -488,7 +522,7 @@ void Downloader::HashRange(Target& t, uint64_t from, uint64_t to) {
                     SYNC_FILE_RANGE_WRITE);
 }
 
-void Downloader::Verify(Target& t) {
+void Downloader::Verify(Target& t, VerifyPool& publisher) {
   const TreeEntry& e = t.entry;
   auto fail = [&](Status st) {
     ::close(t.fd);
@@ -506,6 +540,20 @@ void Downloader::Verify(Target& t) {
     return fail(Status::DataLoss(e.path + ": hash mismatch (expected " + e.etag() + ", got " +
                                  digest + ")"));
   }
+  publisher.Submit([this, &t] { PublishBlob(t); });
+}
+
+// Publisher thread (several run at once, each on its own target).
+void Downloader::PublishBlob(Target& t) {
+  const TreeEntry& e = t.entry;
+  auto fail = [&](Status st) {
+    ::close(t.fd);
+    t.fd = -1;
+    ::unlink(t.temp_path.c_str());
+    t.progress.Remove();
+    t.owned.Release();
+    t.verify_status = std::move(st);
+  };
   ::fchmod(t.fd, DefaultFileMode());
   // Durable before visible: after a power loss a blob is either absent or whole.
   if (::fdatasync(t.fd) != 0) return fail(Status::FromErrno(errno, "fsync " + t.temp_path));
@@ -541,6 +589,21 @@ Status Downloader::LinkBlob(const std::string& etag) {
   return Status::OK();
 }
 
+Result<http::EngineOptions> Downloader::ConnectionOptions() const {
+  http::EngineOptions eo;
+  if (options_.max_workers > 0) {
+    eo.max_connections = options_.max_workers;
+    eo.adaptive = false;
+    return eo;
+  }
+  eo.max_connections = kDefaultMaxConnections;
+  if (auto v = GetEnv("MX_MAX_CONNECTIONS"); v && !v->empty()) {
+    MX_ASSIGN_OR_RETURN(int64_t n, ParseIntInRange("MX_MAX_CONNECTIONS", *v, 1, 1024));
+    eo.max_connections = static_cast<int>(n);
+  }
+  return eo;
+}
+
 void Downloader::ReportProgress(bool force) {
   if (!options_.on_progress) return;
   auto now = Clock::now();
@@ -568,7 +631,15 @@ Status Downloader::FetchAll() {
     std::lock_guard<std::mutex> l(progress_mu_);
     progress_.files_total = targets_.size();
   }
-  VerifyPool verifier(1);
+  // Smallest first: the engine starts jobs in the order added, so small files (a round
+  // trip each, latency-bound) all go out together at the start and overlap the large
+  // ones, instead of trailing after the last large byte.
+  std::stable_sort(pending.begin(), pending.end(),
+                   [](const Target* a, const Target* b) { return a->entry.size < b->entry.size; });
+  MX_ASSIGN_OR_RETURN(http::EngineOptions eo, ConnectionOptions());
+  HashLanes verifier(kHashLanes);
+  VerifyPool publisher(kPublishThreads);
+  size_t next_lane = 0;
   std::vector<Status> failures;
   bool announced_wait = false;
   while (!pending.empty()) {
@@ -608,21 +679,23 @@ Status Downloader::FetchAll() {
         std::lock_guard<std::mutex> l(progress_mu_);
         progress_.bytes_total -= std::min(progress_.bytes_total, t->progress.BytesDone());
       }
+      t->lane = next_lane++;
       round.push_back(t);
     }
 
     if (!round.empty()) {
-      http::EngineOptions eo;
-      eo.max_connections = options_.max_workers;
       eo.cancel = options_.cancel;
-      eo.on_bytes = [this](uint64_t n) {
+      const http::RangeEngine* running = nullptr;  // set before Run, read on its thread
+      eo.on_bytes = [this, &running](uint64_t n) {
         {
           std::lock_guard<std::mutex> l(progress_mu_);
           progress_.bytes_done += n;
+          if (running) progress_.connections = running->connections_active();
         }
         ReportProgress(false);
       };
       http::RangeEngine engine(eo);
+      running = &engine;
       for (Target* t : round) {
         http::FetchJob job;
         job.url = t->url;
@@ -644,16 +717,17 @@ Status Downloader::FetchAll() {
           t->progress.Record(t->chunk_of_range[index], cursor);
           AdvanceHash(*t, verifier);
         };
-        job.on_done = [this, t, &verifier](const Status& st) {
+        job.on_done = [this, t, &verifier, &publisher](const Status& st) {
           t->fetch_status = st;
           if (!st.ok()) return;
           AdvanceHash(*t, verifier);
-          verifier.Submit([this, t] { Verify(*t); });
+          verifier.Submit(t->lane, [this, t, &publisher] { Verify(*t, publisher); });
         };
         engine.Add(std::move(job));
       }
       Status st = engine.Run();
       verifier.Wait();
+      publisher.Wait();
       bytes_fetched_ += engine.bytes_received();
       if (!st.ok()) {
         // fds, progress records, locks, claims; temp files with nothing to resume go.
@@ -866,7 +940,8 @@ Result<DownloadReport> Downloader::AnswerFromCache(const Status& hub_error) {
 
 Result<DownloadReport> Downloader::Run() {
   MX_RETURN_IF_ERROR(ValidateRepoId(options_.repo_id));
-  if (options_.max_workers < 1) return Status::InvalidArgument("--max-workers must be at least 1");
+  if (options_.max_workers < 0) return Status::InvalidArgument("--max-workers must be at least 1");
+  MX_RETURN_IF_ERROR(ConnectionOptions().status());
   if (client_.config().offline) {
     if (options_.force) {
       return Status::FailedPrecondition("offline mode (HF_HUB_OFFLINE) cannot --force-download");

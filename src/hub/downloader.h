@@ -37,6 +37,7 @@ struct DownloadProgress {
   size_t files_total = 0;
   size_t files_done = 0;
   double seconds = 0;
+  int connections = 0;  // HTTP transfers in flight now
 };
 
 struct DownloadOptions {
@@ -48,7 +49,9 @@ struct DownloadOptions {
   std::vector<std::string> include;  // fnmatch globs, '*' crosses '/'
   std::vector<std::string> exclude;
   std::optional<std::string> local_dir;  // plain files there instead of the cache layout
-  int max_workers = 16;                  // HTTP connections
+  // HTTP connections: 0 lets the range engine find the number itself (adaptive, up to
+  // MX_MAX_CONNECTIONS, default 128); N > 0 uses exactly N (--max-workers N).
+  int max_workers = 0;
   // Fetch every selected file again even when it is in place (`--force-download`): each
   // new copy is verified as usual and then replaces the old one by rename. This is how a
   // blob `mx cache verify` marked bad is repaired (see RepoCache::MarkBlobBad).

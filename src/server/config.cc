@@ -66,7 +66,10 @@ const std::vector<SettingSpec>& Specs() {
       {"max_message_size", true, {}, "gRPC message limit (16MiB; 64KiB to 1GiB)"},
       {"lease_seconds", true, {"MX_LEASE_SECS"}, "Download lease; renewed every third of it (30)"},
       {"reaper_interval_ms", true, {}, "How often stale sources are reaped (5000)"},
-      {"download_workers", true, {}, "HTTP connections per download (16)"},
+      {"download_workers",
+       true,
+       {},
+       "HTTP connections per download (0: adaptive, up to MX_MAX_CONNECTIONS or 128)"},
       {"max_models", true, {}, "Evict least recently used models beyond this count"},
       {"max_bytes", true, {}, "Evict least recently used models beyond this size (e.g. 500GiB)"},
       {"unused_after", true, {}, "Evict models unused for this many seconds"},
@@ -367,7 +370,7 @@ Result<ServerConfig> LoadServerConfig(int argc, char** argv, bool* validate_only
   c.lease_ms = lease_s * 1000;
   c.lease_renew_ms = c.lease_ms / 3;
   MX_RETURN_IF_ERROR(set.Int("reaper_interval_ms", 10, 3600000, &c.reaper_interval_ms));
-  MX_RETURN_IF_ERROR(set.Int("download_workers", 1, 256, &c.download_workers));
+  MX_RETURN_IF_ERROR(set.Int("download_workers", 0, 256, &c.download_workers));
   MX_RETURN_IF_ERROR(set.Int("unused_after", 0, int64_t(1) << 40, &c.unused_after_s));
   MX_RETURN_IF_ERROR(set.Size("max_bytes", 0, uint64_t(1) << 60, &c.max_bytes));
 

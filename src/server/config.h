@@ -37,7 +37,7 @@ struct ServerConfig {
   std::string log_level = "info";
   uint32_t default_chunk_bytes = 1 << 20;  // StreamModelFiles chunk when the client says 0
   uint32_t max_message_bytes = 16 << 20;   // gRPC send/receive limit; chunks are clamped below it
-  int download_workers = 16;               // connections per download
+  int download_workers = 0;  // connections per download; 0: adaptive (hub::DownloadOptions)
   int64_t lease_ms = 30000;
   int64_t lease_renew_ms = 10000;
   int64_t heartbeat_timeout_s = 90;  // MX_HEARTBEAT_TIMEOUT_SECS

@@ -182,7 +182,7 @@ Result<std::string> ModelManager::CopyObjects(const ModelKey& key, uint64_t* byt
   ObjectCopyOptions o;
   o.cache_dir = config_.hub.cache_dir;
   o.ignore_weights = key.ignore_weights;
-  o.workers = config_.download_workers;
+  o.workers = config_.download_workers > 0 ? config_.download_workers : 16;
   o.cancel = &cancel_downloads_;
   // SSE-KMS / SSE-C (S3) and CMEK (GCS) objects have ETags that are not MD5s.
   auto verify = GetEnv("MX_VERIFY_ETAG");

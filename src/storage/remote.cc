@@ -64,7 +64,7 @@ std::unique_ptr<RangeReader> MakeRemoteReader(ObjectInfo info, std::string url, 
 
 std::unique_ptr<http::RangeEngine> StartEngine(int connections) {
   http::EngineOptions o;
-  o.max_connections = connections;
+  o.max_connections = connections;  // the ceiling: the engine adapts below it
   auto engine = std::make_unique<http::RangeEngine>(o);
   engine->StartBackground();
   return engine;
