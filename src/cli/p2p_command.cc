@@ -245,9 +245,8 @@ int RunPull(const P2pFlags& f, const PullArgs& a) {
   transfer::RegionRegistry regions;
   std::unique_ptr<transfer::Worker> worker;
   if (a.serve) {
-    r.swarm = true;
     r.transfer.verified = &regions;
-    r.before_pull = [&](const std::vector<transfer::LocalTensor>& local) -> Status {
+    r.before_pull = [&](const std::vector<transfer::LocalTensor>& local) -> Result<std::string> {
       for (const auto& t : local) {
         if (t.size == 0) continue;
         MX_RETURN_IF_ERROR(
@@ -255,7 +254,7 @@ int RunPull(const P2pFlags& f, const PullArgs& a) {
       }
       MX_ASSIGN_OR_RETURN(worker, transfer::Worker::Start(c->get(), f.identity, local, &regions,
                                                           *wo, p2p::SOURCE_STATUS_INITIALIZING));
-      return Status::OK();
+      return worker->worker_id();
     };
   }
   auto pulled = transfer::PullModel(**c, r);

@@ -9,6 +9,7 @@
 #include <map>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "common/env.h"
 #include "common/log.h"
@@ -329,6 +330,7 @@ namespace {
 struct Candidate {
   std::string mx_source_id, worker_id, grpc_endpoint;
   bool partial = false;
+  int slot = -1;
   std::vector<LocalTensor> manifest;  // data = the source's address
   std::string transfer_endpoint;
 };
@@ -492,6 +494,34 @@ void OrderCandidates(const PullRequest& request, std::vector<Candidate>* c) {
   std::stable_partition(c->begin(), c->end(), [](const Candidate& x) { return !x.partial; });
 }
 
+// Fetches the manifests of `candidates` (in order) until `max_sources` are usable: the first
+// valid full one becomes the reference (when `reference` is empty); others must agree with it.
+void AddUsable(client::MxClient& client, size_t max_sources, std::vector<Candidate>* candidates,
+               std::vector<LocalTensor>* reference, std::vector<Candidate>* usable,
+               std::string* problem) {
+  for (Candidate& c : *candidates) {
+    if (usable->size() >= max_sources) break;
+    auto m = FetchManifest(client, c);
+    Result<std::vector<LocalTensor>> parsed =
+        m.ok() ? ParseManifest(*m) : Result<std::vector<LocalTensor>>(m.status());
+    if (parsed.ok() && m->metadata_endpoint().rfind("tcp://", 0) != 0) {
+      parsed = Status::InvalidArgument("its transfer endpoint is not tcp://");
+    }
+    std::string why = parsed.ok() ? "" : parsed.status().message();
+    if (parsed.ok() && !reference->empty()) why = FirstTensorDifference(*reference, *parsed);
+    if (parsed.ok() && reference->empty() && c.partial) continue;  // never the reference
+    if (!why.empty()) {
+      spdlog::warn("p2p: skipping source {}: {}", Printable(c.worker_id, 80), why);
+      if (problem->empty()) *problem = "source " + Printable(c.worker_id, 80) + ": " + why;
+      continue;
+    }
+    if (reference->empty()) *reference = *parsed;
+    c.manifest = std::move(*parsed);
+    c.transfer_endpoint = m->metadata_endpoint();
+    usable->push_back(std::move(c));
+  }
+}
+
 }  // namespace
 
 Result<PulledModel> PullModel(client::MxClient& client, const PullRequest& request) {
@@ -502,10 +532,6 @@ Result<PulledModel> PullModel(client::MxClient& client, const PullRequest& reque
   size_t listed = 0;
   MX_RETURN_IF_ERROR(
       ListCandidates(client, request, p2p::SOURCE_STATUS_READY, &candidates, &difference, &listed));
-  if (request.swarm) {
-    MX_RETURN_IF_ERROR(ListCandidates(client, request, p2p::SOURCE_STATUS_INITIALIZING, &candidates,
-                                      &difference, &listed));
-  }
   if (listed == 0) {
     return Status::NotFound("no READY p2p source of " + Printable(request.identity.model, 200));
   }
@@ -514,41 +540,10 @@ Result<PulledModel> PullModel(client::MxClient& client, const PullRequest& reque
   }
   OrderCandidates(request, &candidates);
 
-  // Manifests: the first valid full one is the reference; others must agree with it.
   std::vector<LocalTensor> reference;
   std::vector<Candidate> usable;
   std::string manifest_problem;
-  for (Candidate& c : candidates) {
-    if (usable.size() >= request.max_sources) break;
-    auto m = FetchManifest(client, c);
-    Result<std::vector<LocalTensor>> parsed =
-        m.ok() ? ParseManifest(*m) : Result<std::vector<LocalTensor>>(m.status());
-    if (parsed.ok() && m->metadata_endpoint().rfind("tcp://", 0) != 0) {
-      parsed = Status::InvalidArgument("its transfer endpoint is not tcp://");
-    }
-    if (!parsed.ok()) {
-      spdlog::warn("p2p: skipping source {}: {}", Printable(c.worker_id, 80),
-                   parsed.status().message());
-      if (manifest_problem.empty()) {
-        manifest_problem =
-            "source " + Printable(c.worker_id, 80) + ": " + parsed.status().message();
-      }
-      continue;
-    }
-    if (reference.empty() && !c.partial) {
-      reference = *parsed;
-    } else if (reference.empty()) {
-      continue;  // a partial peer cannot be the reference
-    } else if (std::string d = FirstTensorDifference(reference, *parsed); !d.empty()) {
-      spdlog::warn("p2p: skipping source {}: {}", Printable(c.worker_id, 80), d);
-      if (manifest_problem.empty())
-        manifest_problem = "source " + Printable(c.worker_id, 80) + ": " + d;
-      continue;
-    }
-    c.manifest = std::move(*parsed);
-    c.transfer_endpoint = m->metadata_endpoint();
-    usable.push_back(std::move(c));
-  }
+  AddUsable(client, request.max_sources, &candidates, &reference, &usable, &manifest_problem);
   if (usable.empty() || reference.empty()) {
     return Status::Unavailable("no usable p2p source" +
                                (manifest_problem.empty() ? "" : ": " + manifest_problem));
@@ -580,19 +575,46 @@ Result<PulledModel> PullModel(client::MxClient& client, const PullRequest& reque
       off += (t.size + 63) & ~63ull;
     }
   }
-  if (request.before_pull) MX_RETURN_IF_ERROR(request.before_pull(local));
+  PullOptions options = request.transfer;
+  if (request.before_pull) {
+    MX_ASSIGN_OR_RETURN(std::string self_id, request.before_pull(local));
+    // The receivers of this rollout: those that published (INITIALIZING) by now.
+    std::this_thread::sleep_for(std::chrono::milliseconds(request.settle_ms));
+    PullRequest peers_request = request;
+    peers_request.self_id = self_id;
+    std::vector<Candidate> receivers;
+    std::string ignored;
+    size_t count = 0;
+    MX_RETURN_IF_ERROR(ListCandidates(client, peers_request, p2p::SOURCE_STATUS_INITIALIZING,
+                                      &receivers, &ignored, &count));
+    std::vector<LocalTensor> ref = reference;
+    AddUsable(client, usable.size() + 256, &receivers, &ref, &usable, &ignored);
+    // Slots in worker-id order, which every receiver computes alike.
+    std::vector<std::string> ids{self_id};
+    for (const Candidate& c : usable) {
+      if (c.partial) ids.push_back(c.worker_id);
+    }
+    std::sort(ids.begin(), ids.end());
+    options.swarm_slots = static_cast<int>(ids.size());
+    options.self_slot = static_cast<int>(std::find(ids.begin(), ids.end(), self_id) - ids.begin());
+    for (Candidate& c : usable) {
+      if (c.partial) {
+        c.slot = static_cast<int>(std::find(ids.begin(), ids.end(), c.worker_id) - ids.begin());
+      }
+    }
+  }
 
   std::vector<PullItem> items;
   for (const LocalTensor& t : local) items.push_back({t.data, t.size});
   std::vector<PullPeer> peers;
   for (const Candidate& c : usable) {
-    PullPeer p{c.worker_id, c.transfer_endpoint, {}, c.partial};
+    PullPeer p{c.worker_id, c.transfer_endpoint, {}, c.partial, c.slot};
     for (const LocalTensor& t : c.manifest)
       p.remote_addr.push_back(reinterpret_cast<uint64_t>(t.data));
     peers.push_back(std::move(p));
   }
   PullStats stats;
-  Status st = Pull(items, peers, request.transfer, &stats);
+  Status st = Pull(items, peers, options, &stats);
   for (const PeerStats& p : stats.peers) {
     if (p.bytes > 0) out.sources.push_back(p.name);
     if (p.failed) out.failed.push_back(p.name + ": " + p.error);

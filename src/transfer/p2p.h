@@ -13,8 +13,9 @@
 // difference), orders them (MX_P2P_SOURCE_SELECTOR=random|rendezvous), fetches their
 // manifests (GetTensorManifest), checks that every tensor agrees by name, shape, dtype and
 // size, and pulls all tensors from all usable sources at once: a source that dies or stalls
-// leaves its chunks to the others. With `swarm`, receivers still receiving (INITIALIZING
-// sources of the same identity) are asked too, and this process publishes itself at once.
+// leaves its chunks to the others. In a swarm (PullRequest::before_pull), this receiver
+// publishes itself before pulling and the receivers still receiving (INITIALIZING sources
+// of the same identity) share the work (see PullOptions::swarm_slots).
 #pragma once
 
 #include <atomic>
@@ -128,15 +129,17 @@ struct PullRequest {
   Identity identity;
   std::string selector;  // "random" | "rendezvous"; empty = MX_P2P_SOURCE_SELECTOR, else random
   std::string self_id;   // this process's worker id (rendezvous order; never pull from self)
-  bool swarm = false;    // also pull from receivers still receiving
   size_t max_sources = 8;
   PullOptions transfer;  // chunking, connections, deadline, stall
   // When set, tensor `name` of `file` lands at the address it returns; else PullModel
   // allocates the memory.
   streamer::Destination destination;
-  // When set (swarm), PullModel registers the destination here before pulling so the
-  // caller's Worker can serve verified chunks meanwhile; called with the tensors first.
-  std::function<Status(const std::vector<LocalTensor>&)> before_pull;
+  // Swarm: called with the local tensors once their memory is known and before pulling;
+  // it registers that memory (incomplete) and publishes this receiver INITIALIZING,
+  // returning its worker id. PullModel then waits `settle_ms` so receivers started together
+  // see each other, lists them, and deals the chunks among them (PullOptions::swarm_slots).
+  std::function<Result<std::string>(const std::vector<LocalTensor>&)> before_pull;
+  int settle_ms = 500;
 };
 
 struct PulledModel {

@@ -1,5 +1,6 @@
 #include "transfer/pull.h"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -32,7 +33,13 @@ class Puller {
       }
       if (items_[i].size == 0 && o_.on_item) o_.on_item(i);
     }
-    for (size_t c = 0; c < chunks_.size(); ++c) pending_.push_back(c);
+    slots_ = std::max(1, o_.swarm_slots);
+    self_slot_ = std::clamp(o_.self_slot, 0, slots_ - 1);
+    pending_.resize(slots_);
+    released_.assign(slots_, false);
+    released_[self_slot_] = true;
+    for (size_t c = 0; c < chunks_.size(); ++c) pending_[SlotOf(c)].push_back(c);
+    last_progress_.assign(peers_.size(), std::chrono::steady_clock::now());
     peer_stats_.resize(peers_.size());
     threads_left_.assign(peers_.size(), 0);
     std::vector<std::thread> threads;
@@ -43,7 +50,12 @@ class Puller {
         peer_stats_[p].error = "its manifest does not match";
         continue;
       }
+      if (peers_[p].partial &&
+          (peers_[p].slot < 0 || peers_[p].slot >= slots_ || peers_[p].slot == self_slot_)) {
+        continue;  // a receiver outside this rollout's deal: not needed
+      }
       ++live_peers_;
+      if (!peers_[p].partial) ++live_full_;
       int n = std::max(1, o_.connections_per_peer);
       threads_left_[p] = n;
       for (int k = 0; k < n; ++k) threads.emplace_back([this, p] { Work(p); });
@@ -70,6 +82,43 @@ class Puller {
 
  private:
   bool Finished() const { return done_ == chunks_.size(); }
+  int SlotOf(size_t chunk) const { return static_cast<int>(chunk % slots_); }
+
+  // A chunk peer p may take now (removed from its queue), or -1. REQUIRES: mu_ held.
+  long Pick(size_t p) {
+    auto take = [&](int slot) -> long {
+      auto& q = pending_[slot];
+      if (q.empty()) return -1;
+      size_t c = q.front();
+      q.pop_front();
+      return static_cast<long>(c);
+    };
+    if (peers_[p].partial) return take(peers_[p].slot);
+    if (long c = take(self_slot_); c >= 0) return c;
+    for (int s = 0; s < slots_; ++s) {
+      if (released_[s]) {
+        if (long c = take(s); c >= 0) return c;
+      }
+    }
+    return -1;
+  }
+
+  bool HasWork(size_t p) const {
+    if (peers_[p].partial) return !pending_[peers_[p].slot].empty();
+    for (int s = 0; s < slots_; ++s) {
+      if (released_[s] && !pending_[s].empty()) return true;
+    }
+    return false;
+  }
+
+  // No full source is left while chunks only a full source may send are waiting.
+  bool Stuck() const {
+    if (live_full_ > 0) return false;
+    for (int s = 0; s < slots_; ++s) {
+      if (released_[s] && !pending_[s].empty()) return true;
+    }
+    return false;
+  }
 
   // Marks peer p failed (once) and wakes everyone: its chunks are back in the queue.
   void FailPeer(size_t p, const Status& st) {
@@ -77,6 +126,11 @@ class Puller {
       peer_stats_[p].failed = true;
       peer_stats_[p].error = st.message();
       --live_peers_;
+      if (peers_[p].partial) {
+        released_[peers_[p].slot] = true;  // its slot now comes from the full sources
+      } else {
+        --live_full_;
+      }
     }
     cv_.notify_all();
   }
@@ -92,11 +146,12 @@ class Puller {
     }
     while (true) {
       bool ready = cv_.wait_until(l, o_.deadline, [&] {
-        return Finished() || peer_stats_[p].failed || live_peers_ == 0 || !pending_.empty();
+        return Finished() || peer_stats_[p].failed || live_peers_ == 0 || Stuck() || HasWork(p);
       });
-      if (!ready || Finished() || peer_stats_[p].failed || pending_.empty()) break;
-      size_t c = pending_.front();
-      pending_.pop_front();
+      if (!ready || Finished() || peer_stats_[p].failed || Stuck()) break;
+      long picked = Pick(p);
+      if (picked < 0) break;  // live_peers_ == 0
+      size_t c = static_cast<size_t>(picked);
       l.unlock();
       const Chunk& ch = chunks_[c];
       const PullItem& item = items_[ch.item];
@@ -110,6 +165,7 @@ class Puller {
         ++done_;
         bytes_ += ch.size;
         peer_stats_[p].bytes += ch.size;
+        last_progress_[p] = std::chrono::steady_clock::now();
         bool item_done = --left_in_item_[ch.item] == 0;
         cv_.notify_all();
         if (item_done && o_.on_item) {
@@ -120,15 +176,20 @@ class Puller {
         continue;
       }
       if (st.code() == StatusCode::kUnavailable && !(*conn)->broken()) {
-        // A partial peer without this chunk yet: someone else may take it meanwhile.
-        pending_.push_back(c);
+        // A partial peer without this chunk yet: ask again soon, unless it has sent nothing
+        // for a while (stuck or starved): then its slot goes to the full sources.
+        pending_[SlotOf(c)].push_front(c);
+        if (peers_[p].partial && std::chrono::steady_clock::now() - last_progress_[p] >
+                                     std::chrono::milliseconds(o_.release_ms)) {
+          released_[peers_[p].slot] = true;
+        }
         cv_.notify_all();
         l.unlock();
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
         l.lock();
         continue;
       }
-      pending_.push_front(c);
+      pending_[SlotOf(c)].push_front(c);
       if (--threads_left_[p] == 0 || (*conn)->broken()) FailPeer(p, st);
       return;
     }
@@ -144,10 +205,15 @@ class Puller {
   std::vector<PeerStats> peer_stats_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<size_t> pending_;
+  std::vector<std::deque<size_t>> pending_;  // by swarm slot
+  std::vector<bool> released_;               // slots the full sources may send
+  std::vector<std::chrono::steady_clock::time_point> last_progress_;
+  int slots_ = 1;
+  int self_slot_ = 0;
   size_t done_ = 0;
   uint64_t bytes_ = 0;
   int live_peers_ = 0;
+  int live_full_ = 0;
 };
 
 }  // namespace

@@ -34,9 +34,10 @@ struct PullPeer {
   std::string endpoint;  // "tcp://HOST:PORT"
   // The peer's address of each item (same order as the items).
   std::vector<uint64_t> remote_addr;
-  // A partial peer (a receiver still receiving): asked only after the full peers are busy,
-  // and "not verified" from it is normal.
+  // A partial peer (a receiver still receiving): "not verified" from it is normal. It is
+  // asked only for the chunks of its swarm slot (see PullOptions).
   bool partial = false;
+  int slot = -1;  // its swarm slot; a partial peer without one is not used
 };
 
 struct PullOptions {
@@ -45,6 +46,19 @@ struct PullOptions {
   ConnectOptions connect;
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
   RegionRegistry* verified = nullptr;  // chunks are marked verified here when set
+  // Swarm: the chunks are dealt round-robin into `swarm_slots` slots, one per receiver of
+  // the rollout (this one included, at `self_slot`). Each receiver takes its own slot from
+  // the full sources and every other slot from the receiver that owns it, which got it
+  // from the full sources just before. Why this and not rarest-first: rarest-first needs
+  // every peer's availability map and still lets N receivers ask the seed for the same
+  // rare chunk at once; a static deal needs no exchange (the receivers agree on the order of
+  // their worker ids), makes the full sources send each chunk about once, and spreads the
+  // rest over every receiver's uplink, so N receivers take about the time of one. A slot
+  // whose owner dies, or sends nothing for `release_ms` while we wait on it, is released:
+  // the full sources serve it then, so a dead or stuck peer costs time, never correctness.
+  int swarm_slots = 1;
+  int self_slot = 0;
+  int release_ms = 2000;
   // Called for each finished item (index), from a pulling thread.
   std::function<void(size_t)> on_item;
 };

@@ -190,13 +190,22 @@ TEST(TcpPull, PartialPeerServesOnlyVerifiedChunks) {
   // The pull takes the first half from wherever and the rest from the seed only.
   std::vector<char> dest(half.size());
   std::vector<PullItem> items{{dest.data(), dest.size()}};
-  PullPeer p{"partial", (*server)->endpoint(), {reinterpret_cast<uint64_t>(half.data())}, true};
+  // A swarm of two slots: the partial peer owns the odd chunks, but has only those of the
+  // first half; it stops making progress there, so its slot is released to the seed.
+  PullPeer p{"partial", (*server)->endpoint(), {reinterpret_cast<uint64_t>(half.data())}, true, 1};
   PullPeer s{
       "seed", seed.server->endpoint(), {reinterpret_cast<uint64_t>(seed.tensors[0].data())}, false};
   PullOptions o;
   o.chunk_bytes = 128 << 10;
-  ASSERT_TRUE(Pull(items, {p, s}, o, nullptr).ok());
+  o.swarm_slots = 2;
+  o.self_slot = 0;
+  o.release_ms = 200;
+  PullStats stats;
+  ASSERT_TRUE(Pull(items, {p, s}, o, &stats).ok());
   EXPECT_EQ(dest, seed.tensors[0]);
+  // The partial peer sent its verified odd chunks (a quarter), the seed the rest.
+  EXPECT_EQ(stats.peers[0].bytes, half.size() / 4);
+  EXPECT_EQ(stats.peers[1].bytes, half.size() - half.size() / 4);
 }
 
 TEST(TcpServer, AnswersGarbageWithoutCrashing) {

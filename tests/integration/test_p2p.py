@@ -230,6 +230,33 @@ class P2pCase(unittest.TestCase):
         self.assertEqual(rep["served_by"], "uri")
         self.assertEqual(rep["digest"], ref["digest"])
 
+    def test_swarm_of_four_with_a_peer_killed_mid_rollout(self):
+        s = self.server()
+        seed = self.serve(s, "127.0.0.2", "--max-rate", "8MiB")
+        receivers = []
+        for i in range(4):
+            w = Worker(["pull", "--model", MODEL, "--host", f"127.0.0.{11 + i}", "--worker-port", "0",
+                        "--serve", "--max-rate", "8MiB", "--chunk-size", "256KiB",
+                        "--verify-against", self.model_dir],
+                       {"MODEL_EXPRESS_URL": s.address})
+            self.procs.append(w)
+            receivers.append(w)
+        time.sleep(1.2)  # past the settle window: every receiver is pulling
+        receivers[1].kill9()
+        reports = [w.wait_line(timeout=45) for i, w in enumerate(receivers) if i != 1]
+        for rep in reports:
+            self.assertTrue(rep["success"], rep)
+            self.assertTrue(rep["verified"], rep)
+        # Receivers served each other: the seed was not the only sender.
+        from_peers = [src for rep in reports for src in rep["sources"] if src != seed.info["worker_id"]]
+        self.assertTrue(from_peers, reports)
+        if os.environ.get("MX_P2P_TEST_VERBOSE"):
+            print(json.dumps(reports, indent=1))
+        # Every survivor ends READY (a source for the next ones); the killed one is not.
+        statuses = {e["worker_id"]: e["status"] for e in self.sources(s)}
+        for rep in reports:
+            self.assertEqual(statuses.get(rep["worker_id"]), "READY", statuses)
+
 
 if __name__ == "__main__":
     unittest.main()
