@@ -144,14 +144,18 @@ std::string FirstIdentityDifference(const Identity& want, const p2p::SourceIdent
 }
 
 Result<std::string> ChosenTransport() {
-  std::string t = Lower(GetEnv("MX_P2P_TRANSPORT").value_or("tcp"));
-  if (t.empty() || t == "tcp" || t == "auto") return std::string("tcp");
+  std::string t = Lower(GetEnv("MX_P2P_TRANSPORT").value_or("auto"));
+  if (t.empty() || t == "auto") return std::string("auto");
+  if (t == "tcp") return t;
   if (t == "ucx") {
-    return Status::InvalidArgument(
-        "MX_P2P_TRANSPORT=ucx: this build has no UCX backend (tcp is the one available)");
+    if (!UcxBuilt()) {
+      return Status::InvalidArgument(
+          "MX_P2P_TRANSPORT=ucx: this build has no UCX backend (install libucx-dev, rebuild)");
+    }
+    return t;
   }
-  return Status::InvalidArgument("MX_P2P_TRANSPORT must be tcp or ucx, not '" + Printable(t, 32) +
-                                 "'");
+  return Status::InvalidArgument("MX_P2P_TRANSPORT must be auto, tcp or ucx, not '" +
+                                 Printable(t, 32) + "'");
 }
 
 // --- source side ------------------------------------------------------------------------
@@ -576,6 +580,7 @@ Result<PulledModel> PullModel(client::MxClient& client, const PullRequest& reque
     }
   }
   PullOptions options = request.transfer;
+  options.connect.transport = transport;
   if (request.before_pull) {
     MX_ASSIGN_OR_RETURN(std::string self_id, request.before_pull(local));
     // The receivers of this rollout: those that published (INITIALIZING) by now.
@@ -615,11 +620,15 @@ Result<PulledModel> PullModel(client::MxClient& client, const PullRequest& reque
   }
   PullStats stats;
   Status st = Pull(items, peers, options, &stats);
+  std::set<std::string> transports;
   for (const PeerStats& p : stats.peers) {
+    if (p.bytes > 0) transports.insert(p.transport);
     if (p.bytes > 0) out.sources.push_back(p.name);
     if (p.failed) out.failed.push_back(p.name + ": " + p.error);
   }
   if (!st.ok()) return st;
+  out.transport.clear();
+  for (const std::string& t : transports) out.transport += (out.transport.empty() ? "" : "+") + t;
   out.tensors = std::move(local);
   out.bytes = stats.bytes;
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -149,7 +149,7 @@ struct PulledModel {
   double seconds = 0;
   std::vector<std::string> sources;  // worker ids that sent bytes
   std::vector<std::string> failed;   // "worker: error" for sources dropped mid-way
-  std::string transport = "tcp";
+  std::string transport;             // what carried the bytes: "tcp", "ucx", or "tcp+ucx"
 };
 
 // NotFound when no READY source of the model exists; FailedPrecondition naming the first
@@ -162,7 +162,8 @@ Result<PulledModel> PullModel(client::MxClient& client, const PullRequest& reque
 // a short deadline) when no client is configured or no READY source exists.
 std::unique_ptr<client::LoadStrategy> MakeP2pStrategy(client::MxClient* client, Identity identity);
 
-// "tcp" unless MX_P2P_TRANSPORT names another; InvalidArgument for a backend this build lacks.
+// MX_P2P_TRANSPORT: "auto" (unset: UCX to peers on this host when built with it, else
+// TCP), "tcp" or "ucx"; InvalidArgument for a backend this build lacks.
 Result<std::string> ChosenTransport();
 
 }  // namespace mx::transfer

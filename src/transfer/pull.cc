@@ -144,6 +144,7 @@ class Puller {
       if (--threads_left_[p] == 0) FailPeer(p, conn.status());
       return;
     }
+    peer_stats_[p].transport = (*conn)->transport();
     while (true) {
       bool ready = cv_.wait_until(l, o_.deadline, [&] {
         return Finished() || peer_stats_[p].failed || live_peers_ == 0 || Stuck() || HasWork(p);

@@ -68,6 +68,7 @@ struct PeerStats {
   uint64_t bytes = 0;
   bool failed = false;
   std::string error;
+  std::string transport;  // of its connections: "tcp" or "ucx"
 };
 
 struct PullStats {

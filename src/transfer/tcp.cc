@@ -13,6 +13,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -104,6 +105,14 @@ class TcpServer : public Server {
   ~TcpServer() override { Stop(); }
 
   Status Start() {
+    if (o_.ucx && UcxBuilt()) {
+      auto agent = StartUcxAgent();
+      if (agent.ok()) {
+        agent_ = std::move(*agent);
+      } else {
+        spdlog::warn("p2p: UCX unavailable, serving TCP only: {}", agent.status().message());
+      }
+    }
     MX_ASSIGN_OR_RETURN(sockaddr_in addr, Resolve(o_.host, o_.port));
     listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (listen_fd_ < 0) return Status::FromErrno(errno, "socket");
@@ -216,7 +225,12 @@ class TcpServer : public Server {
       char resp[kResponseBytes] = {};
       Put32(resp, kResponseMagic);
       uint64_t addr = Get64(req + 8), size = Get64(req + 16);
-      if (Get32(req) != kRequestMagic || Get32(req + 4) != kOpRead || size > kMaxReadBytes) {
+      uint32_t op = Get32(req + 4);
+      if (Get32(req) == kRequestMagic && op != kOpRead && size <= kMaxReadBytes) {
+        if (!ServeControl(fd, op, addr, size)) return;
+        continue;
+      }
+      if (Get32(req) != kRequestMagic || op != kOpRead || size > kMaxReadBytes) {
         Put32(resp + 4, kBadRequest);
         SendAll(fd, resp, sizeof(resp));
         return;  // a peer that speaks something else is not worth a second try
@@ -237,8 +251,45 @@ class TcpServer : public Server {
     }
   }
 
+  // The UCX control requests. False when the connection should close.
+  bool ServeControl(int fd, uint32_t op, uint64_t addr, uint64_t size) {
+    char resp[kResponseBytes] = {};
+    Put32(resp, kResponseMagic);
+    std::string blob;
+    uint32_t code = kOk;
+    if (agent_ == nullptr || (op != kOpUcxAddress && op != kOpUcxRkey && op != kOpChecksum)) {
+      code = kBadRequest;
+    } else if (op == kOpUcxAddress) {
+      blob = agent_->worker_address();
+    } else {
+      auto readable = regions_->Readable(addr, op == kOpUcxRkey ? 0 : size);
+      if (!readable.ok()) {
+        code = readable.status().code() == StatusCode::kUnavailable ? kNotVerified : kOutside;
+      } else if (op == kOpChecksum) {
+        Put32(resp + 16, Crc32c(0, reinterpret_cast<const char*>(addr), size));
+        Throttle(size);
+        served_ += size;
+      } else {
+        auto rkey = agent_->PackRkey(*readable);
+        if (!rkey.ok()) {
+          code = kBadRequest;
+        } else {
+          char head[16];
+          Put64(head, readable->addr);
+          Put64(head + 8, readable->size);
+          blob = std::string(head, 16) + *rkey;
+        }
+      }
+    }
+    Put32(resp + 4, code);
+    Put64(resp + 8, blob.size());
+    if (op != kOpChecksum) Put32(resp + 16, Crc32c(blob));
+    return SendAll(fd, resp, sizeof(resp)) && SendAll(fd, blob.data(), blob.size());
+  }
+
   RegionRegistry* regions_;
   ServerOptions o_;
+  std::unique_ptr<RmaAgent> agent_;
   int listen_fd_ = -1;
   int port_ = 0;
   std::atomic<bool> stopping_{false};
@@ -256,6 +307,49 @@ class TcpConnection : public Connection {
   ~TcpConnection() override { ::close(fd_); }
 
   bool broken() const override { return broken_; }
+  const char* transport() const override { return "tcp"; }
+
+  Status Control(uint32_t op, uint64_t addr, uint64_t size, std::string* blob,
+                 uint32_t* crc) override {
+    if (broken_) return Status::Unavailable(peer_ + ": connection already failed");
+    char req[kRequestBytes] = {};
+    Put32(req, kRequestMagic);
+    Put32(req + 4, op);
+    Put64(req + 8, addr);
+    Put64(req + 16, size);
+    if (!SendAll(fd_, req, sizeof(req))) return Fail("send", errno);
+    char resp[kResponseBytes];
+    if (int e = RecvAll(fd_, resp, sizeof(resp)); e != 0) return Fail("receive", e);
+    if (Get32(resp) != kResponseMagic) {
+      broken_ = true;
+      return Status::DataLoss(peer_ + ": not an mx transfer peer");
+    }
+    uint64_t n = Get64(resp + 8);
+    if (n > (1u << 20)) {
+      broken_ = true;
+      return Status::DataLoss(peer_ + ": control answer too large");
+    }
+    blob->resize(n);
+    if (n > 0) {
+      if (int e = RecvAll(fd_, blob->data(), n); e != 0) return Fail("receive", e);
+    }
+    *crc = Get32(resp + 16);
+    switch (Get32(resp + 4)) {
+      case kOk:
+        break;
+      case kNotVerified:
+        return Status::Unavailable(peer_ + ": range not verified yet");
+      case kOutside:
+        return Status::NotFound(peer_ + ": range is outside its registered memory");
+      default:
+        return Status::Unimplemented(peer_ + ": does not offer UCX");
+    }
+    if (op != kOpChecksum && Crc32c(*blob) != *crc) {
+      broken_ = true;
+      return Status::DataLoss(peer_ + ": control answer checksum mismatch");
+    }
+    return Status::OK();
+  }
 
   Status Read(uint64_t remote_addr, uint64_t size, char* dest) override {
     if (broken_) return Status::Unavailable(peer_ + ": connection already failed");
@@ -310,6 +404,21 @@ class TcpConnection : public Connection {
   std::string peer_;
   bool broken_ = false;
 };
+
+// Same host: a loopback address or one of this host's own addresses (bind succeeds).
+bool PeerIsLocal(const std::string& endpoint) {
+  std::string host;
+  int port = 0;
+  if (!ParseTcpEndpoint(endpoint, &host, &port).ok()) return false;
+  auto a = Resolve(host, 0);
+  if (!a.ok()) return false;
+  if ((ntohl(a->sin_addr.s_addr) >> 24) == 127) return true;
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  bool local = ::bind(fd, reinterpret_cast<sockaddr*>(&*a), sizeof(*a)) == 0;
+  ::close(fd);
+  return local;
+}
 
 }  // namespace
 
@@ -386,8 +495,17 @@ Result<std::unique_ptr<Connection>> ConnectTcp(const std::string& endpoint,
 
 Result<std::unique_ptr<Connection>> Connect(const std::string& endpoint,
                                             const ConnectOptions& options) {
-  if (endpoint.rfind("tcp://", 0) == 0) return ConnectTcp(endpoint, options);
-  return Status::InvalidArgument("unsupported transfer endpoint (this build speaks tcp://)");
+  if (endpoint.rfind("tcp://", 0) != 0) {
+    return Status::InvalidArgument("unsupported transfer endpoint (expected tcp://HOST:PORT)");
+  }
+  if (options.transport == "tcp") return ConnectTcp(endpoint, options);
+  if (options.transport == "ucx") return ConnectUcx(endpoint, options);
+  if (UcxBuilt() && PeerIsLocal(endpoint)) {
+    auto ucx = ConnectUcx(endpoint, options);
+    if (ucx.ok()) return ucx;
+    spdlog::debug("p2p: UCX to {} failed, using TCP: {}", endpoint, ucx.status().message());
+  }
+  return ConnectTcp(endpoint, options);
 }
 
 }  // namespace mx::transfer

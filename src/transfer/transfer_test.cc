@@ -64,6 +64,12 @@ TEST(Endpoint, ParsesOnlyTcpHostPort) {
   EXPECT_FALSE(ParseTcpEndpoint("http://h:1", &h, &p).ok());
 }
 
+ConnectOptions TcpOnly() {
+  ConnectOptions o;
+  o.transport = "tcp";
+  return o;
+}
+
 std::vector<char> RandomBytes(size_t n, int seed) {
   std::vector<char> v(n);
   std::mt19937 rng(seed);
@@ -114,6 +120,7 @@ TEST(TcpPull, ByteForByteFromTwoPeersAndMarksVerified) {
     }
   }
   PullOptions o;
+  o.connect.transport = "tcp";
   o.chunk_bytes = 256 << 10;
   o.verified = &mine;
   PullStats stats;
@@ -135,6 +142,7 @@ TEST(TcpPull, PeerStoppedMidTransferIsReplacedByAnother) {
     slow.server->Stop();
   });
   PullOptions o;
+  o.connect.transport = "tcp";
   o.chunk_bytes = 64 << 10;
   PullStats stats;
   Status st = Pull(items, {slow.Peer("slow"), healthy.Peer("healthy")}, o, &stats);
@@ -155,6 +163,7 @@ TEST(TcpPull, FailsWithoutHangingWhenEveryPeerDies) {
     only.server->Stop();
   });
   PullOptions o;
+  o.connect.transport = "tcp";
   o.chunk_bytes = 64 << 10;
   auto t0 = std::chrono::steady_clock::now();
   Status st = Pull(items, {only.Peer("only")}, o, nullptr);
@@ -177,7 +186,7 @@ TEST(TcpPull, PartialPeerServesOnlyVerifiedChunks) {
       partial_regions.MarkVerified(reinterpret_cast<uint64_t>(half.data()), half.size() / 2).ok());
   auto server = StartTcpServer(&partial_regions, {});
   ASSERT_TRUE(server.ok());
-  auto conn = Connect((*server)->endpoint(), {});
+  auto conn = Connect((*server)->endpoint(), TcpOnly());
   ASSERT_TRUE(conn.ok());
   std::vector<char> out(1024);
   EXPECT_TRUE((*conn)->Read(reinterpret_cast<uint64_t>(half.data()), 1024, out.data()).ok());
@@ -196,6 +205,7 @@ TEST(TcpPull, PartialPeerServesOnlyVerifiedChunks) {
   PullPeer s{
       "seed", seed.server->endpoint(), {reinterpret_cast<uint64_t>(seed.tensors[0].data())}, false};
   PullOptions o;
+  o.connect.transport = "tcp";
   o.chunk_bytes = 128 << 10;
   o.swarm_slots = 2;
   o.self_slot = 0;
@@ -213,13 +223,65 @@ TEST(TcpServer, AnswersGarbageWithoutCrashing) {
   std::string host;
   int port = 0;
   ASSERT_TRUE(ParseTcpEndpoint(src.server->endpoint(), &host, &port).ok());
-  auto conn = Connect(src.server->endpoint(), {});
+  auto conn = Connect(src.server->endpoint(), TcpOnly());
   ASSERT_TRUE(conn.ok());
   std::vector<char> out(16);
   // A read past the size limit is refused locally; one outside the regions by the peer.
   EXPECT_FALSE((*conn)->Read(1, kMaxReadBytes + 1, out.data()).ok());
   EXPECT_EQ((*conn)->Read(16, 16, out.data()).code(), StatusCode::kNotFound);
 }
+
+#ifdef MX_HAVE_UCX
+// UCX RMA: shared memory on one host by default, and UCX_TLS forcing TCP must work too.
+void UcxRoundTrip() {
+  Source a, b;
+  std::vector<std::vector<char>> dest;
+  std::vector<PullItem> items;
+  for (auto& t : a.tensors) dest.emplace_back(t.size());
+  for (auto& d : dest) items.push_back({d.data(), d.size()});
+  auto conn = Connect(a.server->endpoint(), [] {
+    ConnectOptions o;
+    o.transport = "ucx";
+    return o;
+  }());
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  EXPECT_STREQ((*conn)->transport(), "ucx");
+  PullOptions o;
+  o.connect.transport = "ucx";
+  o.chunk_bytes = 256 << 10;
+  PullStats stats;
+  Status st = Pull(items, {a.Peer("a"), b.Peer("b")}, o, &stats);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  for (size_t i = 0; i < dest.size(); ++i) EXPECT_EQ(dest[i], a.tensors[i]) << i;
+}
+
+TEST(UcxPull, ByteForByteDefaultTransports) { UcxRoundTrip(); }
+
+TEST(UcxPull, ByteForByteWithUcxTlsForcedToTcp) {
+  ::setenv("UCX_TLS", "tcp", 1);
+  UcxRoundTrip();
+  ::unsetenv("UCX_TLS");
+}
+
+TEST(UcxPull, PartialPeerRefusesUnverifiedRange) {
+  std::vector<char> mem = RandomBytes(1 << 20, 3);
+  RegionRegistry regions;
+  auto base = reinterpret_cast<uint64_t>(mem.data());
+  ASSERT_TRUE(regions.Register({"p", base, mem.size(), -1, ""}, false).ok());
+  ASSERT_TRUE(regions.MarkVerified(base, 4096).ok());
+  auto server = StartTcpServer(&regions, {});
+  ASSERT_TRUE(server.ok());
+  ConnectOptions co;
+  co.transport = "ucx";
+  auto conn = Connect((*server)->endpoint(), co);
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  std::vector<char> out(4096);
+  ASSERT_TRUE((*conn)->Read(base, 4096, out.data()).ok());
+  EXPECT_EQ(0, std::memcmp(out.data(), mem.data(), 4096));
+  EXPECT_EQ((*conn)->Read(base + 4096, 4096, out.data()).code(), StatusCode::kUnavailable);
+  EXPECT_FALSE((*conn)->broken());
+}
+#endif
 
 }  // namespace
 }  // namespace mx::transfer

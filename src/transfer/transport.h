@@ -24,6 +24,20 @@ namespace mx::transfer {
 // The most bytes one read may ask for.
 inline constexpr uint64_t kMaxReadBytes = 64ull << 20;
 
+// The server side of an RMA backend (UCX): memory registration and the keys a peer needs.
+class RmaAgent {
+ public:
+  virtual ~RmaAgent() = default;
+  virtual const std::string& worker_address() const = 0;
+  // The packed remote key of `region` (registered on first use).
+  virtual Result<std::string> PackRkey(const Region& region) = 0;
+};
+
+// True when this build has the UCX backend.
+bool UcxBuilt();
+// Unimplemented without UCX.
+Result<std::unique_ptr<RmaAgent>> StartUcxAgent();
+
 struct ServerOptions {
   std::string host = "127.0.0.1";  // bind and advertise (MX_WORKER_HOST)
   int port = 0;                    // 0 = any free port
@@ -31,6 +45,7 @@ struct ServerOptions {
   int stall_ms = 30000;            // a send blocked this long drops the connection
   int idle_ms = 300000;            // a connection without a request this long is closed
   int max_connections = 256;
+  bool ucx = true;  // also offer UCX RMA reads (when built with UCX)
 };
 
 class Server {
@@ -44,6 +59,9 @@ class Server {
 };
 
 struct ConnectOptions {
+  // "tcp", "ucx", or "auto": UCX when built with it, the peer offers it and the peer is on
+  // this host (shared memory / CMA), else TCP. MX_P2P_TRANSPORT sets it for mx p2p.
+  std::string transport = "auto";
   std::string bind_host;  // local address for the outgoing connection (MX_WORKER_HOST)
   int connect_ms = 3000;
   int stall_ms = 10000;
@@ -57,7 +75,23 @@ class Connection {
   // broken (broken() is true) and must be dropped.
   virtual Status Read(uint64_t remote_addr, uint64_t size, char* dest) = 0;
   virtual bool broken() const = 0;
+  // "tcp" or "ucx".
+  virtual const char* transport() const = 0;
+  // The control requests UCX reads go through (TCP connections only): `op` with `addr` and
+  // `size`; the answer's blob and checksum. Unimplemented elsewhere.
+  virtual Status Control(uint32_t op, uint64_t addr, uint64_t size, std::string* blob,
+                         uint32_t* crc) {
+    return Status::Unimplemented("no control channel");
+  }
 };
+
+// Control operations of the TCP wire (see tcp.cc).
+inline constexpr uint32_t kOpUcxAddress = 2;  // blob: the server's UCX worker address
+inline constexpr uint32_t kOpUcxRkey = 3;     // blob: region base u64, size u64, packed rkey
+inline constexpr uint32_t kOpChecksum = 4;    // crc of a verified range
+
+Result<std::unique_ptr<Connection>> ConnectUcx(const std::string& endpoint,
+                                               const ConnectOptions& options);
 
 Result<std::unique_ptr<Server>> StartTcpServer(RegionRegistry* regions,
                                                const ServerOptions& options);

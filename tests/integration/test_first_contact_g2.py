@@ -157,7 +157,7 @@ class CliBasicsTest(Base):
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertRegex(r.stdout.strip(),
                              rf"^{name} \d+\.\d+\.\d+ \(commit [0-9a-f]{{12}}(\+dirty)?, "
-                             r"CUDA (yes|no), UCX no\)$")
+                             r"CUDA (yes|no), UCX (yes|no)\)$")
 
     def test_serve_is_listed_and_shows_the_server_options(self):
         r = run_mx(["--help"])

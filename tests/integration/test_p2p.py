@@ -99,9 +99,9 @@ class P2pCase(unittest.TestCase):
         e.update(env or {})
         return run([mx_binary(), *args], env=e, timeout=timeout)
 
-    def pull(self, server, *extra, ok=True):
+    def pull(self, server, *extra, ok=True, env=None):
         r = self.mx(server, "p2p", "pull", "--model", MODEL, "--host", "127.0.0.9",
-                    "--verify-against", self.model_dir, "--json", *extra)
+                    "--verify-against", self.model_dir, "--json", *extra, env=env)
         if ok:
             self.assertEqual(r.returncode, 0, r.stderr + r.stdout)
             return json.loads(r.stdout.strip().splitlines()[-1]), r
@@ -131,7 +131,15 @@ class P2pCase(unittest.TestCase):
         self.assertEqual(rep["tensors"], src.info["tensors"])
         self.assertEqual(rep["bytes"], src.info["bytes"])
         self.assertEqual(rep["sources"], [src.info["worker_id"]])
-        self.assertEqual(rep["transport"], "tcp")
+        # Same host: UCX (shared memory) when built with it, else TCP; either can be forced,
+        # and UCX_TLS picks UCX's own transport.
+        ucx = "UCX yes" in run([mx_binary(), "--version"]).stdout
+        self.assertEqual(rep["transport"], "ucx" if ucx else "tcp")
+        rep, _ = self.pull(server, env={"MX_P2P_TRANSPORT": "tcp"})
+        self.assertEqual((rep["transport"], rep["verified"]), ("tcp", True))
+        if ucx:
+            rep, _ = self.pull(server, env={"MX_P2P_TRANSPORT": "ucx", "UCX_TLS": "tcp"})
+            self.assertEqual((rep["transport"], rep["verified"]), ("ucx", True))
 
         # Identity mismatch: refused, naming the first difference.
         _, r = self.pull(server, "--dtype", "float16", ok=False)
