@@ -303,6 +303,108 @@ int RunPull(const P2pFlags& f, const PullArgs& a) {
   return 0;
 }
 
+// --- mx p2p serve-dir / pull-dir ----------------------------------------------------------
+
+struct DirArgs {
+  std::string dir;
+  std::string kind;
+};
+
+void AddArtifactFlags(CLI::App* cmd, P2pFlags* f, DirArgs* a, bool target) {
+  cmd->add_option("--model", f->identity.model, "Model the artifacts belong to")->required();
+  cmd->add_option("--kind", a->kind,
+                  "torch-compile, triton, cuda-graph, deep-gemm, tilelang, cute-dsl, flashinfer, "
+                  "tvm-ffi or lora")
+      ->required();
+  cmd->add_option("--engine-version", f->identity.engine_version,
+                  target ? "Only sources built by this engine version (default: any)"
+                         : "Engine version that produced them, e.g. vllm-0.11.0");
+  cmd->add_option("--gpu-arch", f->identity.gpu_arch,
+                  target ? "Only sources for this GPU architecture (default: any)"
+                         : "GPU architecture, e.g. sm_90");
+  cmd->add_option("--tp-size", f->identity.tp_size, "Tensor-parallel size (default 1)");
+  cmd->add_option("--rank", f->identity.rank, "Worker rank (default 0)");
+}
+
+int RunServeDir(const P2pFlags& flags, const DirArgs& a) {
+  P2pFlags f = flags;
+  Init(f);
+  BlockStopSignals();
+  auto kind = transfer::ArtifactKind(a.kind);
+  if (!kind.ok()) return Fail(f, kind.status());
+  f.identity.source_type = *kind;
+  auto wo = WorkerOptionsFrom(f);
+  if (!wo.ok()) return Fail(f, wo.status());
+  auto c = Connect(f);
+  if (!c.ok()) return Fail(f, c.status());
+  std::vector<std::unique_ptr<char[]>> owned;
+  auto dir = transfer::LoadArtifactDir(a.dir, &owned);
+  if (!dir.ok()) return Fail(f, dir.status());
+  transfer::RegionRegistry regions;
+  uint64_t bytes = 0;
+  for (const auto& file : dir->files) {
+    bytes += file.size;
+    if (file.size == 0) continue;
+    Status st = regions.Register(
+        {file.path, reinterpret_cast<uint64_t>(file.data), file.size, -1, ""}, true);
+    if (!st.ok()) return Fail(f, st);
+  }
+  auto worker = transfer::Worker::Start(c->get(), f.identity, {}, &regions, *wo,
+                                        p2p::SOURCE_STATUS_READY, &*dir);
+  if (!worker.ok()) return Fail(f, worker.status());
+  json out{{"success", true},
+           {"mx_source_id", (*worker)->mx_source_id()},
+           {"worker_id", (*worker)->worker_id()},
+           {"endpoint", (*worker)->grpc_endpoint()},
+           {"artifact_id", dir->artifact_id},
+           {"files", dir->files.size()},
+           {"bytes", bytes}};
+  if (f.json) {
+    std::printf("%s\n", JsonText(out).c_str());
+  } else {
+    std::printf("serving %s (%zu files, %s) as source %s at %s; SIGTERM stops\n",
+                EscapeControl(a.dir).c_str(), dir->files.size(),
+                FormatBytes(static_cast<double>(bytes)).c_str(), (*worker)->mx_source_id().c_str(),
+                (*worker)->grpc_endpoint().c_str());
+  }
+  std::fflush(stdout);
+  WaitStopSignal();
+  (*worker)->Stop();
+  return 0;
+}
+
+int RunPullDir(const P2pFlags& flags, const DirArgs& a) {
+  P2pFlags f = flags;
+  Init(f);
+  auto kind = transfer::ArtifactKind(a.kind);
+  if (!kind.ok()) return Fail(f, kind.status());
+  f.identity.source_type = *kind;
+  auto c = Connect(f);
+  if (!c.ok()) return Fail(f, c.status());
+  auto wo = WorkerOptionsFrom(f);
+  if (!wo.ok()) return Fail(f, wo.status());
+  transfer::PullOptions o;
+  o.connect.bind_host = wo->host;
+  o.deadline = std::chrono::steady_clock::now() + std::chrono::minutes(30);
+  auto pulled = transfer::PullArtifactDir(**c, f.identity, a.dir, o);
+  if (!pulled.ok()) return Fail(f, pulled.status());
+  json out{{"success", true},
+           {"path", a.dir},
+           {"files", pulled->files},
+           {"bytes", pulled->bytes},
+           {"seconds", pulled->seconds},
+           {"sources", pulled->sources},
+           {"verified", true}};
+  if (f.json) {
+    std::printf("%s\n", JsonText(out).c_str());
+  } else {
+    std::printf("%s: %zu files, %s in %.2fs, each verified\n", EscapeControl(a.dir).c_str(),
+                pulled->files, FormatBytes(static_cast<double>(pulled->bytes)).c_str(),
+                pulled->seconds);
+  }
+  return 0;
+}
+
 // --- mx p2p sources ---------------------------------------------------------------------
 
 const char* StatusName(int s) {
@@ -405,6 +507,30 @@ void RegisterP2p(CLI::App& app, int& exit_code) {
                    "Seconds without progress before a source is dropped (default 10)")
       ->check(CLI::Range(0.1, 3600.0));
   pull->callback([pf, pa, &exit_code] { exit_code = RunPull(*pf, *pa); });
+
+  auto df = std::make_shared<P2pFlags>();
+  auto da = std::make_shared<DirArgs>();
+  CLI::App* serve_dir = group->add_subcommand(
+      "serve-dir",
+      "Serve a directory of compiled artifacts (torch.compile, Triton, CUDA-graph caches) to "
+      "peers until SIGTERM");
+  serve_dir->add_option("dir", da->dir, "The directory, e.g. ~/.cache/vllm")->required();
+  AddServerFlags(serve_dir, df.get());
+  AddArtifactFlags(serve_dir, df.get(), da.get(), false);
+  AddWorkerFlags(serve_dir, df.get());
+  serve_dir->callback([df, da, &exit_code] { exit_code = RunServeDir(*df, *da); });
+
+  auto gf = std::make_shared<P2pFlags>();
+  auto ga = std::make_shared<DirArgs>();
+  CLI::App* pull_dir = group->add_subcommand(
+      "pull-dir",
+      "Fetch an artifact directory from a peer into DEST atomically, every file verified");
+  pull_dir->add_option("dest", ga->dir, "Where the directory goes (replaced when it exists)")
+      ->required();
+  AddServerFlags(pull_dir, gf.get());
+  AddArtifactFlags(pull_dir, gf.get(), ga.get(), true);
+  pull_dir->add_option("--host", gf->host, "Local address for the data connections");
+  pull_dir->callback([gf, ga, &exit_code] { exit_code = RunPullDir(*gf, *ga); });
 
   auto lf = std::make_shared<P2pFlags>();
   auto model = std::make_shared<std::string>();

@@ -1,21 +1,26 @@
 #include "transfer/p2p.h"
 
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <random>
 #include <set>
 #include <thread>
 
 #include "common/env.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/text.h"
 #include "common/version.h"
 #include "safetensors/dtype.h"
+#include "transfer/crc32c.h"
 
 namespace mx::transfer {
 
@@ -98,7 +103,9 @@ bool PlausibleHostPort(const std::string& s) {
 p2p::SourceIdentity Identity::ToProto() const {
   p2p::SourceIdentity id;
   id.set_mx_version(Version());
-  id.set_mx_source_type(p2p::MX_SOURCE_TYPE_WEIGHTS);
+  id.set_mx_source_type(static_cast<p2p::MxSourceType>(source_type));
+  id.set_backend_framework_version(engine_version);
+  id.set_gpu_arch(gpu_arch);
   id.set_model_name(model);
   id.set_tensor_parallel_size(tp_size);
   id.set_pipeline_parallel_size(pp_size);
@@ -125,10 +132,7 @@ std::string FirstIdentityDifference(const Identity& want, const p2p::SourceIdent
   };
   for (std::string d : {
            text("model", source.model_name(), want.model, false),
-           source.mx_source_type() != p2p::MX_SOURCE_TYPE_WEIGHTS
-               ? std::string("source type is ") + std::to_string(source.mx_source_type()) +
-                     ", wanted weights (0)"
-               : std::string(),
+           number("source type", source.mx_source_type(), want.source_type),
            text("revision", source.revision(), want.revision, true),
            number("tensor_parallel_size", source.tensor_parallel_size(), want.tp_size),
            number("pipeline_parallel_size", source.pipeline_parallel_size(), want.pp_size),
@@ -137,6 +141,8 @@ std::string FirstIdentityDifference(const Identity& want, const p2p::SourceIdent
            text("dtype", source.dtype(), want.dtype, true),
            text("quantization", source.quantization(), want.quantization, true),
            text("accelerator", source_accelerator, want.accelerator, true),
+           text("engine version", source.backend_framework_version(), want.engine_version, true),
+           text("gpu_arch", source.gpu_arch(), want.gpu_arch, true),
        }) {
     if (!d.empty()) return d;
   }
@@ -180,8 +186,8 @@ Result<WorkerOptions> WorkerOptions::FromEnvironment() {
 
 class WorkerServiceImpl final : public p2p::WorkerService::Service {
  public:
-  explicit WorkerServiceImpl(p2p::GetTensorManifestResponse manifest)
-      : manifest_(std::move(manifest)) {}
+  WorkerServiceImpl(p2p::GetTensorManifestResponse manifest, const ArtifactDir* artifact)
+      : manifest_(std::move(manifest)), artifact_(artifact) {}
 
   grpc::Status GetTensorManifest(grpc::ServerContext*, const p2p::GetTensorManifestRequest* req,
                                  p2p::GetTensorManifestResponse* resp) override {
@@ -192,20 +198,94 @@ class WorkerServiceImpl final : public p2p::WorkerService::Service {
     return grpc::Status::OK;
   }
 
+  // Artifacts: one chunk per file (chunk_index == file_index); the reader pulls each file
+  // from the address PrepareArtifactChunk gives, in pieces, over the transfer engine.
+  grpc::Status GetArtifactManifestHeader(grpc::ServerContext*,
+                                         const p2p::GetArtifactManifestHeaderRequest* req,
+                                         p2p::GetArtifactManifestHeaderResponse* resp) override {
+    if (grpc::Status st = Check(req->mx_source_id(), req->artifact_id()); !st.ok()) return st;
+    resp->set_mx_source_id(manifest_.mx_source_id());
+    resp->set_artifact_id(artifact_->artifact_id);
+    resp->set_manifest_version(1);
+    uint64_t total = 0;
+    for (size_t i = 0; i < artifact_->files.size(); ++i) {
+      const ArtifactFile& f = artifact_->files[i];
+      auto* mf = resp->add_files();
+      mf->set_file_index(static_cast<uint32_t>(i));
+      mf->set_path(f.path);
+      mf->set_size(f.size);
+      mf->set_checksum(CrcHex(f.crc));
+      total += f.size;
+    }
+    resp->set_total_size(total);
+    resp->set_file_count(static_cast<uint32_t>(artifact_->files.size()));
+    resp->set_chunk_count(static_cast<uint32_t>(artifact_->files.size()));
+    resp->set_metadata_endpoint(manifest_.metadata_endpoint());
+    resp->set_agent_name(manifest_.agent_name());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status PrepareArtifactChunk(grpc::ServerContext*,
+                                    const p2p::PrepareArtifactChunkRequest* req,
+                                    p2p::PrepareArtifactChunkResponse* resp) override {
+    if (grpc::Status st = Check(req->mx_source_id(), req->artifact_id()); !st.ok()) return st;
+    if (req->chunk_index() >= artifact_->files.size()) {
+      return grpc::Status(grpc::StatusCode::OUT_OF_RANGE, "no such chunk");
+    }
+    const ArtifactFile& f = artifact_->files[req->chunk_index()];
+    resp->set_mx_source_id(manifest_.mx_source_id());
+    resp->set_artifact_id(artifact_->artifact_id);
+    resp->set_lease_id("static");  // the memory lives as long as the worker
+    auto* c = resp->mutable_chunk();
+    c->set_chunk_index(req->chunk_index());
+    c->set_file_index(req->chunk_index());
+    c->set_length(f.size);
+    c->set_checksum(CrcHex(f.crc));
+    resp->mutable_source()->set_addr(reinterpret_cast<uint64_t>(f.data));
+    resp->mutable_source()->set_length(f.size);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ReleaseArtifactChunk(grpc::ServerContext*,
+                                    const p2p::ReleaseArtifactChunkRequest* req,
+                                    p2p::ReleaseArtifactChunkResponse* resp) override {
+    if (grpc::Status st = Check(req->mx_source_id(), req->artifact_id()); !st.ok()) return st;
+    resp->set_mx_source_id(manifest_.mx_source_id());
+    resp->set_artifact_id(artifact_->artifact_id);
+    return grpc::Status::OK;
+  }
+
+  static std::string CrcHex(uint32_t crc) {
+    char buf[9];
+    std::snprintf(buf, sizeof(buf), "%08x", crc);
+    return buf;
+  }
+
  private:
+  grpc::Status Check(const std::string& source, const std::string& artifact) const {
+    if (artifact_ == nullptr || source != manifest_.mx_source_id() ||
+        artifact != artifact_->artifact_id) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "this worker serves another artifact");
+    }
+    return grpc::Status::OK;
+  }
+
   const p2p::GetTensorManifestResponse manifest_;
+  const ArtifactDir* artifact_;
 };
 
 Result<std::unique_ptr<Worker>> Worker::Start(client::MxClient* client, const Identity& identity,
                                               std::vector<LocalTensor> tensors,
                                               RegionRegistry* regions, const WorkerOptions& options,
-                                              p2p::SourceStatus status) {
+                                              p2p::SourceStatus status,
+                                              const ArtifactDir* artifact) {
   if (client == nullptr) return Status::FailedPrecondition("no mx-server configured");
   std::unique_ptr<Worker> w(new Worker());
   w->client_ = client;
   w->identity_ = identity;
   w->options_ = options;
   w->tensors_ = std::move(tensors);
+  w->artifact_ = artifact;
   w->status_ = status;
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
@@ -244,7 +324,7 @@ Result<std::unique_ptr<Worker>> Worker::Start(client::MxClient* client, const Id
   w->grpc_endpoint_ = options.host + ":" + std::to_string(port);
   MX_RETURN_IF_ERROR(w->Publish());  // INITIALIZING-or-given status; endpoint fixed below
   manifest.set_mx_source_id(w->mx_source_id_);
-  w->service_ = std::make_unique<WorkerServiceImpl>(std::move(manifest));
+  w->service_ = std::make_unique<WorkerServiceImpl>(std::move(manifest), artifact);
   builder.RegisterService(w->service_.get());
   w->grpc_ = builder.BuildAndStart();
   if (w->grpc_ == nullptr || selected == 0) {
@@ -271,7 +351,17 @@ Status Worker::Publish() {
   w->set_agent_name(worker_id_);
   w->set_worker_grpc_endpoint(grpc_endpoint_);
   w->set_accelerator(identity_.accelerator);
-  w->mutable_tensor_source();  // the tensors come from GetTensorManifest
+  if (artifact_ != nullptr) {
+    auto* a = w->mutable_artifact_source();
+    a->set_artifact_id(artifact_->artifact_id);
+    uint64_t total = 0;
+    for (const ArtifactFile& f : artifact_->files) total += f.size;
+    a->set_total_size(total);
+    a->set_file_count(static_cast<uint32_t>(artifact_->files.size()));
+    a->set_chunk_count(static_cast<uint32_t>(artifact_->files.size()));
+  } else {
+    w->mutable_tensor_source();  // the tensors come from GetTensorManifest
+  }
   MX_ASSIGN_OR_RETURN(auto ctx, client_->NewContext(kCallMs));
   p2p::PublishMetadataResponse resp;
   MX_RETURN_IF_ERROR(
@@ -333,6 +423,7 @@ namespace {
 
 struct Candidate {
   std::string mx_source_id, worker_id, grpc_endpoint;
+  std::string artifact_id;
   bool partial = false;
   int slot = -1;
   std::vector<LocalTensor> manifest;  // data = the source's address
@@ -475,6 +566,7 @@ Status ListCandidates(client::MxClient& client, const PullRequest& request,
     c.mx_source_id = ref.mx_source_id();
     c.worker_id = ref.worker_id();
     c.grpc_endpoint = meta.worker().worker_grpc_endpoint();
+    c.artifact_id = meta.worker().artifact_source().artifact_id();
     c.partial = status != p2p::SOURCE_STATUS_READY;
     out->push_back(std::move(c));
   }
@@ -691,6 +783,308 @@ class P2pStrategy : public client::LoadStrategy {
 
 std::unique_ptr<client::LoadStrategy> MakeP2pStrategy(client::MxClient* client, Identity identity) {
   return std::make_unique<P2pStrategy>(client, std::move(identity));
+}
+
+// --- artifacts --------------------------------------------------------------------------
+
+namespace {
+
+constexpr size_t kMaxArtifactFiles = 200000;
+constexpr uint64_t kMaxArtifactBytes = 256ull << 30;
+constexpr size_t kMaxPathBytes = 4096;
+
+// A relative path that stays inside the directory: no absolute path, no empty, "." or ".."
+// component, no control characters, valid UTF-8.
+bool SafeRelativePath(const std::string& path) {
+  if (!PrintableText(path, kMaxPathBytes) || path[0] == '/' ||
+      path.find('\\') != std::string::npos) {
+    return false;
+  }
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string::npos) end = path.size();
+    std::string part = path.substr(start, end - start);
+    if (part.empty() || part == "." || part == "..") return false;
+    start = end + 1;
+  }
+  return true;
+}
+
+Status WriteFile(const std::filesystem::path& path, const char* data, uint64_t size) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::FromErrno(errno, "create " + path.string());
+  uint64_t done = 0;
+  while (done < size) {
+    ssize_t n = ::write(fd, data + done, std::min<uint64_t>(size - done, 1 << 30));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int e = errno;
+      ::close(fd);
+      return Status::FromErrno(e, "write " + path.string());
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0)
+    return Status::FromErrno(errno, "sync " + path.string());
+  return Status::OK();
+}
+
+}  // namespace
+
+Result<int> ArtifactKind(const std::string& kind) {
+  static const std::map<std::string, int> kinds = {
+      {"lora", p2p::MX_SOURCE_TYPE_LORA},
+      {"cuda-graph", p2p::MX_SOURCE_TYPE_CUDA_GRAPH},
+      {"torch-compile", p2p::MX_SOURCE_TYPE_TORCH_COMPILE_CACHE},
+      {"triton", p2p::MX_SOURCE_TYPE_TRITON_CACHE},
+      {"deep-gemm", p2p::MX_SOURCE_TYPE_DEEP_GEMM_CACHE},
+      {"tilelang", p2p::MX_SOURCE_TYPE_TILELANG_CACHE},
+      {"cute-dsl", p2p::MX_SOURCE_TYPE_CUTE_DSL_CACHE},
+      {"flashinfer", p2p::MX_SOURCE_TYPE_FLASHINFER_CACHE},
+      {"tvm-ffi", p2p::MX_SOURCE_TYPE_TVM_FFI_CACHE},
+  };
+  auto it = kinds.find(Lower(kind));
+  if (it == kinds.end()) {
+    return Status::InvalidArgument(
+        "--kind must be one of torch-compile, triton, cuda-graph, "
+        "deep-gemm, tilelang, cute-dsl, flashinfer, tvm-ffi, lora");
+  }
+  return it->second;
+}
+
+Result<ArtifactDir> LoadArtifactDir(const std::string& dir,
+                                    std::vector<std::unique_ptr<char[]>>* owned) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return Status::NotFound(dir + " is not a directory");
+  ArtifactDir out;
+  uint64_t total = 0;
+  fs::recursive_directory_iterator it(dir, fs::directory_options::none, ec), end;
+  if (ec) return Status::IoError("cannot list " + dir + ": " + ec.message());
+  for (; it != end; it.increment(ec)) {
+    if (ec) return Status::IoError("cannot list " + dir + ": " + ec.message());
+    const fs::directory_entry& e = *it;
+    if (e.is_symlink(ec)) {
+      return Status::InvalidArgument(e.path().string() + " is a symbolic link (not served)");
+    }
+    if (e.is_directory(ec)) continue;
+    if (!e.is_regular_file(ec)) {
+      return Status::InvalidArgument(e.path().string() + " is not a regular file");
+    }
+    std::string rel = fs::relative(e.path(), dir, ec).generic_string();
+    if (ec || !SafeRelativePath(rel)) return Status::InvalidArgument("unusable path " + rel);
+    uint64_t size = e.file_size(ec);
+    if (ec) return Status::IoError("cannot stat " + rel);
+    total += size;
+    if (out.files.size() >= kMaxArtifactFiles || total > kMaxArtifactBytes) {
+      return Status::ResourceExhausted(dir + " is too large to serve");
+    }
+    ArtifactFile f;
+    f.path = rel;
+    f.size = size;
+    if (size > 0) {
+      owned->push_back(std::make_unique<char[]>(size));
+      f.data = owned->back().get();
+      std::ifstream in(e.path(), std::ios::binary);
+      if (!in.read(f.data, static_cast<std::streamsize>(size))) {
+        return Status::IoError("cannot read " + e.path().string());
+      }
+    }
+    f.crc = Crc32c(0, f.data, size);
+    out.files.push_back(std::move(f));
+  }
+  std::sort(out.files.begin(), out.files.end(),
+            [](const ArtifactFile& a, const ArtifactFile& b) { return a.path < b.path; });
+  std::string listing;
+  for (const ArtifactFile& f : out.files) {
+    listing += f.path + "\n" + std::to_string(f.size) + "\n" + std::to_string(f.crc) + "\n";
+  }
+  out.artifact_id = Sha256Hex(listing).substr(0, 16);
+  return out;
+}
+
+namespace {
+
+struct RemoteArtifact {
+  Candidate source;
+  std::vector<p2p::ArtifactManifestFile> files;
+  std::vector<uint64_t> addrs;
+};
+
+Result<RemoteArtifact> FetchArtifact(const Candidate& c) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(256 << 20);
+  auto stub = p2p::WorkerService::NewStub(
+      grpc::CreateCustomChannel(c.grpc_endpoint, grpc::InsecureChannelCredentials(), args));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(kCallMs));
+  p2p::GetArtifactManifestHeaderRequest req;
+  req.set_mx_source_id(c.mx_source_id);
+  req.set_artifact_id(c.artifact_id);
+  p2p::GetArtifactManifestHeaderResponse head;
+  MX_RETURN_IF_ERROR(client::FromGrpc(stub->GetArtifactManifestHeader(&ctx, req, &head),
+                                      "GetArtifactManifestHeader from " + c.grpc_endpoint));
+  if (static_cast<size_t>(head.files_size()) > kMaxArtifactFiles) {
+    return Status::InvalidArgument("artifact lists too many files");
+  }
+  RemoteArtifact out;
+  out.source = c;
+  out.source.transfer_endpoint = head.metadata_endpoint();
+  if (head.metadata_endpoint().rfind("tcp://", 0) != 0) {
+    return Status::InvalidArgument("its transfer endpoint is not tcp://");
+  }
+  uint64_t total = 0;
+  std::set<std::string> paths;
+  for (int i = 0; i < head.files_size(); ++i) {
+    const auto& f = head.files(i);
+    if (f.file_index() != static_cast<uint32_t>(i) || !SafeRelativePath(f.path()) ||
+        f.checksum().size() != 8 || !paths.insert(f.path()).second) {
+      return Status::InvalidArgument("artifact manifest entry " + std::to_string(i) +
+                                     " is unusable");
+    }
+    total += f.size();
+    if (total > kMaxArtifactBytes) return Status::InvalidArgument("artifact too large");
+    out.files.push_back(f);
+  }
+  for (const auto& f : out.files) {
+    if (f.size() == 0) {
+      out.addrs.push_back(0);
+      continue;
+    }
+    grpc::ClientContext pctx;
+    pctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(kCallMs));
+    p2p::PrepareArtifactChunkRequest preq;
+    preq.set_mx_source_id(c.mx_source_id);
+    preq.set_artifact_id(c.artifact_id);
+    preq.set_chunk_index(f.file_index());
+    p2p::PrepareArtifactChunkResponse presp;
+    MX_RETURN_IF_ERROR(
+        client::FromGrpc(stub->PrepareArtifactChunk(&pctx, preq, &presp), "PrepareArtifactChunk"));
+    if (presp.source().length() != f.size() || presp.source().addr() == 0) {
+      return Status::InvalidArgument("chunk " + std::to_string(f.file_index()) +
+                                     " has the wrong size");
+    }
+    out.addrs.push_back(presp.source().addr());
+  }
+  return out;
+}
+
+bool SameFiles(const RemoteArtifact& a, const RemoteArtifact& b) {
+  if (a.files.size() != b.files.size()) return false;
+  for (size_t i = 0; i < a.files.size(); ++i) {
+    if (a.files[i].path() != b.files[i].path() || a.files[i].size() != b.files[i].size() ||
+        a.files[i].checksum() != b.files[i].checksum()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+Result<PulledDir> PullArtifactDir(client::MxClient& client, const Identity& identity,
+                                  const std::string& dest, const PullOptions& transfer) {
+  namespace fs = std::filesystem;
+  auto t0 = std::chrono::steady_clock::now();
+  PullRequest request;
+  request.identity = identity;
+  std::vector<Candidate> candidates;
+  std::string difference;
+  size_t listed = 0;
+  MX_RETURN_IF_ERROR(
+      ListCandidates(client, request, p2p::SOURCE_STATUS_READY, &candidates, &difference, &listed));
+  if (listed == 0) {
+    return Status::NotFound("no READY artifact source of " + Printable(identity.model, 200));
+  }
+  if (candidates.empty())
+    return Status::FailedPrecondition("no artifact source matches: " + difference);
+  OrderCandidates(request, &candidates);
+  std::vector<RemoteArtifact> remotes;
+  std::string problem;
+  for (const Candidate& c : candidates) {
+    if (remotes.size() >= 8) break;
+    auto r = FetchArtifact(c);
+    if (r.ok() && !remotes.empty() && !SameFiles(remotes[0], *r)) {
+      r = Status::FailedPrecondition("lists other files than the first source");
+    }
+    if (!r.ok()) {
+      if (problem.empty())
+        problem = "source " + Printable(c.worker_id, 80) + ": " + r.status().message();
+      continue;
+    }
+    remotes.push_back(std::move(*r));
+  }
+  if (remotes.empty()) return Status::Unavailable("no usable artifact source: " + problem);
+
+  const auto& files = remotes[0].files;
+  uint64_t total = 0;
+  for (const auto& f : files) total += f.size();
+  std::vector<char> memory(std::max<uint64_t>(total, 1));
+  std::vector<PullItem> items;
+  uint64_t off = 0;
+  for (const auto& f : files) {
+    items.push_back({memory.data() + off, f.size()});
+    off += f.size();
+  }
+  std::vector<PullPeer> peers;
+  for (const RemoteArtifact& r : remotes) {
+    peers.push_back({r.source.worker_id, r.source.transfer_endpoint, r.addrs, false, -1});
+  }
+  PullOptions options = transfer;
+  MX_ASSIGN_OR_RETURN(options.connect.transport, ChosenTransport());
+  PullStats stats;
+  MX_RETURN_IF_ERROR(Pull(items, peers, options, &stats));
+  for (size_t i = 0; i < files.size(); ++i) {
+    if (WorkerServiceImpl::CrcHex(Crc32c(0, items[i].dest, items[i].size)) != files[i].checksum()) {
+      return Status::DataLoss("file " + files[i].path() + " does not match its checksum");
+    }
+  }
+
+  // Into place atomically: a temporary sibling, then one rename.
+  fs::path target = fs::absolute(dest).lexically_normal();
+  if (target.filename().empty()) target = target.parent_path();
+  std::error_code ec;
+  fs::create_directories(target.parent_path(), ec);
+  fs::path tmp =
+      target.parent_path() / ("." + target.filename().string() + ".mx-tmp-" + RandomHex(4));
+  fs::create_directory(tmp, ec);
+  if (ec) return Status::IoError("cannot create " + tmp.string() + ": " + ec.message());
+  auto cleanup = [&] { fs::remove_all(tmp, ec); };
+  for (size_t i = 0; i < files.size(); ++i) {
+    fs::path p = tmp / files[i].path();
+    fs::create_directories(p.parent_path(), ec);
+    Status st = WriteFile(p, items[i].dest, items[i].size);
+    if (!st.ok()) {
+      cleanup();
+      return st;
+    }
+  }
+  fs::path old;
+  if (fs::exists(target, ec)) {
+    old = target.parent_path() / ("." + target.filename().string() + ".mx-old-" + RandomHex(4));
+    fs::rename(target, old, ec);
+    if (ec) {
+      cleanup();
+      return Status::IoError("cannot move the old " + target.string() + " aside: " + ec.message());
+    }
+  }
+  fs::rename(tmp, target, ec);
+  if (ec) {
+    std::error_code ignored;
+    if (!old.empty()) fs::rename(old, target, ignored);
+    cleanup();
+    return Status::IoError("cannot rename into " + target.string() + ": " + ec.message());
+  }
+  if (!old.empty()) fs::remove_all(old, ec);
+  PulledDir out;
+  out.files = files.size();
+  out.bytes = stats.bytes;
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (const PeerStats& p : stats.peers) {
+    if (p.bytes > 0) out.sources.push_back(p.name);
+  }
+  return out;
 }
 
 }  // namespace mx::transfer

@@ -51,6 +51,10 @@ struct Identity {
   std::string dtype;         // "bfloat16"; on a target, empty matches any
   std::string quantization;  // on a target, empty matches any
   std::string accelerator = "cpu";
+  // Artifacts (mx p2p serve-dir): the MxSourceType, engine version and GPU architecture.
+  int source_type = 0;         // MX_SOURCE_TYPE_WEIGHTS
+  std::string engine_version;  // backend_framework_version; on a target, empty matches any
+  std::string gpu_arch;        // on a target, empty matches any
 
   model_express::p2p::SourceIdentity ToProto() const;
 };
@@ -82,6 +86,18 @@ struct WorkerOptions {
   static Result<WorkerOptions> FromEnvironment();
 };
 
+// A directory served as an artifact source: its files, each in this process's memory.
+struct ArtifactFile {
+  std::string path;  // relative, '/'-separated
+  char* data = nullptr;
+  uint64_t size = 0;
+  uint32_t crc = 0;  // CRC-32C of the whole file
+};
+struct ArtifactDir {
+  std::string artifact_id;
+  std::vector<ArtifactFile> files;
+};
+
 class Worker {
  public:
   // Starts serving `tensors` (whose memory the caller keeps alive until Stop) and publishes
@@ -91,7 +107,8 @@ class Worker {
                                                std::vector<LocalTensor> tensors,
                                                RegionRegistry* regions,
                                                const WorkerOptions& options,
-                                               model_express::p2p::SourceStatus status);
+                                               model_express::p2p::SourceStatus status,
+                                               const ArtifactDir* artifact = nullptr);
   ~Worker();
 
   // Changes the advertised status (sent at once and with every heartbeat).
@@ -114,6 +131,7 @@ class Worker {
   Identity identity_;
   WorkerOptions options_;
   std::vector<LocalTensor> tensors_;
+  const ArtifactDir* artifact_ = nullptr;
   std::string mx_source_id_, worker_id_, grpc_endpoint_;
   std::unique_ptr<Server> transfer_;
   std::unique_ptr<grpc::Server> grpc_;
@@ -161,6 +179,27 @@ Result<PulledModel> PullModel(client::MxClient& client, const PullRequest& reque
 // fields, delivering each tensor through the sink. Skipped (fast, one ListSources call with
 // a short deadline) when no client is configured or no READY source exists.
 std::unique_ptr<client::LoadStrategy> MakeP2pStrategy(client::MxClient* client, Identity identity);
+
+// mx p2p serve-dir --kind: torch-compile, triton, cuda-graph, deep-gemm, tilelang, cute-dsl,
+// flashinfer, tvm-ffi, lora -> MxSourceType. InvalidArgument for another name.
+Result<int> ArtifactKind(const std::string& kind);
+
+// Reads every regular file under `dir` (symlinks and special files are refused) into memory.
+// `owned` keeps the memory.
+Result<ArtifactDir> LoadArtifactDir(const std::string& dir,
+                                    std::vector<std::unique_ptr<char[]>>* owned);
+
+struct PulledDir {
+  size_t files = 0;
+  uint64_t bytes = 0;
+  double seconds = 0;
+  std::vector<std::string> sources;
+};
+// Fetches the artifact directory `identity` names from a READY source into `dest`
+// atomically: into a temporary sibling directory, every file checked against its CRC-32C,
+// then renamed into place (an existing `dest` is replaced only after that succeeded).
+Result<PulledDir> PullArtifactDir(client::MxClient& client, const Identity& identity,
+                                  const std::string& dest, const PullOptions& transfer);
 
 // MX_P2P_TRANSPORT: "auto" (unset: UCX to peers on this host when built with it, else
 // TCP), "tcp" or "ucx"; InvalidArgument for a backend this build lacks.

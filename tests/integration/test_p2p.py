@@ -265,6 +265,42 @@ class P2pCase(unittest.TestCase):
         for rep in reports:
             self.assertEqual(statuses.get(rep["worker_id"]), "READY", statuses)
 
+    def test_artifact_directory_round_trips_exactly(self):
+        s = self.server()
+        cache = self.tmp / "vllm-cache"
+        files = {"torch_compile_cache/abc/rank_0_0/model.py": os.urandom(70000),
+                 "torch_compile_cache/abc/rank_0_0/cache_key": b"k" * 33,
+                 "triton/xyz/kernel.cubin": os.urandom(5 << 20),
+                 "empty.lock": b""}
+        for rel, data in files.items():
+            (cache / rel).parent.mkdir(parents=True, exist_ok=True)
+            (cache / rel).write_bytes(data)
+        w = Worker(["serve-dir", cache, "--model", MODEL, "--kind", "torch-compile",
+                    "--engine-version", "vllm-0.11.0", "--gpu-arch", "sm_90", "--host", "127.0.0.4",
+                    "--worker-port", "0"], {"MODEL_EXPRESS_URL": s.address})
+        self.procs.append(w)
+        info = w.wait_line()
+        self.assertEqual(info["files"], len(files))
+        dest = self.tmp / "restored"
+        dest.mkdir()
+        (dest / "stale-file").write_text("replaced")
+        r = self.mx(s, "p2p", "pull-dir", dest, "--model", MODEL, "--kind", "torch-compile",
+                    "--gpu-arch", "SM_90", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rep = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertEqual((rep["files"], rep["verified"]), (len(files), True))
+        got = {str(p.relative_to(dest)): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+        self.assertEqual(got, files)
+        self.assertEqual([p.name for p in self.tmp.iterdir() if ".mx-" in p.name], [])
+        # Another kind, engine or architecture is refused, naming the difference.
+        r = self.mx(s, "p2p", "pull-dir", self.tmp / "x", "--model", MODEL, "--kind", "triton")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("source type is 3, wanted 4", r.stderr)
+        r = self.mx(s, "p2p", "pull-dir", self.tmp / "x", "--model", MODEL, "--kind", "torch-compile",
+                    "--gpu-arch", "sm_100")
+        self.assertIn("gpu_arch is 'sm_90', wanted 'sm_100'", r.stderr)
+        self.assertFalse((self.tmp / "x").exists())
+
 
 if __name__ == "__main__":
     unittest.main()
