@@ -664,6 +664,8 @@ Result<PulledModel> PullModel(client::MxClient& client, const PullRequest& reque
     void* base =
         mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) return Status::FromErrno(errno, "allocating the model's memory");
+    // Huge pages where the kernel allows: a 512th of the page faults on landing the bytes.
+    madvise(base, map_bytes, MADV_HUGEPAGE);
     out.memory = std::shared_ptr<void>(base, [map_bytes](void* p) { munmap(p, map_bytes); });
     uint64_t off = 0;
     for (LocalTensor& t : local) {

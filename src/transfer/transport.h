@@ -59,8 +59,8 @@ class Server {
 };
 
 struct ConnectOptions {
-  // "tcp", "ucx", or "auto": UCX when built with it, the peer offers it and the peer is on
-  // this host (shared memory / CMA), else TCP. MX_P2P_TRANSPORT sets it for mx p2p.
+  // "tcp", "ucx", or "auto" (= tcp, the faster of the two in bench/p2p.sh on every link
+  // measured so far, same host included). MX_P2P_TRANSPORT sets it for mx p2p.
   std::string transport = "auto";
   std::string bind_host;  // local address for the outgoing connection (MX_WORKER_HOST)
   int connect_ms = 3000;

@@ -132,7 +132,7 @@ class UcxConnection : public Connection {
       ucp_request_param_t p{};
       p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
       p.flags = UCP_EP_CLOSE_FLAG_FORCE;
-      Wait(ucp_ep_close_nbx(ep_, &p), 1000);
+      (void)Wait(ucp_ep_close_nbx(ep_, &p), 1000);
     }
     if (worker_ != nullptr) ucp_worker_destroy(worker_);
     if (ctx_ != nullptr) ucp_cleanup(ctx_);
