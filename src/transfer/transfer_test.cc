@@ -1,4 +1,8 @@
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <random>
@@ -229,6 +233,78 @@ TEST(TcpServer, AnswersGarbageWithoutCrashing) {
   // A read past the size limit is refused locally; one outside the regions by the peer.
   EXPECT_FALSE((*conn)->Read(1, kMaxReadBytes + 1, out.data()).ok());
   EXPECT_EQ((*conn)->Read(16, 16, out.data()).code(), StatusCode::kNotFound);
+}
+
+// A hostile peer on a raw socket: answers one read with a wrong checksum, or never answers.
+class FakePeer {
+ public:
+  explicit FakePeer(bool answer) : answer_(answer) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    ::listen(fd_, 4);
+    socklen_t len = sizeof(a);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] {
+      int c = ::accept(fd_, nullptr, nullptr);
+      if (c < 0) return;
+      char req[32];
+      if (::recv(c, req, sizeof(req), MSG_WAITALL) == sizeof(req) && answer_) {
+        uint64_t size;
+        std::memcpy(&size, req + 16, 8);
+        char resp[24] = {'M', 'X', 'R', '1'};
+        std::memcpy(resp + 8, &size, 8);
+        uint32_t bad_crc = 12345;
+        std::memcpy(resp + 16, &bad_crc, 4);
+        std::vector<char> data(size, 'x');
+        ::send(c, resp, sizeof(resp), MSG_NOSIGNAL);
+        ::send(c, data.data(), data.size(), MSG_NOSIGNAL);
+      }
+      char sink[64];
+      while (::recv(c, sink, sizeof(sink), 0) > 0) {
+      }
+      ::close(c);
+    });
+  }
+  ~FakePeer() {
+    ::shutdown(fd_, SHUT_RDWR);
+    ::close(fd_);
+    thread_.join();
+  }
+  std::string endpoint() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  bool answer_;
+  int fd_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+TEST(TcpConnection, BadChecksumIsDataLossAndBreaksTheConnection) {
+  FakePeer peer(true);
+  auto conn = Connect(peer.endpoint(), TcpOnly());
+  ASSERT_TRUE(conn.ok());
+  std::vector<char> out(1000);
+  Status st = (*conn)->Read(4096, out.size(), out.data());
+  EXPECT_EQ(st.code(), StatusCode::kDataLoss) << st.ToString();
+  EXPECT_TRUE((*conn)->broken());
+}
+
+TEST(TcpConnection, SilentPeerFailsAtTheStallDeadline) {
+  FakePeer peer(false);
+  ConnectOptions o = TcpOnly();
+  o.stall_ms = 300;
+  auto conn = Connect(peer.endpoint(), o);
+  ASSERT_TRUE(conn.ok());
+  std::vector<char> out(1000);
+  auto t0 = std::chrono::steady_clock::now();
+  Status st = (*conn)->Read(4096, out.size(), out.data());
+  EXPECT_EQ(st.code(), StatusCode::kUnavailable) << st.ToString();
+  EXPECT_NE(st.message().find("stalled"), std::string::npos) << st.message();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3));
 }
 
 #ifdef MX_HAVE_UCX

@@ -135,7 +135,7 @@ class P2pCase(unittest.TestCase):
         # own transport.
         ucx = "UCX yes" in run([mx_binary(), "--version"]).stdout
         self.assertEqual(rep["transport"], "tcp")
-        rep, _ = self.pull(server, env={"MX_P2P_TRANSPORT": "tcp"})
+        rep, _ = self.pull(server, "--selector", "rendezvous", env={"MX_P2P_TRANSPORT": "tcp"})
         self.assertEqual((rep["transport"], rep["verified"]), ("tcp", True))
         if ucx:
             rep, _ = self.pull(server, env={"MX_P2P_TRANSPORT": "ucx", "UCX_TLS": "tcp"})
