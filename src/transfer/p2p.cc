@@ -189,9 +189,17 @@ class WorkerServiceImpl final : public p2p::WorkerService::Service {
   WorkerServiceImpl(p2p::GetTensorManifestResponse manifest, const ArtifactDir* artifact)
       : manifest_(std::move(manifest)), artifact_(artifact) {}
 
+  // The id arrives with the first publish, after the server is up: until then every call
+  // answers NOT_FOUND (nobody can know the source yet anyway).
+  void SetSourceId(const std::string& id) {
+    std::lock_guard<std::mutex> l(mu_);
+    manifest_.set_mx_source_id(id);
+  }
+
   grpc::Status GetTensorManifest(grpc::ServerContext*, const p2p::GetTensorManifestRequest* req,
                                  p2p::GetTensorManifestResponse* resp) override {
-    if (req->mx_source_id() != manifest_.mx_source_id()) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (manifest_.mx_source_id().empty() || req->mx_source_id() != manifest_.mx_source_id()) {
       return grpc::Status(grpc::StatusCode::NOT_FOUND, "this worker serves another source");
     }
     *resp = manifest_;
@@ -204,7 +212,7 @@ class WorkerServiceImpl final : public p2p::WorkerService::Service {
                                          const p2p::GetArtifactManifestHeaderRequest* req,
                                          p2p::GetArtifactManifestHeaderResponse* resp) override {
     if (grpc::Status st = Check(req->mx_source_id(), req->artifact_id()); !st.ok()) return st;
-    resp->set_mx_source_id(manifest_.mx_source_id());
+    resp->set_mx_source_id(req->mx_source_id());  // == ours: Check passed
     resp->set_artifact_id(artifact_->artifact_id);
     resp->set_manifest_version(1);
     uint64_t total = 0;
@@ -220,8 +228,11 @@ class WorkerServiceImpl final : public p2p::WorkerService::Service {
     resp->set_total_size(total);
     resp->set_file_count(static_cast<uint32_t>(artifact_->files.size()));
     resp->set_chunk_count(static_cast<uint32_t>(artifact_->files.size()));
-    resp->set_metadata_endpoint(manifest_.metadata_endpoint());
-    resp->set_agent_name(manifest_.agent_name());
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      resp->set_metadata_endpoint(manifest_.metadata_endpoint());
+      resp->set_agent_name(manifest_.agent_name());
+    }
     return grpc::Status::OK;
   }
 
@@ -233,7 +244,7 @@ class WorkerServiceImpl final : public p2p::WorkerService::Service {
       return grpc::Status(grpc::StatusCode::OUT_OF_RANGE, "no such chunk");
     }
     const ArtifactFile& f = artifact_->files[req->chunk_index()];
-    resp->set_mx_source_id(manifest_.mx_source_id());
+    resp->set_mx_source_id(req->mx_source_id());  // == ours: Check passed
     resp->set_artifact_id(artifact_->artifact_id);
     resp->set_lease_id("static");  // the memory lives as long as the worker
     auto* c = resp->mutable_chunk();
@@ -250,7 +261,7 @@ class WorkerServiceImpl final : public p2p::WorkerService::Service {
                                     const p2p::ReleaseArtifactChunkRequest* req,
                                     p2p::ReleaseArtifactChunkResponse* resp) override {
     if (grpc::Status st = Check(req->mx_source_id(), req->artifact_id()); !st.ok()) return st;
-    resp->set_mx_source_id(manifest_.mx_source_id());
+    resp->set_mx_source_id(req->mx_source_id());  // == ours: Check passed
     resp->set_artifact_id(artifact_->artifact_id);
     return grpc::Status::OK;
   }
@@ -263,14 +274,16 @@ class WorkerServiceImpl final : public p2p::WorkerService::Service {
 
  private:
   grpc::Status Check(const std::string& source, const std::string& artifact) const {
-    if (artifact_ == nullptr || source != manifest_.mx_source_id() ||
-        artifact != artifact_->artifact_id) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (artifact_ == nullptr || manifest_.mx_source_id().empty() ||
+        source != manifest_.mx_source_id() || artifact != artifact_->artifact_id) {
       return grpc::Status(grpc::StatusCode::NOT_FOUND, "this worker serves another artifact");
     }
     return grpc::Status::OK;
   }
 
-  const p2p::GetTensorManifestResponse manifest_;
+  mutable std::mutex mu_;
+  p2p::GetTensorManifestResponse manifest_;  // guarded by mu_ (the id is set once)
   const ArtifactDir* artifact_;
 };
 
@@ -320,10 +333,6 @@ Result<std::unique_ptr<Worker>> Worker::Start(client::MxClient* client, const Id
   manifest.set_worker_rank(identity.rank);
   manifest.set_accelerator(identity.accelerator);
   manifest.set_worker_id(w->worker_id_);
-  // The source id does not depend on the manifest: compute it with a first publish.
-  w->grpc_endpoint_ = options.host + ":" + std::to_string(port);
-  MX_RETURN_IF_ERROR(w->Publish());  // INITIALIZING-or-given status; endpoint fixed below
-  manifest.set_mx_source_id(w->mx_source_id_);
   w->service_ = std::make_unique<WorkerServiceImpl>(std::move(manifest), artifact);
   builder.RegisterService(w->service_.get());
   w->grpc_ = builder.BuildAndStart();
@@ -332,8 +341,11 @@ Result<std::unique_ptr<Worker>> Worker::Start(client::MxClient* client, const Id
     return Status::Unavailable("cannot listen for WorkerService on " + options.host + ":" +
                                std::to_string(port) + " (MX_WORKER_GRPC_PORT)");
   }
+  // Listening first, then published once with the real endpoint: a target never sees an
+  // endpoint that does not answer yet.
   w->grpc_endpoint_ = options.host + ":" + std::to_string(selected);
-  MX_RETURN_IF_ERROR(w->Publish());  // now with the real gRPC endpoint
+  MX_RETURN_IF_ERROR(w->Publish());
+  w->service_->SetSourceId(w->mx_source_id_);
   w->heartbeat_ = std::thread([wp = w.get()] { wp->HeartbeatLoop(); });
   return w;
 }
