@@ -4,8 +4,8 @@
 #
 # What it measures (mx-server on 127.0.0.1, workers on their own 127.0.0.x addresses)
 #   a) Same host, 2 GiB (BENCH_SAME_HOST_MIB): one `mx p2p serve` on 127.0.0.2, one
-#      `mx p2p pull` on 127.0.0.3 with the default transport (TCP), and with
-#      MX_P2P_TRANSPORT=ucx (UCX picks shared memory / CMA) for reference; best of 2 each. Peer: one
+#      `mx p2p pull` on 127.0.0.3 with the default transport (cma: the source is a process
+#      on this host), and with MX_P2P_TRANSPORT=tcp and =ucx for reference; best of 2 each. Peer: one
 #      single-threaded memcpy of the same size between two pre-faulted buffers, measured in
 #      the same run. Target: pull >= 0.5x memcpy. The pull's own "seconds" (list, manifest,
 #      transfer, checksums; not process start) is used.

@@ -152,7 +152,7 @@ std::string FirstIdentityDifference(const Identity& want, const p2p::SourceIdent
 Result<std::string> ChosenTransport() {
   std::string t = Lower(GetEnv("MX_P2P_TRANSPORT").value_or("auto"));
   if (t.empty() || t == "auto") return std::string("auto");
-  if (t == "tcp") return t;
+  if (t == "tcp" || t == "cma") return t;
   if (t == "ucx") {
     if (!UcxBuilt()) {
       return Status::InvalidArgument(
@@ -160,7 +160,7 @@ Result<std::string> ChosenTransport() {
     }
     return t;
   }
-  return Status::InvalidArgument("MX_P2P_TRANSPORT must be auto, tcp or ucx, not '" +
+  return Status::InvalidArgument("MX_P2P_TRANSPORT must be auto, tcp, cma or ucx, not '" +
                                  Printable(t, 32) + "'");
 }
 

@@ -201,8 +201,8 @@ struct PulledDir {
 Result<PulledDir> PullArtifactDir(client::MxClient& client, const Identity& identity,
                                   const std::string& dest, const PullOptions& transfer);
 
-// MX_P2P_TRANSPORT: "auto" (unset: TCP, measured faster here), "tcp" or "ucx";
-// InvalidArgument for a backend this build lacks.
+// MX_P2P_TRANSPORT: "auto" (unset: cma for a source on this host, else tcp), "tcp", "cma"
+// or "ucx"; InvalidArgument for a backend this build lacks.
 Result<std::string> ChosenTransport();
 
 }  // namespace mx::transfer

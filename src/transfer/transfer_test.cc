@@ -307,6 +307,45 @@ TEST(TcpConnection, SilentPeerFailsAtTheStallDeadline) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3));
 }
 
+TEST(CmaPull, SameHostPeerIsReadInPlaceByDefault) {
+  Source a, b;
+  auto conn = Connect(a.server->endpoint(), {});  // auto
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  EXPECT_STREQ((*conn)->transport(), "cma");
+  std::vector<std::vector<char>> dest;
+  std::vector<PullItem> items;
+  for (auto& t : a.tensors) dest.emplace_back(t.size());
+  for (auto& d : dest) items.push_back({d.data(), d.size()});
+  PullOptions o;
+  o.chunk_bytes = 256 << 10;
+  PullStats stats;
+  ASSERT_TRUE(Pull(items, {a.Peer("a"), b.Peer("b")}, o, &stats).ok());
+  for (size_t i = 0; i < dest.size(); ++i) EXPECT_EQ(dest[i], a.tensors[i]) << i;
+  EXPECT_EQ(stats.peers[0].transport, "cma");
+}
+
+TEST(CmaPull, RefusesUnverifiedRangeAndAPeerThatIsNotAnMxServer) {
+  std::vector<char> mem = RandomBytes(1 << 20, 4);
+  RegionRegistry regions;
+  auto base = reinterpret_cast<uint64_t>(mem.data());
+  ASSERT_TRUE(regions.Register({"p", base, mem.size(), -1, ""}, false).ok());
+  ASSERT_TRUE(regions.MarkVerified(base, 4096).ok());
+  auto server = StartTcpServer(&regions, {});
+  ASSERT_TRUE(server.ok());
+  ConnectOptions co;
+  co.transport = "cma";
+  auto conn = Connect((*server)->endpoint(), co);
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  std::vector<char> out(4096);
+  ASSERT_TRUE((*conn)->Read(base, 4096, out.data()).ok());
+  EXPECT_EQ(0, std::memcmp(out.data(), mem.data(), 4096));
+  EXPECT_EQ((*conn)->Read(base + 4096, 4096, out.data()).code(), StatusCode::kUnavailable);
+  FakePeer fake(false);
+  ConnectOptions quick = co;
+  quick.stall_ms = 300;
+  EXPECT_FALSE(Connect(fake.endpoint(), quick).ok());
+}
+
 #ifdef MX_HAVE_UCX
 // UCX RMA: shared memory on one host by default, and UCX_TLS forcing TCP must work too.
 void UcxRoundTrip() {

@@ -59,8 +59,8 @@ class Server {
 };
 
 struct ConnectOptions {
-  // "tcp", "ucx", or "auto" (= tcp, the faster of the two in bench/p2p.sh on every link
-  // measured so far, same host included). MX_P2P_TRANSPORT sets it for mx p2p.
+  // "tcp", "ucx", "cma", or "auto": cma when the peer is a process on this host (checked,
+  // not assumed), else tcp. MX_P2P_TRANSPORT sets it for mx p2p.
   std::string transport = "auto";
   std::string bind_host;  // local address for the outgoing connection (MX_WORKER_HOST)
   int connect_ms = 3000;
@@ -89,6 +89,14 @@ class Connection {
 inline constexpr uint32_t kOpUcxAddress = 2;  // blob: the server's UCX worker address
 inline constexpr uint32_t kOpUcxRkey = 3;     // blob: region base u64, size u64, packed rkey
 inline constexpr uint32_t kOpChecksum = 4;    // crc of a verified range
+inline constexpr uint32_t kOpCmaHello = 5;    // blob: pid u64, nonce address u64, nonce
+
+// Same host: reads the peer's memory with process_vm_readv (one kernel copy, no socket),
+// after proving the peer is this host's process: it names its pid and the address of a
+// random nonce, which must read back identical. Unavailable otherwise (another host, another
+// PID namespace, no permission), so callers fall back to TCP.
+Result<std::unique_ptr<Connection>> ConnectCma(const std::string& endpoint,
+                                               const ConnectOptions& options);
 
 Result<std::unique_ptr<Connection>> ConnectUcx(const std::string& endpoint,
                                                const ConnectOptions& options);

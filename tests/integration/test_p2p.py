@@ -131,10 +131,10 @@ class P2pCase(unittest.TestCase):
         self.assertEqual(rep["tensors"], src.info["tensors"])
         self.assertEqual(rep["bytes"], src.info["bytes"])
         self.assertEqual(rep["sources"], [src.info["worker_id"]])
-        # TCP by default (measured faster here); UCX can be forced, and UCX_TLS picks UCX's
-        # own transport.
+        # A source on this host is read in place (cma) by default; tcp and UCX can be forced,
+        # and UCX_TLS picks UCX's own transport.
         ucx = "UCX yes" in run([mx_binary(), "--version"]).stdout
-        self.assertEqual(rep["transport"], "tcp")
+        self.assertEqual(rep["transport"], "cma")
         rep, _ = self.pull(server, "--selector", "rendezvous", env={"MX_P2P_TRANSPORT": "tcp"})
         self.assertEqual((rep["transport"], rep["verified"]), ("tcp", True))
         if ucx:
