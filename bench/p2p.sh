@@ -19,6 +19,8 @@
 #      Target: swarm T(8)/T(1) <= 1.5; seed-only shown beside it (expected near N).
 #   The tc classes are removed at the end (also on error or Ctrl-C). The script refuses to
 #   run when lo already has a root qdisc other than the default (someone else's caps).
+#   While it runs, those caps also slow anything else on 127.0.0.2-3 and 127.0.0.11-18:
+#   do not run the integration tests at the same time.
 #
 # How to run
 #   bash bench/p2p.sh                 # needs root for tc, iperf3, a built mx and mx-server
