@@ -42,7 +42,9 @@ class Puller {
     last_progress_.assign(peers_.size(), std::chrono::steady_clock::now());
     peer_stats_.resize(peers_.size());
     threads_left_.assign(peers_.size(), 0);
-    std::vector<std::thread> threads;
+    // Count every peer before any thread starts: a thread must never see a partial count
+    // (no full source yet would read as "stuck").
+    std::vector<size_t> workers;
     for (size_t p = 0; p < peers_.size(); ++p) {
       peer_stats_[p].name = peers_[p].name;
       if (peers_[p].remote_addr.size() != items_.size()) {
@@ -56,9 +58,15 @@ class Puller {
       }
       ++live_peers_;
       if (!peers_[p].partial) ++live_full_;
-      int n = std::max(1, o_.connections_per_peer);
-      threads_left_[p] = n;
-      for (int k = 0; k < n; ++k) threads.emplace_back([this, p] { Work(p); });
+      threads_left_[p] = std::max(1, o_.connections_per_peer);
+      workers.push_back(p);
+    }
+    std::vector<std::thread> threads;
+    {
+      std::lock_guard<std::mutex> l(mu_);  // the threads start once all are counted
+      for (size_t p : workers) {
+        for (int k = 0; k < threads_left_[p]; ++k) threads.emplace_back([this, p] { Work(p); });
+      }
     }
     for (auto& t : threads) t.join();
     if (stats != nullptr) {
@@ -194,7 +202,11 @@ class Puller {
       if (--threads_left_[p] == 0 || (*conn)->broken()) FailPeer(p, st);
       return;
     }
-    --threads_left_[p];
+    // The peer's last thread leaving early hands its share on (a partial peer's slot goes to
+    // the full sources), so no chunk waits for a peer nobody asks any more.
+    if (--threads_left_[p] == 0 && !Finished()) {
+      FailPeer(p, Status::Unavailable("stopped before the transfer finished"));
+    }
   }
 
   const std::vector<PullItem>& items_;

@@ -292,9 +292,9 @@ class FakePeer {
     });
   }
   ~FakePeer() {
-    ::shutdown(fd_, SHUT_RDWR);
-    ::close(fd_);
+    ::shutdown(fd_, SHUT_RDWR);  // wakes accept(); closed only after the thread is done
     thread_.join();
+    ::close(fd_);
   }
   std::string endpoint() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
 
