@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <mutex>
 #include <random>
 #include <thread>
 #include <vector>
@@ -271,8 +272,16 @@ class FakePeer {
     getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
     port_ = ntohs(a.sin_port);
     thread_ = std::thread([this] {
-      int c = ::accept(fd_, nullptr, nullptr);
+      sockaddr_in from{};
+      socklen_t from_len = sizeof(from);
+      int c = ::accept(fd_, reinterpret_cast<sockaddr*>(&from), &from_len);
       if (c < 0) return;
+      char text[INET_ADDRSTRLEN] = {};
+      inet_ntop(AF_INET, &from.sin_addr, text, sizeof(text));
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        peer_host_ = text;
+      }
       char req[32];
       if (::recv(c, req, sizeof(req), MSG_WAITALL) == sizeof(req) && answer_) {
         uint64_t size;
@@ -297,9 +306,15 @@ class FakePeer {
     ::close(fd_);
   }
   std::string endpoint() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
+  std::string peer_host() {
+    std::lock_guard<std::mutex> l(mu_);
+    return peer_host_;
+  }
 
  private:
   bool answer_;
+  std::mutex mu_;
+  std::string peer_host_;
   int fd_ = -1;
   int port_ = 0;
   std::thread thread_;
@@ -313,6 +328,17 @@ TEST(TcpConnection, BadChecksumIsDataLossAndBreaksTheConnection) {
   Status st = (*conn)->Read(4096, out.size(), out.data());
   EXPECT_EQ(st.code(), StatusCode::kDataLoss) << st.ToString();
   EXPECT_TRUE((*conn)->broken());
+}
+
+TEST(TcpConnection, OutgoingConnectionsBindToTheWorkerHost) {
+  FakePeer peer(true);
+  ConnectOptions o = TcpOnly();
+  o.bind_host = "127.0.0.5";  // MX_WORKER_HOST / --host
+  auto conn = Connect(peer.endpoint(), o);
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  std::vector<char> out(16);
+  (void)(*conn)->Read(4096, out.size(), out.data());  // the accept has happened by now
+  EXPECT_EQ(peer.peer_host(), "127.0.0.5");
 }
 
 TEST(TcpConnection, SilentPeerFailsAtTheStallDeadline) {
