@@ -12,9 +12,9 @@ APT_PACKAGES=(
   libcurl4-openssl-dev libssl-dev libspdlog-dev libfmt-dev libcli11-dev
   nlohmann-json3-dev libgtest-dev libgmock-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
-  libsqlite3-dev libhiredis-dev libyaml-cpp-dev
+  libsqlite3-dev libhiredis-dev libyaml-cpp-dev libucx-dev
   # test and benchmark peers
-  python3 python3-grpcio python3-protobuf python3-cryptography zsh nginx-light aria2 curl time procps openssl redis-server iperf3 awscli fio
+  python3 python3-grpcio python3-protobuf python3-cryptography zsh nginx-light aria2 curl time procps openssl redis-server iperf3 iproute2 awscli fio
   # ... and the deployment checks (tests/integration/test_deploy.py): the official
   # Kubernetes client's models (kubectl: Debian's kubernetes-client, below)
   python3-yaml python3-kubernetes

@@ -7,6 +7,7 @@
 
 #include "cli/commands.h"
 #include "cli/model_commands.h"
+#include "cli/p2p_commands.h"
 #include "cli/tool_commands.h"
 #include "common/log.h"
 #include "common/text.h"
@@ -141,6 +142,7 @@ int main(int argc, char** argv) {
   mx::cli::RegisterModel(app, exit_code);
   mx::cli::RegisterApi(app, exit_code);
   mx::cli::RegisterLoad(app, exit_code);
+  mx::cli::RegisterP2p(app, exit_code);
   mx::cli::RegisterCompletion(app, exit_code);
   // Listed for `mx --help` and completion; the dispatch above runs it.
   app.add_subcommand("serve",

@@ -25,6 +25,7 @@
 #include "common/text.h"
 #include "hub/cache_admin.h"
 #include "streamer/streamer.h"
+#include "transfer/p2p.h"
 
 namespace mx::cli {
 
@@ -647,7 +648,9 @@ int RunLoad(const WorkerFlags& f, const LoadArgs& a) {
   // --digest: one sha256 per tensor, combined in name order, so a caller can compare what
   // reached memory with the files (tensors arrive in any order).
   std::map<std::string, std::string> digests;
-  client::LoaderChain chain = client::MakeDefaultChain(c.get());
+  // p2p first: it skips itself at once without a server or without READY sources.
+  client::LoaderChain chain =
+      client::MakeDefaultChain(c.get(), transfer::MakeP2pStrategy(c.get(), transfer::Identity{}));
   client::LoadReport report;
   auto loaded = chain.Load(
       r,

@@ -1,0 +1,450 @@
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "transfer/crc32c.h"
+#include "transfer/pull.h"
+#include "transfer/region.h"
+#include "transfer/transport.h"
+
+namespace mx::transfer {
+namespace {
+
+TEST(Crc32c, KnownVectors) {
+  EXPECT_EQ(Crc32c("123456789"), 0xE3069283u);
+  EXPECT_EQ(Crc32c(""), 0u);
+  std::string zeros(32, '\0');
+  EXPECT_EQ(Crc32c(zeros), 0x8A9136AAu);  // RFC 3720 B.4
+}
+
+// Bit-at-a-time reference: the definition, independent of both fast paths.
+uint32_t ReferenceCrc32c(const char* p, size_t n) {
+  uint32_t c = ~0u;
+  for (size_t i = 0; i < n; ++i) {
+    c ^= static_cast<uint8_t>(p[i]);
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+  }
+  return ~c;
+}
+
+TEST(Crc32c, MatchesTheBitwiseDefinitionOnLargeBuffers) {
+  std::vector<char> buf(3 * 24576 * 2 + 1234);
+  std::mt19937 rng(7);
+  for (auto& c : buf) c = static_cast<char>(rng());
+  for (size_t off : {0, 1, 5}) {
+    for (size_t n : {size_t{24575}, size_t{24576}, size_t{24576 * 3 + 9}, buf.size() - 5}) {
+      EXPECT_EQ(Crc32c(0, buf.data() + off, n), ReferenceCrc32c(buf.data() + off, n))
+          << off << " " << n;
+    }
+  }
+}
+
+TEST(Crc32c, ExtendsAcrossSplitsAndAlignments) {
+  std::vector<char> buf(100000);
+  std::mt19937 rng(1);
+  for (auto& c : buf) c = static_cast<char>(rng());
+  uint32_t whole = Crc32c(0, buf.data(), buf.size());
+  for (size_t split : {1, 7, 8, 4095, 50001}) {
+    uint32_t part = Crc32c(0, buf.data(), split);
+    EXPECT_EQ(Crc32c(part, buf.data() + split, buf.size() - split), whole) << split;
+  }
+  EXPECT_NE(Crc32c(0, buf.data() + 1, 1000), Crc32c(0, buf.data(), 1000));
+}
+
+TEST(RegionRegistry, RefusesOverlapAndServesOnlyVerified) {
+  std::vector<char> a(1000), b(1000);
+  RegionRegistry r;
+  auto A = reinterpret_cast<uint64_t>(a.data());
+  ASSERT_TRUE(r.Register({"a", A, a.size(), -1, ""}, false).ok());
+  EXPECT_FALSE(r.Register({"a2", A + 10, 10, -1, ""}, true).ok());
+  EXPECT_EQ(r.Readable(A, 10).status().code(), StatusCode::kUnavailable);
+  ASSERT_TRUE(r.MarkVerified(A, 100).ok());
+  ASSERT_TRUE(r.MarkVerified(A + 200, 100).ok());
+  EXPECT_TRUE(r.Readable(A + 10, 90).ok());
+  EXPECT_FALSE(r.Readable(A + 50, 200).ok());  // spans a hole
+  ASSERT_TRUE(r.MarkVerified(A + 100, 100).ok());
+  EXPECT_TRUE(r.Readable(A + 50, 200).ok());  // merged
+  EXPECT_EQ(r.verified_bytes(), 300u);
+  EXPECT_EQ(r.Readable(A + 990, 20).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(r.Readable(reinterpret_cast<uint64_t>(b.data()), 1).status().code(),
+            StatusCode::kNotFound);
+  EXPECT_EQ(r.Readable(UINT64_MAX - 2, 10).status().code(), StatusCode::kNotFound);
+}
+
+TEST(Endpoint, ParsesOnlyTcpHostPort) {
+  std::string h;
+  int p = 0;
+  EXPECT_TRUE(ParseTcpEndpoint("tcp://127.0.0.2:7000", &h, &p).ok());
+  EXPECT_EQ(h, "127.0.0.2");
+  EXPECT_EQ(p, 7000);
+  EXPECT_FALSE(ParseTcpEndpoint("tcp://127.0.0.2", &h, &p).ok());
+  EXPECT_FALSE(ParseTcpEndpoint("tcp://a b:1", &h, &p).ok());
+  EXPECT_FALSE(ParseTcpEndpoint("tcp://h:99999", &h, &p).ok());
+  EXPECT_FALSE(ParseTcpEndpoint("http://h:1", &h, &p).ok());
+}
+
+ConnectOptions TcpOnly() {
+  ConnectOptions o;
+  o.transport = "tcp";
+  return o;
+}
+
+std::vector<char> RandomBytes(size_t n, int seed) {
+  std::vector<char> v(n);
+  std::mt19937 rng(seed);
+  for (auto& c : v) c = static_cast<char>(rng());
+  return v;
+}
+
+struct Source {
+  std::vector<std::vector<char>> tensors;
+  RegionRegistry regions;
+  std::unique_ptr<Server> server;
+
+  explicit Source(uint64_t rate = 0) {
+    tensors.push_back(RandomBytes(3 << 20, 1));
+    tensors.push_back(RandomBytes(12345, 2));
+    tensors.push_back({});
+    for (auto& t : tensors) {
+      if (!t.empty()) {
+        EXPECT_TRUE(
+            regions.Register({"t", reinterpret_cast<uint64_t>(t.data()), t.size(), -1, ""}, true)
+                .ok());
+      }
+    }
+    ServerOptions o;
+    o.max_rate = rate;
+    auto s = StartTcpServer(&regions, o);
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    server = std::move(*s);
+  }
+  PullPeer Peer(const std::string& name) {
+    PullPeer p{name, server->endpoint(), {}, false};
+    for (auto& t : tensors) p.remote_addr.push_back(reinterpret_cast<uint64_t>(t.data()));
+    return p;
+  }
+};
+
+TEST(TcpPull, ByteForByteFromTwoPeersAndMarksVerified) {
+  Source a, b;
+  std::vector<std::vector<char>> dest;
+  std::vector<PullItem> items;
+  RegionRegistry mine;
+  for (auto& t : a.tensors) dest.emplace_back(t.size());
+  for (auto& d : dest) {
+    items.push_back({d.data(), d.size()});
+    if (!d.empty()) {
+      ASSERT_TRUE(
+          mine.Register({"d", reinterpret_cast<uint64_t>(d.data()), d.size(), -1, ""}, false).ok());
+    }
+  }
+  PullOptions o;
+  o.connect.transport = "tcp";
+  o.chunk_bytes = 256 << 10;
+  o.verified = &mine;
+  PullStats stats;
+  Status st = Pull(items, {a.Peer("a"), b.Peer("b")}, o, &stats);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  for (size_t i = 0; i < dest.size(); ++i) EXPECT_EQ(dest[i], a.tensors[i]) << i;
+  EXPECT_EQ(stats.bytes, (3u << 20) + 12345u);
+  EXPECT_EQ(mine.verified_bytes(), stats.bytes);
+}
+
+TEST(TcpPull, PeerStoppedMidTransferIsReplacedByAnother) {
+  Source slow(8 << 20), healthy(8 << 20);  // 8 MiB/s each: about 0.2 s for the 3 MiB
+  std::vector<char> dest(slow.tensors[0].size());
+  std::vector<PullItem> items{{dest.data(), dest.size()}, {nullptr, 0}, {nullptr, 0}};
+  std::vector<char> d1(12345);
+  items[1] = {d1.data(), d1.size()};
+  std::thread killer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(60));
+    slow.server->Stop();
+  });
+  PullOptions o;
+  o.connect.transport = "tcp";
+  o.chunk_bytes = 64 << 10;
+  PullStats stats;
+  Status st = Pull(items, {slow.Peer("slow"), healthy.Peer("healthy")}, o, &stats);
+  killer.join();
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(dest, slow.tensors[0]);
+  EXPECT_EQ(d1, slow.tensors[1]);
+  EXPECT_TRUE(stats.peers[0].failed);
+  EXPECT_GT(stats.peers[1].bytes, 0u);
+}
+
+TEST(TcpPull, FailsWithoutHangingWhenEveryPeerDies) {
+  Source only(4 << 20);
+  std::vector<char> dest(only.tensors[0].size());
+  std::vector<PullItem> items{{dest.data(), dest.size()}, {nullptr, 0}, {nullptr, 0}};
+  std::thread killer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    only.server->Stop();
+  });
+  PullOptions o;
+  o.connect.transport = "tcp";
+  o.chunk_bytes = 64 << 10;
+  auto t0 = std::chrono::steady_clock::now();
+  Status st = Pull(items, {only.Peer("only")}, o, nullptr);
+  killer.join();
+  EXPECT_EQ(st.code(), StatusCode::kUnavailable) << st.ToString();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+}
+
+TEST(TcpPull, PartialPeerServesOnlyVerifiedChunks) {
+  Source seed;
+  // A receiver that has verified only the first half of tensor 0.
+  std::vector<char> half(seed.tensors[0].size());
+  std::memcpy(half.data(), seed.tensors[0].data(), half.size() / 2);
+  RegionRegistry partial_regions;
+  ASSERT_TRUE(
+      partial_regions
+          .Register({"p", reinterpret_cast<uint64_t>(half.data()), half.size(), -1, ""}, false)
+          .ok());
+  ASSERT_TRUE(
+      partial_regions.MarkVerified(reinterpret_cast<uint64_t>(half.data()), half.size() / 2).ok());
+  auto server = StartTcpServer(&partial_regions, {});
+  ASSERT_TRUE(server.ok());
+  auto conn = Connect((*server)->endpoint(), TcpOnly());
+  ASSERT_TRUE(conn.ok());
+  std::vector<char> out(1024);
+  EXPECT_TRUE((*conn)->Read(reinterpret_cast<uint64_t>(half.data()), 1024, out.data()).ok());
+  Status st =
+      (*conn)->Read(reinterpret_cast<uint64_t>(half.data()) + half.size() - 1024, 1024, out.data());
+  EXPECT_EQ(st.code(), StatusCode::kUnavailable);
+  EXPECT_FALSE((*conn)->broken());  // "not verified" keeps the connection
+  EXPECT_EQ((*conn)->Read(8, 16, out.data()).code(), StatusCode::kNotFound);
+
+  // The pull takes the first half from wherever and the rest from the seed only.
+  std::vector<char> dest(half.size());
+  std::vector<PullItem> items{{dest.data(), dest.size()}};
+  // A swarm of two slots: the partial peer owns the odd chunks, but has only those of the
+  // first half; it stops making progress there, so its slot is released to the seed.
+  PullPeer p{"partial", (*server)->endpoint(), {reinterpret_cast<uint64_t>(half.data())}, true, 1};
+  PullPeer s{
+      "seed", seed.server->endpoint(), {reinterpret_cast<uint64_t>(seed.tensors[0].data())}, false};
+  PullOptions o;
+  o.connect.transport = "tcp";
+  o.chunk_bytes = 128 << 10;
+  o.swarm_slots = 2;
+  o.self_slot = 0;
+  o.release_ms = 200;
+  PullStats stats;
+  ASSERT_TRUE(Pull(items, {p, s}, o, &stats).ok());
+  EXPECT_EQ(dest, seed.tensors[0]);
+  // The partial peer sent its verified odd chunks (a quarter), the seed the rest.
+  EXPECT_EQ(stats.peers[0].bytes, half.size() / 4);
+  EXPECT_EQ(stats.peers[1].bytes, half.size() - half.size() / 4);
+}
+
+TEST(TcpServer, AnswersGarbageWithoutCrashing) {
+  Source src;
+  std::string host;
+  int port = 0;
+  ASSERT_TRUE(ParseTcpEndpoint(src.server->endpoint(), &host, &port).ok());
+  auto conn = Connect(src.server->endpoint(), TcpOnly());
+  ASSERT_TRUE(conn.ok());
+  std::vector<char> out(16);
+  // A read past the size limit is refused locally; one outside the regions by the peer.
+  EXPECT_FALSE((*conn)->Read(1, kMaxReadBytes + 1, out.data()).ok());
+  EXPECT_EQ((*conn)->Read(16, 16, out.data()).code(), StatusCode::kNotFound);
+}
+
+// A hostile peer on a raw socket: answers one read with a wrong checksum, or never answers.
+class FakePeer {
+ public:
+  explicit FakePeer(bool answer) : answer_(answer) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    ::listen(fd_, 4);
+    socklen_t len = sizeof(a);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] {
+      sockaddr_in from{};
+      socklen_t from_len = sizeof(from);
+      int c = ::accept(fd_, reinterpret_cast<sockaddr*>(&from), &from_len);
+      if (c < 0) return;
+      char text[INET_ADDRSTRLEN] = {};
+      inet_ntop(AF_INET, &from.sin_addr, text, sizeof(text));
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        peer_host_ = text;
+      }
+      char req[32];
+      if (::recv(c, req, sizeof(req), MSG_WAITALL) == sizeof(req) && answer_) {
+        uint64_t size;
+        std::memcpy(&size, req + 16, 8);
+        char resp[24] = {'M', 'X', 'R', '1'};
+        std::memcpy(resp + 8, &size, 8);
+        uint32_t bad_crc = 12345;
+        std::memcpy(resp + 16, &bad_crc, 4);
+        std::vector<char> data(size, 'x');
+        ::send(c, resp, sizeof(resp), MSG_NOSIGNAL);
+        ::send(c, data.data(), data.size(), MSG_NOSIGNAL);
+      }
+      char sink[64];
+      while (::recv(c, sink, sizeof(sink), 0) > 0) {
+      }
+      ::close(c);
+    });
+  }
+  ~FakePeer() {
+    ::shutdown(fd_, SHUT_RDWR);  // wakes accept(); closed only after the thread is done
+    thread_.join();
+    ::close(fd_);
+  }
+  std::string endpoint() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
+  std::string peer_host() {
+    std::lock_guard<std::mutex> l(mu_);
+    return peer_host_;
+  }
+
+ private:
+  bool answer_;
+  std::mutex mu_;
+  std::string peer_host_;
+  int fd_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+TEST(TcpConnection, BadChecksumIsDataLossAndBreaksTheConnection) {
+  FakePeer peer(true);
+  auto conn = Connect(peer.endpoint(), TcpOnly());
+  ASSERT_TRUE(conn.ok());
+  std::vector<char> out(1000);
+  Status st = (*conn)->Read(4096, out.size(), out.data());
+  EXPECT_EQ(st.code(), StatusCode::kDataLoss) << st.ToString();
+  EXPECT_TRUE((*conn)->broken());
+}
+
+TEST(TcpConnection, OutgoingConnectionsBindToTheWorkerHost) {
+  FakePeer peer(true);
+  ConnectOptions o = TcpOnly();
+  o.bind_host = "127.0.0.5";  // MX_WORKER_HOST / --host
+  auto conn = Connect(peer.endpoint(), o);
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  std::vector<char> out(16);
+  (void)(*conn)->Read(4096, out.size(), out.data());  // the accept has happened by now
+  EXPECT_EQ(peer.peer_host(), "127.0.0.5");
+}
+
+TEST(TcpConnection, SilentPeerFailsAtTheStallDeadline) {
+  FakePeer peer(false);
+  ConnectOptions o = TcpOnly();
+  o.stall_ms = 300;
+  auto conn = Connect(peer.endpoint(), o);
+  ASSERT_TRUE(conn.ok());
+  std::vector<char> out(1000);
+  auto t0 = std::chrono::steady_clock::now();
+  Status st = (*conn)->Read(4096, out.size(), out.data());
+  EXPECT_EQ(st.code(), StatusCode::kUnavailable) << st.ToString();
+  EXPECT_NE(st.message().find("stalled"), std::string::npos) << st.message();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3));
+}
+
+TEST(CmaPull, SameHostPeerIsReadInPlaceByDefault) {
+  Source a, b;
+  auto conn = Connect(a.server->endpoint(), {});  // auto
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  EXPECT_STREQ((*conn)->transport(), "cma");
+  std::vector<std::vector<char>> dest;
+  std::vector<PullItem> items;
+  for (auto& t : a.tensors) dest.emplace_back(t.size());
+  for (auto& d : dest) items.push_back({d.data(), d.size()});
+  PullOptions o;
+  o.chunk_bytes = 256 << 10;
+  PullStats stats;
+  ASSERT_TRUE(Pull(items, {a.Peer("a"), b.Peer("b")}, o, &stats).ok());
+  for (size_t i = 0; i < dest.size(); ++i) EXPECT_EQ(dest[i], a.tensors[i]) << i;
+  EXPECT_EQ(stats.peers[0].transport, "cma");
+}
+
+TEST(CmaPull, RefusesUnverifiedRangeAndAPeerThatIsNotAnMxServer) {
+  std::vector<char> mem = RandomBytes(1 << 20, 4);
+  RegionRegistry regions;
+  auto base = reinterpret_cast<uint64_t>(mem.data());
+  ASSERT_TRUE(regions.Register({"p", base, mem.size(), -1, ""}, false).ok());
+  ASSERT_TRUE(regions.MarkVerified(base, 4096).ok());
+  auto server = StartTcpServer(&regions, {});
+  ASSERT_TRUE(server.ok());
+  ConnectOptions co;
+  co.transport = "cma";
+  auto conn = Connect((*server)->endpoint(), co);
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  std::vector<char> out(4096);
+  ASSERT_TRUE((*conn)->Read(base, 4096, out.data()).ok());
+  EXPECT_EQ(0, std::memcmp(out.data(), mem.data(), 4096));
+  EXPECT_EQ((*conn)->Read(base + 4096, 4096, out.data()).code(), StatusCode::kUnavailable);
+  FakePeer fake(false);
+  ConnectOptions quick = co;
+  quick.stall_ms = 300;
+  EXPECT_FALSE(Connect(fake.endpoint(), quick).ok());
+}
+
+#ifdef MX_HAVE_UCX
+// UCX RMA: shared memory on one host by default, and UCX_TLS forcing TCP must work too.
+void UcxRoundTrip() {
+  Source a, b;
+  std::vector<std::vector<char>> dest;
+  std::vector<PullItem> items;
+  for (auto& t : a.tensors) dest.emplace_back(t.size());
+  for (auto& d : dest) items.push_back({d.data(), d.size()});
+  auto conn = Connect(a.server->endpoint(), [] {
+    ConnectOptions o;
+    o.transport = "ucx";
+    return o;
+  }());
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  EXPECT_STREQ((*conn)->transport(), "ucx");
+  PullOptions o;
+  o.connect.transport = "ucx";
+  o.chunk_bytes = 256 << 10;
+  PullStats stats;
+  Status st = Pull(items, {a.Peer("a"), b.Peer("b")}, o, &stats);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  for (size_t i = 0; i < dest.size(); ++i) EXPECT_EQ(dest[i], a.tensors[i]) << i;
+}
+
+TEST(UcxPull, ByteForByteDefaultTransports) { UcxRoundTrip(); }
+
+TEST(UcxPull, ByteForByteWithUcxTlsForcedToTcp) {
+  ::setenv("UCX_TLS", "tcp", 1);
+  UcxRoundTrip();
+  ::unsetenv("UCX_TLS");
+}
+
+TEST(UcxPull, PartialPeerRefusesUnverifiedRange) {
+  std::vector<char> mem = RandomBytes(1 << 20, 3);
+  RegionRegistry regions;
+  auto base = reinterpret_cast<uint64_t>(mem.data());
+  ASSERT_TRUE(regions.Register({"p", base, mem.size(), -1, ""}, false).ok());
+  ASSERT_TRUE(regions.MarkVerified(base, 4096).ok());
+  auto server = StartTcpServer(&regions, {});
+  ASSERT_TRUE(server.ok());
+  ConnectOptions co;
+  co.transport = "ucx";
+  auto conn = Connect((*server)->endpoint(), co);
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  std::vector<char> out(4096);
+  ASSERT_TRUE((*conn)->Read(base, 4096, out.data()).ok());
+  EXPECT_EQ(0, std::memcmp(out.data(), mem.data(), 4096));
+  EXPECT_EQ((*conn)->Read(base + 4096, 4096, out.data()).code(), StatusCode::kUnavailable);
+  EXPECT_FALSE((*conn)->broken());
+}
+#endif
+
+}  // namespace
+}  // namespace mx::transfer
