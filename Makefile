@@ -57,7 +57,8 @@ sanitize: deps
 	cd build-tsan && $(SAN_ENV) ctest --output-on-failure --timeout 900 -j 2 -L unit
 
 UNIT_TESTS = common_test http_test hub_test safetensors_test storage_test streamer_test \
-             registry_test server_test http_server_test cloud_test client_test
+             registry_test server_test http_server_test cloud_test client_test \
+             transfer_test
 
 clean:
 	rm -rf $(BUILD_DIR) build-asan build-tsan build-fuzz
