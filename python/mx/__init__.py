@@ -152,9 +152,10 @@ def load(model: str, revision: Optional[str] = None, *, device: str = "cpu",
          cache_dir: Optional[PathLike] = None, shared_storage: Optional[bool] = None,
          concurrency: Optional[int] = None, chunk_bytes: Size = None,
          memory_limit: Size = None, direct_io: Optional[bool] = None,
-         queue: int = 4) -> ModelLoad:
-    """Loads a model's weights through the loader chain, as ``mx load`` does: p2p (skipped
-    until this build has a P2P engine), server (``endpoint``, else MODEL_EXPRESS_URL /
+         queue: int = 4, _p2p_only: bool = False) -> ModelLoad:
+    """Loads a model's weights through the loader chain, as ``mx load`` does: p2p (the
+    memory of READY sources of the model on the server, see ``mx.p2p``; skipped when no
+    server is named or none is READY), server (``endpoint``, else MODEL_EXPRESS_URL /
     MODEL_EXPRESS_ENDPOINT; skipped when none is named), uri (``uri``, else MX_MODEL_URI),
     the local cache, then the hub. Each tensor is delivered once, whichever strategy
     finishes the load. ``shared_storage`` defaults to not MODEL_EXPRESS_NO_SHARED_STORAGE.
@@ -162,7 +163,7 @@ def load(model: str, revision: Optional[str] = None, *, device: str = "cpu",
     convert = _tensors.converter(framework, device)
     native = _mx.load(model, revision or "", provider, uri, endpoint or "",
                       os.fspath(cache_dir) if cache_dir else "", shared_storage, concurrency,
-                      _size(chunk_bytes), _size(memory_limit), direct_io, queue)
+                      _size(chunk_bytes), _size(memory_limit), direct_io, queue, _p2p_only)
     return ModelLoad(native, convert)
 
 

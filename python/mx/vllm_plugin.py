@@ -9,8 +9,9 @@ registers the loader class with ``vllm.model_executor.model_loader.register_mode
 ``vllm serve ORG/NAME --load-format mx`` loads the weights through the chain: P2P, then
 mx-server (MODEL_EXPRESS_URL; MODEL_EXPRESS_NO_SHARED_STORAGE streams its files instead of
 reading a shared cache), then MX_MODEL_URI (the streamer, RUNAI_STREAMER_* knobs), then
-the local HF cache, then the hub. After a successful load the worker is published as a P2P
-source (a no-op, logged, until this build has the P2P engine).
+the local HF cache, then the hub. After a successful load, when a server is configured, the
+worker publishes the model's CPU parameters and buffers as a P2P source (``mx.p2p``), so
+the next worker's p2p step can read them; otherwise it logs why not.
 
 vLLM is imported only inside ``register()``: importing this module needs neither vLLM nor
 torch.
@@ -77,17 +78,69 @@ class LoaderLogic:
         else:
             weights = mx.load(name, getattr(model_config, "revision", None), uri=self._uri,
                               endpoint=self._endpoint, cache_dir=self._cache_dir)
+        checkpoint = _Recorded(weights)
         with weights:
             if callable(getattr(model, "load_weights", None)):
-                model.load_weights(_owned(weights) if _memory_limited() else iter(weights))
+                model.load_weights(_owned(checkpoint) if _memory_limited() else checkpoint)
             else:
-                _fill_by_name(model, weights)
+                _fill_by_name(model, checkpoint)
         self.last_report = weights.report
         logger.info("mx: %s loaded (%s tensors) served by %s", name,
                     self.last_report.get("tensors"), self.last_report.get("served_by"))
-        self.published = mx.p2p.publish_source(name, model.named_parameters())
-        if not self.published[0]:
+        self.published = _publish(name, model, self._endpoint, checkpoint.seen)
+        if self.published[0]:
+            logger.info("mx: %s", self.published[1])
+        else:
             logger.info("mx: not published as a P2P source: %s", self.published[1])
+
+
+class _Recorded:
+    """Passes (name, tensor) pairs through, noting each name and shape (not the tensor: a
+    kept reference would hold the streamer's memory)."""
+
+    def __init__(self, pairs: Iterable[Tuple[str, Any]]):
+        self._it = iter(pairs)
+        self.seen: Dict[str, Tuple[int, ...]] = {}
+
+    def __iter__(self) -> "_Recorded":
+        return self
+
+    def __next__(self) -> Tuple[str, Any]:
+        name, tensor = next(self._it)
+        self.seen[name] = tuple(tensor.shape)
+        return name, tensor
+
+
+def _publish(name: str, model: Any, endpoint: Optional[str],
+             checkpoint: Dict[str, Tuple[int, ...]]) -> Any:
+    """Publishes the loaded model's parameters and buffers as a P2P source (when a server
+    is configured), only when they are the checkpoint's tensors by name and shape: a peer's
+    p2p step serves them in place of the checkpoint, so fused or sharded parameters (which
+    a peer's load_weights could not map) are not published. The Source serves their memory
+    and keeps them alive: it is kept on the model too, so it lives as long as the model
+    even when vLLM drops the loader. A tensor that cannot be served (on a GPU, not
+    contiguous) or a server that fails leaves the model loaded and unpublished, with the
+    reason."""
+    import mx
+
+    previous = getattr(model, "_mx_p2p_source", None)
+    if previous is not None:
+        previous.stop()  # reloaded in place: the old source described the old memory
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    mine = {n: tuple(t.shape) for n, t in tensors}
+    if mine != checkpoint:
+        differ = sorted(set(mine.items()) ^ set(checkpoint.items()))
+        return mx.p2p.Source(False, "the model's parameters are not the checkpoint's tensors "
+                             f"(by name and shape, e.g. {differ[0][0]}): a peer could not "
+                             "load them")
+    try:
+        source = mx.p2p.publish_source(name, tensors, endpoint=endpoint)
+    except (ValueError, mx.MxError) as e:
+        logger.warning("mx: publishing %s as a P2P source failed: %s", name, e)
+        return mx.p2p.Source(False, str(e))
+    if source.published:
+        object.__setattr__(model, "_mx_p2p_source", source)
+    return source
 
 
 class _DirectoryLoad:

@@ -13,12 +13,16 @@
 #include <pybind11/stl.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "client/client.h"
@@ -26,12 +30,15 @@
 #include "client/loader_chain.h"
 #include "common/env.h"
 #include "common/log.h"
+#include "common/text.h"
 #include "common/version.h"
 #include "hub/cache.h"
 #include "hub/downloader.h"
 #include "hub/hub_client.h"
 #include "streamer/streamer.h"
 #include "tensor_queue.h"
+#include "transfer/p2p.h"
+#include "transfer/region.h"
 
 namespace py = pybind11;
 
@@ -205,10 +212,12 @@ bool SharedStorage(std::optional<bool> shared_storage) {
   return !EnvIsTruthy("MODEL_EXPRESS_NO_SHARED_STORAGE");
 }
 
-// The P2P hook: when the P2P transfer engine lands, this returns its LoadStrategy (the
-// chain's first step). Until then the chain reports the p2p step as skipped.
-std::unique_ptr<client::LoadStrategy> MakeP2pStrategy() { return nullptr; }
-bool P2pAvailable() { return false; }
+// The chain's first step, as `mx load` builds it: skipped at once without a server or
+// READY sources of the model.
+std::unique_ptr<client::LoadStrategy> MakeP2pStrategy(client::MxClient* client) {
+  return transfer::MakeP2pStrategy(client, transfer::Identity{});
+}
+bool P2pAvailable() { return true; }
 
 std::unique_ptr<TensorStream> Load(std::string model, std::string revision, std::string provider,
                                    std::optional<std::string> uri, std::string endpoint,
@@ -216,7 +225,7 @@ std::unique_ptr<TensorStream> Load(std::string model, std::string revision, std:
                                    std::optional<int> concurrency,
                                    std::optional<std::string> chunk_bytes,
                                    std::optional<std::string> memory_limit,
-                                   std::optional<bool> direct_io, size_t queue) {
+                                   std::optional<bool> direct_io, size_t queue, bool p2p_only) {
   if (Status st = hub::ValidateRepoId(model); !st.ok() && model.find("://") == std::string::npos) {
     Raise(st);
   }
@@ -237,8 +246,13 @@ std::unique_ptr<TensorStream> Load(std::string model, std::string revision, std:
   };
   std::shared_ptr<client::MxClient> c;
   if (ServerConfigured(endpoint)) c = NewClient(endpoint);
-  Producer::Job job = [r = std::move(r), c, load](const std::shared_ptr<TensorQueue>& q) {
-    client::LoaderChain chain = client::MakeDefaultChain(c.get(), MakeP2pStrategy());
+  Producer::Job job = [r = std::move(r), c, load, p2p_only](const std::shared_ptr<TensorQueue>& q) {
+    client::LoaderChain chain;
+    if (p2p_only) {
+      chain.Add(MakeP2pStrategy(c.get()));  // mx.p2p.receive: the P2P step or nothing
+    } else {
+      chain = client::MakeDefaultChain(c.get(), MakeP2pStrategy(c.get()));
+    }
     client::LoadReport report;
     auto loaded = chain.Load(
         r,
@@ -287,6 +301,163 @@ py::dict FetchModel(std::string model, std::string revision, std::string provide
   out["strategy"] = r.strategy;
   return out;
 }
+
+// --- the P2P source side ----------------------------------------------------------------------
+
+// One tensor of mx.p2p.publish_source: (name, address, bytes, safetensors dtype, shape). The
+// memory belongs to a Python object the Python Source keeps alive while this one serves.
+using PublishedTensor =
+    std::tuple<std::string, uintptr_t, uint64_t, std::string, std::vector<uint64_t>>;
+
+constexpr size_t kMaxTensorNameBytes = 1024;
+
+// Names travel to the server and to peers: bounded, valid UTF-8, no control characters.
+bool PrintableText(const std::string& s, size_t max) {
+  if (s.empty() || s.size() > max || !IsValidUtf8(s)) return false;
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f) return false;
+  }
+  return true;
+}
+
+Result<transfer::LocalTensor> ToLocalTensor(const PublishedTensor& in) {
+  const auto& [name, address, bytes, dtype_name, shape] = in;
+  if (!PrintableText(name, kMaxTensorNameBytes)) {
+    return Status::InvalidArgument("tensor name must be 1 to 1024 printable characters");
+  }
+  std::optional<safetensors::DType> dtype = safetensors::ParseDType(dtype_name);
+  if (!dtype) return Status::InvalidArgument(name + ": unknown safetensors dtype " + dtype_name);
+  unsigned __int128 bits = safetensors::DTypeBits(*dtype);
+  for (uint64_t d : shape) {
+    bits *= d;
+    if (bits > (static_cast<unsigned __int128>(1) << 80)) {
+      return Status::InvalidArgument(name + ": shape too large");
+    }
+  }
+  if ((bits + 7) / 8 != bytes) {
+    return Status::InvalidArgument(name + ": " + std::to_string(bytes) +
+                                   " bytes do not match its shape and dtype");
+  }
+  if (bytes > 0 && address == 0) return Status::InvalidArgument(name + ": no memory");
+  transfer::LocalTensor t;
+  t.name = name;
+  t.dtype = *dtype;
+  t.shape = shape;
+  t.data = reinterpret_cast<char*>(address);
+  t.size = bytes;
+  return t;
+}
+
+// The tensors' memory as readable regions. Tensors may share memory (tied weights, views of
+// one storage); regions may not overlap, so overlapping or touching ranges are merged.
+Status RegisterMemory(const std::vector<transfer::LocalTensor>& tensors,
+                      transfer::RegionRegistry* regions) {
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;  // [start, end)
+  for (const auto& t : tensors) {
+    if (t.size == 0) continue;
+    uint64_t start = reinterpret_cast<uint64_t>(t.data);
+    if (start + t.size < start) return Status::InvalidArgument(t.name + ": memory wraps around");
+    ranges.emplace_back(start, start + t.size);
+  }
+  std::sort(ranges.begin(), ranges.end());
+  std::vector<std::pair<uint64_t, uint64_t>> merged;
+  for (const auto& r : ranges) {
+    if (!merged.empty() && r.first <= merged.back().second) {
+      merged.back().second = std::max(merged.back().second, r.second);
+    } else {
+      merged.push_back(r);
+    }
+  }
+  for (size_t i = 0; i < merged.size(); ++i) {
+    MX_RETURN_IF_ERROR(regions->Register({"tensors-" + std::to_string(i), merged[i].first,
+                                          merged[i].second - merged[i].first, -1, ""},
+                                         /*complete=*/true));
+  }
+  return Status::OK();
+}
+
+// A running P2P source: the client, the readable memory and the worker, stopped in that
+// dependency order (the worker first). Stop is idempotent; the destructor stops.
+class P2pSource {
+ public:
+  static std::unique_ptr<P2pSource> Start(std::string model, std::vector<PublishedTensor> in,
+                                          std::string endpoint, std::string revision, uint32_t rank,
+                                          uint32_t tp_size, uint32_t pp_size, uint32_t ep_size,
+                                          std::string dtype, std::string quantization) {
+    if (!PrintableText(model, kMaxTensorNameBytes)) {
+      Raise(Status::InvalidArgument("model must be 1 to 1024 printable characters"));
+    }
+    if (tp_size < 1 || pp_size < 1 || ep_size < 1) {
+      Raise(Status::InvalidArgument("tp_size, pp_size and ep_size must be at least 1"));
+    }
+    std::vector<transfer::LocalTensor> tensors;
+    std::set<std::string> names;
+    for (const auto& t : in) {
+      transfer::LocalTensor local = Unwrap(ToLocalTensor(t));
+      if (!names.insert(local.name).second) {
+        Raise(Status::InvalidArgument("tensor " + local.name + " given twice"));
+      }
+      tensors.push_back(std::move(local));
+    }
+    if (tensors.empty()) Raise(Status::InvalidArgument("no tensors to publish"));
+    transfer::WorkerOptions options = Unwrap(transfer::WorkerOptions::FromEnvironment());
+    transfer::Identity identity;
+    identity.model = std::move(model);
+    identity.revision = std::move(revision);
+    identity.rank = rank;
+    identity.tp_size = tp_size;
+    identity.pp_size = pp_size;
+    identity.ep_size = ep_size;
+    identity.dtype = std::move(dtype);
+    identity.quantization = std::move(quantization);
+
+    auto source = std::unique_ptr<P2pSource>(new P2pSource());
+    source->client_ = NewClient(endpoint);
+    Status st = RegisterMemory(tensors, &source->regions_);
+    if (!st.ok()) Raise(st);
+    Result<std::unique_ptr<transfer::Worker>> worker = Status::Internal("not run");
+    {
+      py::gil_scoped_release release;
+      st = source->client_->Connect();
+      if (st.ok()) {
+        worker = transfer::Worker::Start(source->client_.get(), identity, std::move(tensors),
+                                         &source->regions_, options,
+                                         model_express::p2p::SOURCE_STATUS_READY);
+      }
+    }
+    if (!st.ok()) Raise(st);
+    source->worker_ = Unwrap(std::move(worker));
+    return source;
+  }
+
+  ~P2pSource() {
+    if (worker_ && !stopped_) {
+      py::gil_scoped_release release;
+      Stop();
+    }
+  }
+
+  // Marks the source STALE and stops serving; afterwards the memory is no longer read.
+  void StopReleasingGil() {
+    py::gil_scoped_release release;
+    Stop();
+  }
+
+  const transfer::Worker& worker() const { return *worker_; }
+  bool stopped() const { return stopped_; }
+
+ private:
+  P2pSource() = default;
+  void Stop() {
+    if (worker_) worker_->Stop();  // itself idempotent and thread-safe
+    stopped_ = true;
+  }
+
+  std::unique_ptr<client::MxClient> client_;
+  transfer::RegionRegistry regions_;
+  std::unique_ptr<transfer::Worker> worker_;
+  std::atomic<bool> stopped_{false};
+};
 
 // --- the hub and the local cache --------------------------------------------------------------
 
@@ -376,7 +547,7 @@ PYBIND11_MODULE(_mx, m) {
         py::arg("cache_dir") = "", py::arg("shared_storage") = py::none(),
         py::arg("concurrency") = py::none(), py::arg("chunk_bytes") = py::none(),
         py::arg("memory_limit") = py::none(), py::arg("direct_io") = py::none(),
-        py::arg("queue") = 4);
+        py::arg("queue") = 4, py::arg("p2p_only") = false);
   m.def("fetch_model", &FetchModel, py::arg("model"), py::arg("revision") = "",
         py::arg("provider") = "hugging-face", py::arg("endpoint") = "",
         py::arg("strategy") = "smart-fallback", py::arg("shared_storage") = py::none(),
@@ -393,5 +564,22 @@ PYBIND11_MODULE(_mx, m) {
       "cache_root", [](std::string flag) { return mx::client::ResolveCacheRoot(flag); },
       py::arg("cache_dir") = "");
   m.def("p2p_available", &P2pAvailable);
+  m.def("server_configured", &ServerConfigured, py::arg("endpoint") = "");
+  py::class_<P2pSource>(m, "P2pSource")
+      .def("stop", &P2pSource::StopReleasingGil)
+      .def_property_readonly("stopped", &P2pSource::stopped)
+      .def_property_readonly("mx_source_id",
+                             [](const P2pSource& s) { return s.worker().mx_source_id(); })
+      .def_property_readonly("worker_id", [](const P2pSource& s) { return s.worker().worker_id(); })
+      .def_property_readonly("endpoint",
+                             [](const P2pSource& s) { return s.worker().grpc_endpoint(); })
+      .def_property_readonly("transfer_endpoint",
+                             [](const P2pSource& s) { return s.worker().transfer_endpoint(); })
+      .def_property_readonly("bytes_served",
+                             [](const P2pSource& s) { return s.worker().bytes_served(); });
+  m.def("publish_source", &P2pSource::Start, py::arg("model"), py::arg("tensors"),
+        py::arg("endpoint") = "", py::arg("revision") = "", py::arg("rank") = 0,
+        py::arg("tp_size") = 1, py::arg("pp_size") = 1, py::arg("ep_size") = 1,
+        py::arg("dtype") = "", py::arg("quantization") = "");
   m.def("version", [] { return std::string(mx::Version()); });
 }

@@ -88,7 +88,8 @@ class ApiTest(HubAndServersCase):
         self.assertEqual(weights.report["served_by"], "hub")
         self.assertEqual([s["strategy"] for s in weights.report["steps"]],
                          ["p2p", "server", "uri", "cache", "hub"])
-        self.assertFalse(mx.p2p.available())
+        self.assertTrue(mx.p2p.available())
+        self.assertIn("no server configured", weights.report["steps"][0]["reason"])
 
     def test_the_gil_is_released_while_waiting(self):
         # A server that never answers: fetch_model waits its connect timeout (~3 s) in C++.

@@ -6,6 +6,7 @@ the hub stand-in), saying which one served it."""
 
 from __future__ import annotations
 
+import gc
 import importlib.metadata
 import tempfile
 import threading
@@ -58,6 +59,21 @@ class TinyWithLoadWeights(Tiny):
                 self.seen.append(name)
                 state[name].copy_(tensor)
         return set(self.seen)
+
+
+class Renamed(Tiny):
+    """Parameters under other names than the checkpoint's (as vLLM's fused ones are)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = self.fc
+        del self.fc
+
+    def load_weights(self, weights):
+        state = self.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for name, tensor in weights:
+                state[name.replace("fc.", "lin.")].copy_(tensor)
 
 
 class Three(torch.nn.Module):
@@ -147,8 +163,9 @@ class LoaderChainTest(HubAndServersCase):
     def setUp(self):
         super().setUp()
         reset_vllm()
-        self.env = CleanEnviron(VLLM_PLUGINS="modelexpress",
-                                HF_ENDPOINT=self.hub.endpoint).__enter__()
+        # A worker publishes itself after a load when a server is configured: on loopback.
+        self.env = CleanEnviron(VLLM_PLUGINS="modelexpress", HF_ENDPOINT=self.hub.endpoint,
+                                MX_WORKER_HOST="127.0.0.4", MX_WORKER_GRPC_PORT="0").__enter__()
         vllm.plugins.load_general_plugins()
 
     def tearDown(self):
@@ -191,7 +208,10 @@ class LoaderChainTest(HubAndServersCase):
         self.assertEqual(loader.last_report["warnings"], [])
         self.assert_weights_from_file(model)
         self.assertIsNotNone(mx.cache_path("org/tiny", cache_dir=cache))
-        self.assertEqual(loader.published, (False, "this build has no P2P transfer engine"))
+        # Published as a P2P source after the load; stopped before its server is.
+        self.assertTrue(loader.published[0], loader.published)
+        self.assertIs(model._mx_p2p_source, loader.published)
+        loader.published.stop()
 
         # 2. The server is down: MX_MODEL_URI (a plain directory), into an empty cache.
         server.stop()
@@ -222,6 +242,37 @@ class LoaderChainTest(HubAndServersCase):
         self.assert_weights_from_file(model)
         self.assertEqual(sorted(model.seen), sorted(self.layout))  # its own load_weights ran
         self.assertIsNotNone(mx.cache_path("org/tiny", cache_dir=empty))
+
+    def test_p2p_serves_a_second_worker_after_a_first_published(self):
+        server = self.server()
+        self.env.set(MODEL_EXPRESS_URL=f"http://{server.address}",
+                     MODEL_EXPRESS_NO_SHARED_STORAGE="1",
+                     MODEL_EXPRESS_CACHE_DIRECTORY=self.worker_cache())
+        first, first_model = self.load()
+        self.assertEqual(first.last_report["served_by"], "server")
+        self.assertTrue(first.published[0], first.published)
+        self.assertTrue(first.published.endpoint.startswith("127.0.0.4:"))
+        del first  # the model alone keeps its source alive (vLLM may drop the loader)
+        gc.collect()
+        self.assertTrue(first_model._mx_p2p_source.serving)
+
+        # A second worker with an empty cache and no hub: the p2p step serves it, from the
+        # first worker's parameters and buffers.
+        self.env.set(MODEL_EXPRESS_CACHE_DIRECTORY=self.worker_cache(),
+                     HF_ENDPOINT="http://127.0.0.1:9")
+        self.hub.reset()
+        second, model = self.load(model_cls=TinyWithLoadWeights)
+        self.assertEqual(self.outcomes(second.last_report), [("p2p", "served")])
+        self.assert_weights_from_file(model)
+        self.assertEqual(sorted(model.seen), sorted(self.layout))
+        self.assertEqual(self.hub.stats().get("requests", 0), 0)
+        # A model whose parameters are not the checkpoint's names is not published.
+        third, _ = self.load(model_cls=Renamed)
+        self.assertEqual(third.last_report["served_by"], "p2p")
+        self.assertFalse(third.published[0])
+        self.assertIn("not the checkpoint's tensors", third.published[1])
+        second.published.stop()
+        first_model._mx_p2p_source.stop()
 
     def test_no_strategy_left_fails_with_every_reason(self):
         self.env.set(MODEL_EXPRESS_CACHE_DIRECTORY=self.worker_cache(), HF_HUB_OFFLINE="1")
