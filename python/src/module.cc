@@ -448,14 +448,18 @@ class P2pSource {
 
  private:
   P2pSource() = default;
+  // Serialized: a second caller returns only once the servers are down, so that Python may
+  // release the tensors after any stop() returned.
   void Stop() {
-    if (worker_) worker_->Stop();  // itself idempotent and thread-safe
+    std::lock_guard<std::mutex> l(stop_mu_);
+    if (worker_) worker_->Stop();
     stopped_ = true;
   }
 
   std::unique_ptr<client::MxClient> client_;
   transfer::RegionRegistry regions_;
   std::unique_ptr<transfer::Worker> worker_;
+  std::mutex stop_mu_;
   std::atomic<bool> stopped_{false};
 };
 
