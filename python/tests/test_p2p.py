@@ -121,6 +121,13 @@ class P2pTest(unittest.TestCase):
         self.assertEqual(weights.report["served_by"], "p2p")
         self.assertEqual(got, want)
 
+        # Served from the tensors' own memory, not a copy: a change in place is what a
+        # peer reads next.
+        tensors["ids"][1, 2] = 1234
+        with mx.p2p.receive(MODEL) as weights:
+            again = dict(weights)
+        self.assertEqual(int(again["ids"][1, 2]), 1234)
+
         source.stop()
         self.assertFalse(source.serving)
         self.assertEqual(self.sources(MODEL, "--ready"), [])
