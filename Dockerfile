@@ -23,7 +23,7 @@ RUN apt-get update \
       libcurl4-openssl-dev libssl-dev libspdlog-dev libfmt-dev libcli11-dev \
       nlohmann-json3-dev libgtest-dev libgmock-dev \
       libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc \
-      libsqlite3-dev libhiredis-dev libyaml-cpp-dev \
+      libsqlite3-dev libhiredis-dev libyaml-cpp-dev libucx-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -43,6 +43,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       ca-certificates libcurl4 libssl3 libgrpc++1.51 libgrpc29 libabsl20220623 \
       libprotobuf32 libspdlog1.10 libfmt9 libyaml-cpp0.7 libhiredis0.14 libsqlite3-0 \
+      libucx0 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 mx \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/mx --create-home \
