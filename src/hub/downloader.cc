@@ -97,6 +97,17 @@ struct Target {
     Abandon();
   }
 
+  // The file failed verification or could not be made durable: its bytes are worthless, so
+  // the temp file and its progress record go, the claim is given up, and `why` is kept.
+  void Discard(Status why) {
+    ::close(fd);
+    fd = -1;
+    ::unlink(temp_path.c_str());
+    progress.Remove();
+    owned.Release();
+    verify_status = std::move(why);
+  }
+
   TreeEntry entry;
   std::string final_path;
   std::string temp_dir;
@@ -524,21 +535,13 @@ void Downloader::HashRange(Target& t, uint64_t from, uint64_t to) {
 
 void Downloader::Verify(Target& t, VerifyPool& publisher) {
   const TreeEntry& e = t.entry;
-  auto fail = [&](Status st) {
-    ::close(t.fd);
-    t.fd = -1;
-    ::unlink(t.temp_path.c_str());
-    t.progress.Remove();
-    t.owned.Release();
-    t.verify_status = std::move(st);
-  };
-  if (!t.verify_status.ok()) return fail(t.verify_status);
+  if (!t.verify_status.ok()) return t.Discard(t.verify_status);
   if (t.hash_submitted != e.size)
-    return fail(Status::Internal(e.path + ": hashed only part of the file"));
+    return t.Discard(Status::Internal(e.path + ": hashed only part of the file"));
   std::string digest = t.hasher->FinalHex();
   if (digest != e.etag()) {
-    return fail(Status::DataLoss(e.path + ": hash mismatch (expected " + e.etag() + ", got " +
-                                 digest + ")"));
+    return t.Discard(Status::DataLoss(e.path + ": hash mismatch (expected " + e.etag() + ", got " +
+                                      digest + ")"));
   }
   publisher.Submit([this, &t] { PublishBlob(t); });
 }
@@ -546,17 +549,9 @@ void Downloader::Verify(Target& t, VerifyPool& publisher) {
 // Publisher thread (several run at once, each on its own target).
 void Downloader::PublishBlob(Target& t) {
   const TreeEntry& e = t.entry;
-  auto fail = [&](Status st) {
-    ::close(t.fd);
-    t.fd = -1;
-    ::unlink(t.temp_path.c_str());
-    t.progress.Remove();
-    t.owned.Release();
-    t.verify_status = std::move(st);
-  };
   ::fchmod(t.fd, DefaultFileMode());
   // Durable before visible: after a power loss a blob is either absent or whole.
-  if (::fdatasync(t.fd) != 0) return fail(Status::FromErrno(errno, "fsync " + t.temp_path));
+  if (::fdatasync(t.fd) != 0) return t.Discard(Status::FromErrno(errno, "fsync " + t.temp_path));
   ::close(t.fd);
   t.fd = -1;
   Status st = MakeDirs(DirName(t.final_path));

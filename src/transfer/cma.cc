@@ -12,12 +12,6 @@
 namespace mx::transfer {
 namespace {
 
-uint64_t Get64(const char* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
-
 class CmaConnection : public Connection {
  public:
   CmaConnection(std::unique_ptr<Connection> control, std::string peer, pid_t pid)

@@ -39,19 +39,6 @@ constexpr size_t kRequestBytes = 32;
 constexpr size_t kResponseBytes = 24;
 enum Code : uint32_t { kOk = 0, kOutside = 1, kNotVerified = 2, kBadRequest = 3 };
 
-void Put32(char* p, uint32_t v) { std::memcpy(p, &v, 4); }
-void Put64(char* p, uint64_t v) { std::memcpy(p, &v, 8); }
-uint32_t Get32(const char* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-uint64_t Get64(const char* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
-
 void SetTimeouts(int fd, int ms) {
   timeval tv{ms / 1000, (ms % 1000) * 1000};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -322,18 +309,8 @@ class TcpConnection : public Connection {
   Status Control(uint32_t op, uint64_t addr, uint64_t size, std::string* blob,
                  uint32_t* crc) override {
     if (broken_) return Status::Unavailable(peer_ + ": connection already failed");
-    char req[kRequestBytes] = {};
-    Put32(req, kRequestMagic);
-    Put32(req + 4, op);
-    Put64(req + 8, addr);
-    Put64(req + 16, size);
-    if (!SendAll(fd_, req, sizeof(req))) return Fail("send", errno);
     char resp[kResponseBytes];
-    if (int e = RecvAll(fd_, resp, sizeof(resp)); e != 0) return Fail("receive", e);
-    if (Get32(resp) != kResponseMagic) {
-      broken_ = true;
-      return Status::DataLoss(peer_ + ": not an mx transfer peer");
-    }
+    MX_RETURN_IF_ERROR(Exchange(op, addr, size, resp));
     uint64_t n = Get64(resp + 8);
     if (n > (1u << 20)) {
       broken_ = true;
@@ -364,18 +341,8 @@ class TcpConnection : public Connection {
   Status Read(uint64_t remote_addr, uint64_t size, char* dest) override {
     if (broken_) return Status::Unavailable(peer_ + ": connection already failed");
     if (size > kMaxReadBytes) return Status::InvalidArgument("read larger than 64 MiB");
-    char req[kRequestBytes] = {};
-    Put32(req, kRequestMagic);
-    Put32(req + 4, kOpRead);
-    Put64(req + 8, remote_addr);
-    Put64(req + 16, size);
-    if (!SendAll(fd_, req, sizeof(req))) return Fail("send", errno);
     char resp[kResponseBytes];
-    if (int e = RecvAll(fd_, resp, sizeof(resp)); e != 0) return Fail("receive", e);
-    if (Get32(resp) != kResponseMagic) {
-      broken_ = true;
-      return Status::DataLoss(peer_ + ": not an mx transfer peer");
-    }
+    MX_RETURN_IF_ERROR(Exchange(kOpRead, remote_addr, size, resp));
     switch (Get32(resp + 4)) {
       case kOk:
         break;
@@ -401,6 +368,22 @@ class TcpConnection : public Connection {
   }
 
  private:
+  // Sends one request and receives the fixed-size answer header into `resp`.
+  Status Exchange(uint32_t op, uint64_t addr, uint64_t size, char* resp) {
+    char req[kRequestBytes] = {};
+    Put32(req, kRequestMagic);
+    Put32(req + 4, op);
+    Put64(req + 8, addr);
+    Put64(req + 16, size);
+    if (!SendAll(fd_, req, sizeof(req))) return Fail("send", errno);
+    if (int e = RecvAll(fd_, resp, kResponseBytes); e != 0) return Fail("receive", e);
+    if (Get32(resp) != kResponseMagic) {
+      broken_ = true;
+      return Status::DataLoss(peer_ + ": not an mx transfer peer");
+    }
+    return Status::OK();
+  }
+
   Status Fail(const char* what, int err) {
     broken_ = true;
     std::string why = err == -1 ? "connection closed"

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -20,6 +21,20 @@
 #include "transfer/region.h"
 
 namespace mx::transfer {
+
+// Little-endian fields of the backends' wire messages (x86-64 and arm64 hosts only).
+inline void Put32(char* p, uint32_t v) { std::memcpy(p, &v, 4); }
+inline void Put64(char* p, uint64_t v) { std::memcpy(p, &v, 8); }
+inline uint32_t Get32(const char* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+inline uint64_t Get64(const char* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
 
 // The most bytes one read may ask for.
 inline constexpr uint64_t kMaxReadBytes = 64ull << 20;

@@ -116,12 +116,6 @@ class UcxAgent : public RmaAgent {
   std::map<uint64_t, Mapping> maps_;
 };
 
-uint64_t Get64(const char* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
-
 class UcxConnection : public Connection {
  public:
   UcxConnection(std::unique_ptr<Connection> control, std::string peer, int stall_ms)
