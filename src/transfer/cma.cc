@@ -3,6 +3,7 @@
 // where an unverified range is refused) checks every chunk, as on the other transports.
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -20,17 +21,26 @@ class CmaConnection : public Connection {
   bool broken() const override { return broken_ || control_->broken(); }
   const char* transport() const override { return "cma"; }
 
-  Status Read(uint64_t remote_addr, uint64_t size, char* dest) override {
+  void MarkBroken() override { broken_ = true; }
+
+  Status ReadChecked(uint64_t remote_addr, uint64_t size, char* dest, bool fresh,
+                     uint32_t* crc_out) override {
     if (broken()) return Status::Unavailable(peer_ + ": connection already failed");
     if (size > kMaxReadBytes) return Status::InvalidArgument("read larger than 64 MiB");
     std::string unused;
     uint32_t want = 0;
-    MX_RETURN_IF_ERROR(control_->Control(kOpChecksum, remote_addr, size, &unused, &want));
-    MX_RETURN_IF_ERROR(Copy(remote_addr, size, dest));
-    if (Crc32c(0, dest, size) != want) {
-      broken_ = true;
-      return Status::DataLoss(peer_ + ": chunk checksum mismatch (cma)");
+    MX_RETURN_IF_ERROR(control_->Control(fresh ? kOpFreshChecksum : kOpChecksum, remote_addr, size,
+                                         &unused, &want));
+    // Copied and checked a piece at a time: the CRC reads each piece from the cache.
+    uint32_t crc = 0;
+    for (uint64_t done = 0; done < size;) {
+      uint64_t n = std::min(kCrcPieceBytes, size - done);
+      MX_RETURN_IF_ERROR(Copy(remote_addr + done, n, dest + done));
+      crc = Crc32c(crc, dest + done, n);
+      done += n;
     }
+    if (crc != want) return Status::DataLoss(peer_ + ": chunk checksum mismatch (cma)");
+    if (crc_out != nullptr) *crc_out = crc;
     return Status::OK();
   }
 

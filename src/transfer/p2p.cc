@@ -308,6 +308,12 @@ Result<std::unique_ptr<Worker>> Worker::Start(client::MxClient* client, const Id
   so.host = options.host;
   so.max_rate = options.max_rate;
   MX_ASSIGN_OR_RETURN(w->transfer_, StartTcpServer(regions, so));
+  // A loaded source checksums each chunk once, on every core, before anyone can ask: peers
+  // then wait only for the copy (a receiver remembers the CRCs it verified instead).
+  if (status == p2p::SOURCE_STATUS_READY) {
+    regions->PrecomputeChecksums(
+        kDefaultChunkBytes, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  }
 
   // The manifest is fixed once the memory is: build it once.
   p2p::GetTensorManifestResponse manifest;

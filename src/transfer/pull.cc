@@ -164,10 +164,12 @@ class Puller {
       l.unlock();
       const Chunk& ch = chunks_[c];
       const PullItem& item = items_[ch.item];
-      Status st =
-          (*conn)->Read(peer.remote_addr[ch.item] + ch.offset, ch.size, item.dest + ch.offset);
+      uint32_t crc = 0;
+      Status st = (*conn)->Read(peer.remote_addr[ch.item] + ch.offset, ch.size,
+                                item.dest + ch.offset, &crc);
       if (st.ok() && o_.verified != nullptr) {
-        st = o_.verified->MarkVerified(reinterpret_cast<uint64_t>(item.dest + ch.offset), ch.size);
+        st = o_.verified->MarkVerified(reinterpret_cast<uint64_t>(item.dest + ch.offset), ch.size,
+                                       crc);
       }
       l.lock();
       if (st.ok()) {

@@ -40,8 +40,11 @@ struct PullPeer {
   int slot = -1;  // its swarm slot; a partial peer without one is not used
 };
 
+// The chunk a pull reads and checks at once; sources precompute their CRCs at this grain.
+inline constexpr uint64_t kDefaultChunkBytes = 4ull << 20;
+
 struct PullOptions {
-  uint64_t chunk_bytes = 4ull << 20;
+  uint64_t chunk_bytes = kDefaultChunkBytes;
   int connections_per_peer = 4;
   ConnectOptions connect;
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();

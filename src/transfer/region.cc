@@ -1,9 +1,18 @@
 #include "transfer/region.h"
 
+#include <algorithm>
+#include <atomic>
+#include <thread>
+
+#include "transfer/crc32c.h"
+
 namespace mx::transfer {
 
 namespace {
 bool RangeOverflows(uint64_t addr, uint64_t size) { return addr + size < addr; }
+
+// One remembered CRC per this many bytes of a region, at most.
+constexpr uint64_t kCrcGrain = 64 << 10;
 }  // namespace
 
 Status RegionRegistry::Register(const Region& region, bool complete) {
@@ -22,7 +31,7 @@ Status RegionRegistry::Register(const Region& region, bool complete) {
                                      prev->second.region.name);
     }
   }
-  Entry e{region, {}};
+  Entry e{region, {}, {}};
   if (complete && region.size > 0) e.verified[region.addr] = region.addr + region.size;
   regions_[region.addr] = std::move(e);
   return Status::OK();
@@ -43,11 +52,12 @@ const RegionRegistry::Entry* RegionRegistry::FindLocked(uint64_t addr, uint64_t 
   return &it->second;
 }
 
-Status RegionRegistry::MarkVerified(uint64_t addr, uint64_t size) {
+Status RegionRegistry::MarkVerified(uint64_t addr, uint64_t size, std::optional<uint32_t> crc) {
   std::lock_guard<std::mutex> l(mu_);
   const Entry* found = FindLocked(addr, size);
   if (found == nullptr) return Status::InvalidArgument("verified range outside every region");
   if (size == 0) return Status::OK();
+  if (crc.has_value()) RememberLocked(const_cast<Entry*>(found), addr, size, *crc);
   auto& v = const_cast<Entry*>(found)->verified;
   uint64_t start = addr, end = addr + size;
   // Merge with every interval that touches [start, end).
@@ -62,18 +72,76 @@ Status RegionRegistry::MarkVerified(uint64_t addr, uint64_t size) {
   return Status::OK();
 }
 
-Result<Region> RegionRegistry::Readable(uint64_t addr, uint64_t size) const {
-  std::lock_guard<std::mutex> l(mu_);
-  const Entry* e = FindLocked(addr, size);
+Status RegionRegistry::ReadableLocked(const Entry* e, uint64_t addr, uint64_t size) const {
   if (e == nullptr) return Status::NotFound("range is outside every registered region");
-  if (size == 0) return e->region;
+  if (size == 0) return Status::OK();
   auto it = e->verified.upper_bound(addr);
   if (it == e->verified.begin()) return Status::Unavailable("range not verified yet");
   --it;
   if (it->first > addr || it->second < addr + size) {
     return Status::Unavailable("range not verified yet");
   }
+  return Status::OK();
+}
+
+Result<Region> RegionRegistry::Readable(uint64_t addr, uint64_t size) const {
+  std::lock_guard<std::mutex> l(mu_);
+  const Entry* e = FindLocked(addr, size);
+  MX_RETURN_IF_ERROR(ReadableLocked(e, addr, size));
   return e->region;
+}
+
+void RegionRegistry::RememberLocked(Entry* e, uint64_t addr, uint64_t size, uint32_t crc) {
+  auto it = e->crcs.find(addr);
+  if (it != e->crcs.end()) {
+    it->second = {size, crc};
+    return;
+  }
+  if (e->crcs.size() <= e->region.size / kCrcGrain) e->crcs[addr] = {size, crc};
+}
+
+Result<uint32_t> RegionRegistry::Checksum(uint64_t addr, uint64_t size, bool fresh) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    const Entry* e = FindLocked(addr, size);
+    MX_RETURN_IF_ERROR(ReadableLocked(e, addr, size));
+    auto it = e->crcs.find(addr);
+    if (!fresh && it != e->crcs.end() && it->second.first == size) return it->second.second;
+  }
+  // Computed without the lock: other peers' reads go on meanwhile.
+  uint32_t crc = Crc32c(0, reinterpret_cast<const char*>(addr), size);
+  std::lock_guard<std::mutex> l(mu_);
+  // The region may have gone meanwhile (Unregister): then the CRC is only answered.
+  if (Entry* e = const_cast<Entry*>(FindLocked(addr, size)); e != nullptr && size > 0) {
+    RememberLocked(e, addr, size, crc);
+  }
+  return crc;
+}
+
+void RegionRegistry::PrecomputeChecksums(uint64_t chunk_bytes, int threads) {
+  chunk_bytes = std::max<uint64_t>(chunk_bytes, kCrcGrain);
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (const auto& [start, e] : regions_) {
+      for (uint64_t off = 0; off < e.region.size; off += chunk_bytes) {
+        uint64_t n = std::min(chunk_bytes, e.region.size - off);
+        if (ReadableLocked(&e, start + off, n).ok() && e.crcs.count(start + off) == 0) {
+          ranges.push_back({start + off, n});
+        }
+      }
+    }
+  }
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i = next++; i < ranges.size(); i = next++) {
+      (void)Checksum(ranges[i].first, ranges[i].second);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < std::max(1, threads); ++t) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
 }
 
 std::vector<Region> RegionRegistry::List() const {

@@ -3,6 +3,8 @@
 //   response (24 bytes): magic "MXR1", code u32, size u64, crc32c u32, reserved u32,
 //                        then `size` bytes when code is 0.
 // Codes: 0 ok, 1 outside every region, 2 not verified (yet), 3 bad request.
+// Op 7 is a read whose CRC is computed from the memory as it is now (the retry after a
+// mismatch against a remembered CRC; see RegionRegistry::Checksum).
 // The server computes the CRC over the registered memory and sends from that memory (no
 // staging copy); the client receives straight into the destination and checks the CRC.
 // MSG_ZEROCOPY was not adopted: for the chunk sizes used here its completion handling costs
@@ -17,6 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -35,6 +38,7 @@ namespace {
 constexpr uint32_t kRequestMagic = 0x3150584d;   // "MXP1"
 constexpr uint32_t kResponseMagic = 0x3152584d;  // "MXR1"
 constexpr uint32_t kOpRead = 1;
+constexpr uint32_t kOpFreshRead = 7;
 constexpr size_t kRequestBytes = 32;
 constexpr size_t kResponseBytes = 24;
 enum Code : uint32_t { kOk = 0, kOutside = 1, kNotVerified = 2, kBadRequest = 3 };
@@ -216,25 +220,25 @@ class TcpServer : public Server {
       Put32(resp, kResponseMagic);
       uint64_t addr = Get64(req + 8), size = Get64(req + 16);
       uint32_t op = Get32(req + 4);
-      if (Get32(req) == kRequestMagic && op != kOpRead && size <= kMaxReadBytes) {
+      bool read = op == kOpRead || op == kOpFreshRead;
+      if (Get32(req) == kRequestMagic && !read && size <= kMaxReadBytes) {
         if (!ServeControl(fd, op, addr, size)) return;
         continue;
       }
-      if (Get32(req) != kRequestMagic || op != kOpRead || size > kMaxReadBytes) {
+      if (Get32(req) != kRequestMagic || !read || size > kMaxReadBytes) {
         Put32(resp + 4, kBadRequest);
         SendAll(fd, resp, sizeof(resp));
         return;  // a peer that speaks something else is not worth a second try
       }
-      auto readable = regions_->Readable(addr, size);
-      if (!readable.ok()) {
-        Put32(resp + 4,
-              readable.status().code() == StatusCode::kUnavailable ? kNotVerified : kOutside);
+      auto crc = regions_->Checksum(addr, size, op == kOpFreshRead);
+      if (!crc.ok()) {
+        Put32(resp + 4, crc.status().code() == StatusCode::kUnavailable ? kNotVerified : kOutside);
         if (!SendAll(fd, resp, sizeof(resp))) return;
         continue;
       }
       const char* data = reinterpret_cast<const char*>(addr);
       Put64(resp + 8, size);
-      Put32(resp + 16, Crc32c(0, data, size));
+      Put32(resp + 16, *crc);
       Throttle(size);
       if (!SendAll(fd, resp, sizeof(resp)) || !SendAll(fd, data, size)) return;
       served_ += size;
@@ -248,7 +252,8 @@ class TcpServer : public Server {
     std::string blob;
     uint32_t code = kOk;
     bool ucx_op = op == kOpUcxAddress || op == kOpUcxRkey;
-    if ((ucx_op && agent_ == nullptr) || (!ucx_op && op != kOpChecksum && op != kOpCmaHello)) {
+    bool checksum_op = op == kOpChecksum || op == kOpFreshChecksum;
+    if ((ucx_op && agent_ == nullptr) || (!ucx_op && !checksum_op && op != kOpCmaHello)) {
       code = kBadRequest;
     } else if (op == kOpCmaHello) {
       char head[16];
@@ -257,14 +262,19 @@ class TcpServer : public Server {
       blob = std::string(head, 16) + std::string(nonce_, sizeof(nonce_));
     } else if (op == kOpUcxAddress) {
       blob = agent_->worker_address();
-    } else {
-      auto readable = regions_->Readable(addr, op == kOpUcxRkey ? 0 : size);
-      if (!readable.ok()) {
-        code = readable.status().code() == StatusCode::kUnavailable ? kNotVerified : kOutside;
-      } else if (op == kOpChecksum) {
-        Put32(resp + 16, Crc32c(0, reinterpret_cast<const char*>(addr), size));
+    } else if (checksum_op) {
+      auto crc = regions_->Checksum(addr, size, op == kOpFreshChecksum);
+      if (!crc.ok()) {
+        code = crc.status().code() == StatusCode::kUnavailable ? kNotVerified : kOutside;
+      } else {
+        Put32(resp + 16, *crc);
         Throttle(size);
         served_ += size;
+      }
+    } else {
+      auto readable = regions_->Readable(addr, 0);
+      if (!readable.ok()) {
+        code = readable.status().code() == StatusCode::kUnavailable ? kNotVerified : kOutside;
       } else {
         auto rkey = agent_->PackRkey(*readable);
         if (!rkey.ok()) {
@@ -279,7 +289,7 @@ class TcpServer : public Server {
     }
     Put32(resp + 4, code);
     Put64(resp + 8, blob.size());
-    if (op != kOpChecksum) Put32(resp + 16, Crc32c(blob));
+    if (!checksum_op) Put32(resp + 16, Crc32c(blob));
     return SendAll(fd, resp, sizeof(resp)) && SendAll(fd, blob.data(), blob.size());
   }
 
@@ -331,18 +341,20 @@ class TcpConnection : public Connection {
       default:
         return Status::Unimplemented(peer_ + ": does not offer UCX");
     }
-    if (op != kOpChecksum && Crc32c(*blob) != *crc) {
+    if (op != kOpChecksum && op != kOpFreshChecksum && Crc32c(*blob) != *crc) {
       broken_ = true;
       return Status::DataLoss(peer_ + ": control answer checksum mismatch");
     }
     return Status::OK();
   }
 
-  Status Read(uint64_t remote_addr, uint64_t size, char* dest) override {
+  // A whole read: the header, then the bytes straight into `dest`, checked piece by piece.
+  Status ReadChecked(uint64_t remote_addr, uint64_t size, char* dest, bool fresh,
+                     uint32_t* crc_out) override {
     if (broken_) return Status::Unavailable(peer_ + ": connection already failed");
     if (size > kMaxReadBytes) return Status::InvalidArgument("read larger than 64 MiB");
     char resp[kResponseBytes];
-    MX_RETURN_IF_ERROR(Exchange(kOpRead, remote_addr, size, resp));
+    MX_RETURN_IF_ERROR(Exchange(fresh ? kOpFreshRead : kOpRead, remote_addr, size, resp));
     switch (Get32(resp + 4)) {
       case kOk:
         break;
@@ -358,14 +370,18 @@ class TcpConnection : public Connection {
       broken_ = true;
       return Status::DataLoss(peer_ + ": answered a different size");
     }
-    if (int e = RecvAll(fd_, dest, size); e != 0) return Fail("receive data", e);
-    uint32_t crc = Crc32c(0, dest, size);
-    if (crc != Get32(resp + 16)) {
-      broken_ = true;
-      return Status::DataLoss(peer_ + ": chunk checksum mismatch");
+    uint32_t crc = 0;
+    for (uint64_t done = 0; done < size;) {
+      uint64_t n = std::min(kCrcPieceBytes, size - done);
+      if (int e = RecvAll(fd_, dest + done, n); e != 0) return Fail("receive data", e);
+      crc = Crc32c(crc, dest + done, n);
+      done += n;
     }
+    if (crc != Get32(resp + 16)) return Status::DataLoss(peer_ + ": chunk checksum mismatch");
+    if (crc_out != nullptr) *crc_out = crc;
     return Status::OK();
   }
+  void MarkBroken() override { broken_ = true; }
 
  private:
   // Sends one request and receives the fixed-size answer header into `resp`.
@@ -469,6 +485,15 @@ Result<std::unique_ptr<Connection>> ConnectTcp(const std::string& endpoint,
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   SetTimeouts(fd, options.stall_ms);
   return std::unique_ptr<Connection>(std::make_unique<TcpConnection>(fd, endpoint));
+}
+
+Status Connection::Read(uint64_t remote_addr, uint64_t size, char* dest, uint32_t* crc) {
+  Status st = ReadChecked(remote_addr, size, dest, false, crc);
+  if (st.code() == StatusCode::kDataLoss && !broken()) {
+    st = ReadChecked(remote_addr, size, dest, true, crc);
+  }
+  if (st.code() == StatusCode::kDataLoss) MarkBroken();
+  return st;
 }
 
 Result<std::unique_ptr<Connection>> Connect(const std::string& endpoint,

@@ -79,6 +79,44 @@ TEST(RegionRegistry, RefusesOverlapAndServesOnlyVerified) {
   EXPECT_EQ(r.Readable(UINT64_MAX - 2, 10).status().code(), StatusCode::kNotFound);
 }
 
+TEST(RegionRegistry, ChecksumIsRememberedFromWhenTheRangeWasVerified) {
+  std::vector<char> a(1 << 20, 'x');
+  RegionRegistry r;
+  auto A = reinterpret_cast<uint64_t>(a.data());
+  ASSERT_TRUE(r.Register({"a", A, a.size(), -1, ""}, true).ok());
+  r.PrecomputeChecksums(256 << 10, 2);
+  const uint32_t before = Crc32c(0, a.data(), 256 << 10);
+  a[5] = 'y';  // the memory changes after the source published it
+  auto crc = r.Checksum(A, 256 << 10);
+  ASSERT_TRUE(crc.ok());
+  EXPECT_EQ(*crc, before);  // peers are told what was verified, so they detect the change
+  // A range nobody precomputed is computed now, from the memory as it is.
+  EXPECT_EQ(*r.Checksum(A + 1, 1000), Crc32c(0, a.data() + 1, 1000));
+  EXPECT_EQ(r.Checksum(A + (1 << 20) - 10, 20).status().code(), StatusCode::kNotFound);
+
+  // A receiver remembers the CRC it verified a chunk with.
+  std::vector<char> b(4096, 'z');
+  auto B = reinterpret_cast<uint64_t>(b.data());
+  ASSERT_TRUE(r.Register({"b", B, b.size(), -1, ""}, false).ok());
+  EXPECT_EQ(r.Checksum(B, 1024).status().code(), StatusCode::kUnavailable);
+  ASSERT_TRUE(r.MarkVerified(B, 1024, 0x12345678u).ok());
+  EXPECT_EQ(*r.Checksum(B, 1024), 0x12345678u);
+}
+
+TEST(RegionRegistry, OddRangesDoNotGrowTheRememberedChecksumsWithoutBound) {
+  std::vector<char> a(256 << 10, 'x');  // room for 5 remembered CRCs (one per 64 KiB, + 1)
+  RegionRegistry r;
+  auto A = reinterpret_cast<uint64_t>(a.data());
+  ASSERT_TRUE(r.Register({"a", A, a.size(), -1, ""}, true).ok());
+  for (uint64_t off = 0; off < 1000; ++off) ASSERT_TRUE(r.Checksum(A + off, 100).ok());
+  // Later ranges are still answered correctly, computed each time.
+  a[2000] = 'q';
+  EXPECT_EQ(*r.Checksum(A + 1999, 10), Crc32c(0, a.data() + 1999, 10));
+  // The first ones were remembered: what they were when first asked.
+  std::vector<char> orig(100, 'x');
+  EXPECT_EQ(*r.Checksum(A, 100), Crc32c(0, orig.data(), 100));
+}
+
 TEST(Endpoint, ParsesOnlyTcpHostPort) {
   std::string h;
   int p = 0;
@@ -156,6 +194,37 @@ TEST(TcpPull, ByteForByteFromTwoPeersAndMarksVerified) {
   for (size_t i = 0; i < dest.size(); ++i) EXPECT_EQ(dest[i], a.tensors[i]) << i;
   EXPECT_EQ(stats.bytes, (3u << 20) + 12345u);
   EXPECT_EQ(mine.verified_bytes(), stats.bytes);
+}
+
+// A source's remembered CRCs predate an update of its weights in place: its peers' checks
+// fail once, are asked again against the memory as it is now, and get the new bytes.
+void PullsTheCurrentBytesAfterAnUpdateInPlace(const std::string& transport) {
+  Source src;
+  src.regions.PrecomputeChecksums(256 << 10, 1);
+  src.tensors[0][300000] ^= 1;
+  std::vector<std::vector<char>> dest;
+  std::vector<PullItem> items;
+  for (auto& t : src.tensors) dest.emplace_back(t.size());
+  for (auto& d : dest) items.push_back({d.data(), d.size()});
+  PullOptions o;
+  o.connect.transport = transport;
+  o.chunk_bytes = 256 << 10;
+  PullStats stats;
+  Status st = Pull(items, {src.Peer("src")}, o, &stats);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  for (size_t i = 0; i < dest.size(); ++i) EXPECT_EQ(dest[i], src.tensors[i]) << i;
+  // The fresh CRC is remembered: the next peer's first check passes.
+  auto chunk = reinterpret_cast<uint64_t>(src.tensors[0].data()) + (256 << 10);
+  EXPECT_EQ(*src.regions.Checksum(chunk, 256 << 10),
+            Crc32c(0, src.tensors[0].data() + (256 << 10), 256 << 10));
+}
+
+TEST(TcpPull, SourceUpdatedInPlaceServesItsCurrentBytes) {
+  PullsTheCurrentBytesAfterAnUpdateInPlace("tcp");
+}
+
+TEST(CmaPull, SourceUpdatedInPlaceServesItsCurrentBytes) {
+  PullsTheCurrentBytesAfterAnUpdateInPlace("cma");
 }
 
 TEST(TcpPull, PeerStoppedMidTransferIsReplacedByAnother) {
@@ -283,7 +352,13 @@ class FakePeer {
         peer_host_ = text;
       }
       char req[32];
-      if (::recv(c, req, sizeof(req), MSG_WAITALL) == sizeof(req) && answer_) {
+      while (answer_ && ::recv(c, req, sizeof(req), MSG_WAITALL) == sizeof(req)) {
+        {
+          uint32_t op;
+          std::memcpy(&op, req + 4, 4);
+          std::lock_guard<std::mutex> l(mu_);
+          ops_.push_back(op);
+        }
         uint64_t size;
         std::memcpy(&size, req + 16, 8);
         char resp[24] = {'M', 'X', 'R', '1'};
@@ -310,11 +385,16 @@ class FakePeer {
     std::lock_guard<std::mutex> l(mu_);
     return peer_host_;
   }
+  std::vector<uint32_t> ops() {
+    std::lock_guard<std::mutex> l(mu_);
+    return ops_;
+  }
 
  private:
   bool answer_;
   std::mutex mu_;
   std::string peer_host_;
+  std::vector<uint32_t> ops_;
   int fd_ = -1;
   int port_ = 0;
   std::thread thread_;
@@ -328,6 +408,8 @@ TEST(TcpConnection, BadChecksumIsDataLossAndBreaksTheConnection) {
   Status st = (*conn)->Read(4096, out.size(), out.data());
   EXPECT_EQ(st.code(), StatusCode::kDataLoss) << st.ToString();
   EXPECT_TRUE((*conn)->broken());
+  // Asked twice: the second time for the CRC of the peer's memory as it is now (op 7).
+  EXPECT_EQ(peer.ops(), (std::vector<uint32_t>{1, 7}));
 }
 
 TEST(TcpConnection, OutgoingConnectionsBindToTheWorkerHost) {
@@ -424,6 +506,10 @@ TEST(UcxPull, ByteForByteWithUcxTlsForcedToTcp) {
   ::setenv("UCX_TLS", "tcp", 1);
   UcxRoundTrip();
   ::unsetenv("UCX_TLS");
+}
+
+TEST(UcxPull, SourceUpdatedInPlaceServesItsCurrentBytes) {
+  PullsTheCurrentBytesAfterAnUpdateInPlace("ucx");
 }
 
 TEST(UcxPull, PartialPeerRefusesUnverifiedRange) {

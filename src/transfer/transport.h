@@ -38,6 +38,9 @@ inline uint64_t Get64(const char* p) {
 
 // The most bytes one read may ask for.
 inline constexpr uint64_t kMaxReadBytes = 64ull << 20;
+// Receivers check a chunk's CRC piece by piece as the bytes land, while each piece is still
+// in the CPU's cache (a 4 MiB chunk checked after it landed is read back from memory).
+inline constexpr uint64_t kCrcPieceBytes = 256 << 10;
 
 // The server side of an RMA backend (UCX): memory registration and the keys a peer needs.
 class RmaAgent {
@@ -86,9 +89,11 @@ class Connection {
  public:
   virtual ~Connection() = default;
   // Reads [remote_addr, remote_addr+size) of the peer into `dest` and verifies its
-  // CRC-32C. After an Unavailable/DataLoss other than "not verified" the connection is
-  // broken (broken() is true) and must be dropped.
-  virtual Status Read(uint64_t remote_addr, uint64_t size, char* dest) = 0;
+  // CRC-32C; `crc`, when not null, receives that CRC. After an Unavailable/DataLoss other
+  // than "not verified" the connection is broken (broken() is true) and must be dropped.
+  // A mismatch against the peer's remembered CRC is retried once against its memory as it
+  // is now (an engine may update weights in place); a second mismatch is DataLoss.
+  Status Read(uint64_t remote_addr, uint64_t size, char* dest, uint32_t* crc = nullptr);
   virtual bool broken() const = 0;
   // "tcp" or "ucx".
   virtual const char* transport() const = 0;
@@ -98,6 +103,13 @@ class Connection {
                          uint32_t* crc) {
     return Status::Unimplemented("no control channel");
   }
+
+ protected:
+  // One checked read: against the peer's remembered CRC, or (`fresh`) the CRC of its memory
+  // as it is now. A mismatch is DataLoss and leaves the connection usable.
+  virtual Status ReadChecked(uint64_t remote_addr, uint64_t size, char* dest, bool fresh,
+                             uint32_t* crc) = 0;
+  virtual void MarkBroken() = 0;
 };
 
 // Control operations of the TCP wire (see tcp.cc).
@@ -105,6 +117,9 @@ inline constexpr uint32_t kOpUcxAddress = 2;  // blob: the server's UCX worker a
 inline constexpr uint32_t kOpUcxRkey = 3;     // blob: region base u64, size u64, packed rkey
 inline constexpr uint32_t kOpChecksum = 4;    // crc of a verified range
 inline constexpr uint32_t kOpCmaHello = 5;    // blob: pid u64, nonce address u64, nonce
+// kOpChecksum computed from the memory as it is now, not remembered (the retry after a
+// mismatch: see RegionRegistry::Checksum).
+inline constexpr uint32_t kOpFreshChecksum = 6;
 
 // Same host: reads the peer's memory with process_vm_readv (one kernel copy, no socket),
 // after proving the peer is this host's process: it names its pid and the address of a

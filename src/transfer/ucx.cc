@@ -149,13 +149,17 @@ class UcxConnection : public Connection {
   bool broken() const override { return broken_ || control_->broken(); }
   const char* transport() const override { return "ucx"; }
 
-  Status Read(uint64_t remote_addr, uint64_t size, char* dest) override {
+  void MarkBroken() override { broken_ = true; }
+
+  Status ReadChecked(uint64_t remote_addr, uint64_t size, char* dest, bool fresh,
+                     uint32_t* crc_out) override {
     if (broken()) return Status::Unavailable(peer_ + ": connection already failed");
     if (size > kMaxReadBytes) return Status::InvalidArgument("read larger than 64 MiB");
     // The peer's CRC first: it also refuses a range it has not verified.
     std::string unused;
     uint32_t want = 0;
-    MX_RETURN_IF_ERROR(control_->Control(kOpChecksum, remote_addr, size, &unused, &want));
+    MX_RETURN_IF_ERROR(control_->Control(fresh ? kOpFreshChecksum : kOpChecksum, remote_addr, size,
+                                         &unused, &want));
     if (size == 0) return Status::OK();
     MX_ASSIGN_OR_RETURN(ucp_rkey_h rkey, RkeyFor(remote_addr, size));
     ucp_request_param_t p{};
@@ -168,9 +172,9 @@ class UcxConnection : public Connection {
       return st;
     }
     if (Crc32c(0, dest, size) != want) {
-      broken_ = true;
       return Status::DataLoss(peer_ + ": chunk checksum mismatch (ucx)");
     }
+    if (crc_out != nullptr) *crc_out = want;
     return Status::OK();
   }
 
