@@ -5,10 +5,12 @@
 # What it measures (mx-server on 127.0.0.1, workers on their own 127.0.0.x addresses)
 #   a) Same host, 2 GiB (BENCH_SAME_HOST_MIB): one `mx p2p serve` on 127.0.0.2, one
 #      `mx p2p pull` on 127.0.0.3 with the default transport (cma: the source is a process
-#      on this host), and with MX_P2P_TRANSPORT=tcp and =ucx for reference; best of 2 each. Peer: one
+#      on this host), and with MX_P2P_TRANSPORT=tcp and =ucx for reference; best of 3 each. Peer: one
 #      single-threaded memcpy of the same size between two pre-faulted buffers, measured in
 #      the same run. Target: pull >= 0.5x memcpy. The pull's own "seconds" (list, manifest,
-#      transfer, checksums; not process start) is used.
+#      transfer, checksums, faulting in its fresh destination memory; not process start) is
+#      used, best of 3; every run is printed (on a VM, memory the hypervisor reclaimed is
+#      slow to fault in again, which memcpy's pre-faulted buffers do not pay).
 #   b) Two addresses capped at 1 Gbit/s each (tc htb classes on lo, filtered by source
 #      address), 512 MiB, MX_P2P_TRANSPORT=tcp (shared memory would bypass the caps). Peer:
 #      iperf3 (5 s) from 127.0.0.2 to 127.0.0.3 under the same caps. Target: >= 0.9x iperf3.

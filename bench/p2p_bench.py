@@ -167,23 +167,28 @@ def main() -> int:
         mem = memcpy_gbps(same_mib)
         write_model(work / "big" / "model.safetensors", same_mib, tensor_mib=256)
         seed = serve(work / "big", SEED, model="bench/p2p-big")
-        results = {}
+        results, runs = {}, {}
         for label, penv in (("default", {}), ("tcp", {"MX_P2P_TRANSPORT": "tcp"}),
                             ("ucx", {"MX_P2P_TRANSPORT": "ucx"})):
-            best = None
-            for _ in range(2):
+            best, runs[label] = None, []
+            for _ in range(3):
                 info = pull("127.0.0.3", model="bench/p2p-big", penv=penv)
                 gbps = info["bytes"] / info["seconds"] / 1e9
+                runs[label].append(gbps)
                 if best is None or gbps > best[0]:
                     best = (gbps, info["transport"])
             results[label] = best
-            log(f"a) pull {label}: {best[0]:.2f} GB/s over {best[1]}")
+            log(f"a) pull {label}: {best[0]:.2f} GB/s over {best[1]} "
+                f"(runs {', '.join(f'{g:.2f}' for g in runs[label])})")
         seed.stop()
         procs.remove(seed)
         rows.append(f"- a) same host, {same_mib} MiB: memcpy {mem:.2f} GB/s; pull (default, "
                     f"{results['default'][1]}) {results['default'][0]:.2f} GB/s; pull (tcp) "
                     f"{results['tcp'][0]:.2f} GB/s; pull (ucx, UCX's own transport choice) "
-                    f"{results['ucx'][0]:.2f} GB/s")
+                    f"{results['ucx'][0]:.2f} GB/s. Every run of the default, GB/s: "
+                    f"{', '.join(f'{g:.2f}' for g in runs['default'])} (a pull into memory "
+                    f"this VM has not backed recently pays the hypervisor's page faults: "
+                    f"memcpy's buffers are faulted in before it is timed)")
         checks.append((f"same-host pull >= 0.5x memcpy ({same_mib} MiB)",
                        f"{results['default'][0]:.2f} vs {mem:.2f} GB/s "
                        f"({results['default'][0] / mem:.2f}x, {results['default'][1]})",
