@@ -19,6 +19,10 @@
 #      starting the receivers to the last one done. Swarm: `pull --serve` (receivers serve
 #      verified chunks to each other); seed-only: plain `pull` (all bytes from the seed).
 #      Target: swarm T(8)/T(1) <= 1.5; seed-only shown beside it (expected near N).
+#   d) How the TCP backend sends registered memory: send() (used) vs MSG_ZEROCOPY vs
+#      sendfile from a memfd, 1 GiB over 4 loopback connections (bench/tcp_send_probe.cc,
+#      built as build/bench/mx_tcp_send_probe; MX_TCP_SEND_PROBE overrides). No target:
+#      it records why the backend sends the way it does.
 #   The tc classes are removed at the end (also on error or Ctrl-C). The script refuses to
 #   run when lo already has a root qdisc other than the default (someone else's caps).
 #   While it runs, those caps also slow anything else on 127.0.0.2-3 and 127.0.0.11-18:
