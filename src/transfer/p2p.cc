@@ -322,7 +322,8 @@ Result<std::unique_ptr<Worker>> Worker::Start(client::MxClient* client, const Id
     d->set_name(t.name);
     d->set_addr(reinterpret_cast<uint64_t>(t.data));
     d->set_size(t.size);
-    d->set_device_id(0);
+    d->set_device_id(t.device >= 0 ? static_cast<uint32_t>(t.device) : 0);
+    d->set_mx_on_device(t.device >= 0);
     d->set_dtype(WireDType(t.dtype));
     for (uint64_t s : t.shape) d->add_mx_shape(s);
     d->set_mx_file(t.file);
@@ -493,6 +494,10 @@ Result<std::vector<LocalTensor>> ParseManifest(const p2p::GetTensorManifestRespo
       return Status::InvalidArgument("tensor " + t.name + ": file name too long");
     }
     t.file = d.mx_file();
+    if (d.mx_on_device()) {
+      if (d.device_id() > 1024) return Status::InvalidArgument("tensor " + t.name + ": bad device");
+      t.device = static_cast<int>(d.device_id());
+    }
     t.data = reinterpret_cast<char*>(d.addr());
     if (t.size > 0 && d.addr() == 0) return Status::InvalidArgument("tensor " + t.name + " at 0");
     out.push_back(std::move(t));
@@ -667,6 +672,7 @@ Result<PulledModel> PullModel(client::MxClient& client, const PullRequest& reque
   PulledModel out;
   out.transport = transport;
   std::vector<LocalTensor> local = reference;
+  for (LocalTensor& t : local) t.device = request.destination ? request.destination_device : -1;
   if (request.destination) {
     for (LocalTensor& t : local) {
       safetensors::TensorInfo info{t.name, t.dtype, t.shape, 0, t.size};
@@ -722,12 +728,14 @@ Result<PulledModel> PullModel(client::MxClient& client, const PullRequest& reque
   }
 
   std::vector<PullItem> items;
-  for (const LocalTensor& t : local) items.push_back({t.data, t.size});
+  for (const LocalTensor& t : local) items.push_back({t.data, t.size, t.device});
   std::vector<PullPeer> peers;
   for (const Candidate& c : usable) {
     PullPeer p{c.worker_id, c.transfer_endpoint, {}, c.partial, c.slot};
-    for (const LocalTensor& t : c.manifest)
+    for (const LocalTensor& t : c.manifest) {
       p.remote_addr.push_back(reinterpret_cast<uint64_t>(t.data));
+      p.device_memory = p.device_memory || t.device >= 0;
+    }
     peers.push_back(std::move(p));
   }
   PullStats stats;

@@ -71,8 +71,9 @@ struct LocalTensor {
   std::string file;
   safetensors::DType dtype = safetensors::DType::kU8;
   std::vector<uint64_t> shape;
-  char* data = nullptr;
+  char* data = nullptr;  // a device address when `device` >= 0
   uint64_t size = 0;
+  int device = -1;  // >= 0: the tensor is in that GPU's memory
 };
 
 struct WorkerOptions {
@@ -152,6 +153,8 @@ struct PullRequest {
   // When set, tensor `name` of `file` lands at the address it returns; else PullModel
   // allocates the memory.
   streamer::Destination destination;
+  // >= 0: the destination's addresses are on this GPU (transfer.staging must be set).
+  int destination_device = -1;
   // Swarm: called with the local tensors once their memory is known and before pulling;
   // it registers that memory (incomplete) and publishes this receiver INITIALIZING,
   // returning its worker id. PullModel then waits `settle_ms` so receivers started together

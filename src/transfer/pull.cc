@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 namespace mx::transfer {
@@ -24,9 +25,15 @@ class Puller {
 
   Status Run(PullStats* stats) {
     auto start = std::chrono::steady_clock::now();
-    uint64_t chunk = std::max<uint64_t>(4096, std::min(o_.chunk_bytes, kMaxReadBytes));
+    uint64_t host_chunk = std::max<uint64_t>(4096, std::min(o_.chunk_bytes, kMaxReadBytes));
     left_in_item_.assign(items_.size(), 0);
     for (size_t i = 0; i < items_.size(); ++i) {
+      if (items_[i].device >= 0 && o_.staging == nullptr) {
+        return Status::FailedPrecondition("tensor " + std::to_string(i) +
+                                          " goes to device memory, but no staging is set");
+      }
+      uint64_t chunk =
+          items_[i].device >= 0 ? std::min<uint64_t>(host_chunk, kStagingBytes) : host_chunk;
       for (uint64_t off = 0; off < items_[i].size; off += chunk) {
         chunks_.push_back({i, off, std::min(chunk, items_[i].size - off)});
         ++left_in_item_[i];
@@ -76,6 +83,7 @@ class Puller {
       stats->peers = peer_stats_;
     }
     if (done_ == chunks_.size()) return Status::OK();
+    if (!local_error_.ok()) return local_error_;
     std::string why;
     for (const auto& s : peer_stats_) {
       if (s.failed) why += (why.empty() ? "" : "; ") + s.name + ": " + s.error;
@@ -143,9 +151,109 @@ class Puller {
     cv_.notify_all();
   }
 
+  // A chunk bound for a device: received into `lease`, checked, and being copied.
+  struct InFlight {
+    size_t chunk = 0;
+    uint32_t crc = 0;
+    uint64_t ticket = 0;
+    StagingPool::Lease lease;
+  };
+
+  // Counts chunk c as landed (verified, servable). REQUIRES: mu_ held; may drop it briefly
+  // for the item callback.
+  void Complete(size_t p, size_t c, std::unique_lock<std::mutex>& l) {
+    const Chunk& ch = chunks_[c];
+    ++done_;
+    bytes_ += ch.size;
+    peer_stats_[p].bytes += ch.size;
+    last_progress_[p] = std::chrono::steady_clock::now();
+    bool item_done = --left_in_item_[ch.item] == 0;
+    cv_.notify_all();
+    if (item_done && o_.on_item) {
+      l.unlock();
+      o_.on_item(ch.item);
+      l.lock();
+    }
+  }
+
+  Status MarkVerified(size_t c, uint32_t crc) {
+    if (o_.verified == nullptr) return Status::OK();
+    const Chunk& ch = chunks_[c];
+    return o_.verified->MarkVerified(reinterpret_cast<uint64_t>(items_[ch.item].dest + ch.offset),
+                                     ch.size, crc);
+  }
+
+  // Waits for a device copy and counts its chunk. A failed copy is this process's failure,
+  // not the peer's: the whole pull ends with it. REQUIRES: mu_ held (released while waiting).
+  void Land(size_t p, InFlight& f, std::unique_lock<std::mutex>& l) {
+    l.unlock();
+    Status st = o_.staging->copier()->Wait(f.ticket);
+    if (st.ok()) st = MarkVerified(f.chunk, f.crc);
+    f.lease = StagingPool::Lease();
+    l.lock();
+    if (st.ok()) {
+      Complete(p, f.chunk, l);
+    } else {
+      if (local_error_.ok()) local_error_ = st;
+      cv_.notify_all();
+    }
+  }
+
+  // Reads chunk c from the peer: straight into host memory, or into a staging buffer and on
+  // to the device (`slot`'s previous copy is landed first, so its buffer can be reused).
+  Status Fetch(size_t p, Connection& conn, size_t c, std::optional<InFlight>* slot,
+               std::unique_lock<std::mutex>& l, bool* landed_now) {
+    const Chunk& ch = chunks_[c];
+    const PullItem& item = items_[ch.item];
+    uint64_t remote = peers_[p].remote_addr[ch.item] + ch.offset;
+    uint32_t crc = 0;
+    *landed_now = false;
+    if (item.device < 0) {
+      l.unlock();
+      Status st = conn.Read(remote, ch.size, item.dest + ch.offset, &crc);
+      if (st.ok()) st = MarkVerified(c, crc);
+      l.lock();
+      *landed_now = st.ok();
+      return st;
+    }
+    if (slot->has_value()) {
+      Land(p, **slot, l);
+      slot->reset();
+    }
+    l.unlock();
+    Status st;
+    InFlight f;
+    f.chunk = c;
+    auto lease = o_.staging->Acquire(o_.connect.stall_ms);
+    if (!lease.ok()) {
+      st = lease.status();
+    } else {
+      f.lease = std::move(*lease);
+      st = conn.Read(remote, ch.size, f.lease.data(), &f.crc);
+    }
+    if (st.ok()) {
+      auto ticket = o_.staging->copier()->ToDeviceAsync(
+          item.device, f.lease.data(), ch.size, reinterpret_cast<uint64_t>(item.dest + ch.offset));
+      if (ticket.ok()) {
+        f.ticket = *ticket;
+        *slot = std::move(f);
+      } else {
+        l.lock();
+        if (local_error_.ok()) local_error_ = ticket.status();
+        cv_.notify_all();
+        l.unlock();
+        st = ticket.status();
+      }
+    }
+    l.lock();
+    return st;
+  }
+
   void Work(size_t p) {
     const PullPeer& peer = peers_[p];
-    auto conn = Connect(peer.endpoint, o_.connect);
+    ConnectOptions connect = o_.connect;
+    if (peer.device_memory) connect.transport = "tcp";
+    auto conn = Connect(peer.endpoint, connect);
     std::unique_lock<std::mutex> l(mu_);
     if (!conn.ok()) {
       // One refused connection of several is not the peer's death; the last one is.
@@ -153,37 +261,33 @@ class Puller {
       return;
     }
     peer_stats_[p].transport = (*conn)->transport();
+    // Two device copies in flight at most: one lands while the next chunk is received.
+    std::optional<InFlight> slots[2];
+    int next_slot = 0;
+    auto land_all = [&] {
+      for (auto& s : slots) {
+        if (s.has_value()) Land(p, *s, l);
+        s.reset();
+      }
+    };
     while (true) {
+      if (!HasWork(p) && (slots[0] || slots[1])) {
+        land_all();  // nothing to receive meanwhile: finish what is on its way
+        continue;
+      }
       bool ready = cv_.wait_until(l, o_.deadline, [&] {
-        return Finished() || peer_stats_[p].failed || live_peers_ == 0 || Stuck() || HasWork(p);
+        return Finished() || peer_stats_[p].failed || live_peers_ == 0 || Stuck() ||
+               !local_error_.ok() || HasWork(p);
       });
-      if (!ready || Finished() || peer_stats_[p].failed || Stuck()) break;
+      if (!ready || Finished() || peer_stats_[p].failed || Stuck() || !local_error_.ok()) break;
       long picked = Pick(p);
       if (picked < 0) break;  // live_peers_ == 0
       size_t c = static_cast<size_t>(picked);
-      l.unlock();
-      const Chunk& ch = chunks_[c];
-      const PullItem& item = items_[ch.item];
-      uint32_t crc = 0;
-      Status st = (*conn)->Read(peer.remote_addr[ch.item] + ch.offset, ch.size,
-                                item.dest + ch.offset, &crc);
-      if (st.ok() && o_.verified != nullptr) {
-        st = o_.verified->MarkVerified(reinterpret_cast<uint64_t>(item.dest + ch.offset), ch.size,
-                                       crc);
-      }
-      l.lock();
+      bool landed_now = false;
+      Status st = Fetch(p, **conn, c, &slots[next_slot], l, &landed_now);
       if (st.ok()) {
-        ++done_;
-        bytes_ += ch.size;
-        peer_stats_[p].bytes += ch.size;
-        last_progress_[p] = std::chrono::steady_clock::now();
-        bool item_done = --left_in_item_[ch.item] == 0;
-        cv_.notify_all();
-        if (item_done && o_.on_item) {
-          l.unlock();
-          o_.on_item(ch.item);
-          l.lock();
-        }
+        next_slot ^= 1;
+        if (landed_now) Complete(p, c, l);
         continue;
       }
       if (st.code() == StatusCode::kUnavailable && !(*conn)->broken()) {
@@ -201,9 +305,11 @@ class Puller {
         continue;
       }
       pending_[SlotOf(c)].push_front(c);
+      land_all();  // received and checked before the failure: still good
       if (--threads_left_[p] == 0 || (*conn)->broken()) FailPeer(p, st);
       return;
     }
+    land_all();
     // The peer's last thread leaving early hands its share on (a partial peer's slot goes to
     // the full sources), so no chunk waits for a peer nobody asks any more.
     if (--threads_left_[p] == 0 && !Finished()) {
@@ -229,6 +335,7 @@ class Puller {
   uint64_t bytes_ = 0;
   int live_peers_ = 0;
   int live_full_ = 0;
+  Status local_error_;  // a device copy failed: the pull ends with it
 };
 
 }  // namespace

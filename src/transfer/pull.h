@@ -19,14 +19,16 @@
 #include <vector>
 
 #include "common/status.h"
+#include "transfer/device.h"
 #include "transfer/region.h"
 #include "transfer/transport.h"
 
 namespace mx::transfer {
 
 struct PullItem {
-  char* dest = nullptr;
+  char* dest = nullptr;  // a device address when `device` >= 0
   uint64_t size = 0;
+  int device = -1;  // >= 0: `dest` is on that device; landed via PullOptions::staging
 };
 
 struct PullPeer {
@@ -38,6 +40,8 @@ struct PullPeer {
   // asked only for the chunks of its swarm slot (see PullOptions).
   bool partial = false;
   int slot = -1;  // its swarm slot; a partial peer without one is not used
+  // Some of its memory is on a device: only its tcp reads can stage that (see device.h).
+  bool device_memory = false;
 };
 
 // The chunk a pull reads and checks at once; sources precompute their CRCs at this grain.
@@ -49,6 +53,9 @@ struct PullOptions {
   ConnectOptions connect;
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
   RegionRegistry* verified = nullptr;  // chunks are marked verified here when set
+  // Needed when an item is on a device: each pulling thread lands a chunk in one of two
+  // staging buffers, checks it, and copies it to the device while receiving the next.
+  StagingPool* staging = nullptr;
   // Swarm: the chunks are dealt round-robin into `swarm_slots` slots, one per receiver of
   // the rollout (this one included, at `self_slot`). Each receiver takes its own slot from
   // the full sources and every other slot from the receiver that owns it, which got it

@@ -15,10 +15,23 @@ bool RangeOverflows(uint64_t addr, uint64_t size) { return addr + size < addr; }
 constexpr uint64_t kCrcGrain = 64 << 10;
 }  // namespace
 
+RegionRegistry::RegionRegistry() = default;
+RegionRegistry::~RegionRegistry() = default;
+
+void RegionRegistry::EnableDevices(DeviceCopier* copier, int max_staging) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (staging_ == nullptr) staging_ = std::make_unique<StagingPool>(copier, max_staging);
+}
+
 Status RegionRegistry::Register(const Region& region, bool complete) {
   if (region.addr == 0 && region.size > 0) return Status::InvalidArgument("region at address 0");
+
   if (RangeOverflows(region.addr, region.size)) return Status::InvalidArgument("region wraps");
   std::lock_guard<std::mutex> l(mu_);
+  if (region.device >= 0 && staging_ == nullptr) {
+    return Status::FailedPrecondition("region " + region.name +
+                                      " is in device memory, but no device copier is set");
+  }
   auto next = regions_.lower_bound(region.addr);
   if (next != regions_.end() && next->first < region.addr + region.size) {
     return Status::InvalidArgument("region " + region.name + " overlaps " +
@@ -100,16 +113,30 @@ void RegionRegistry::RememberLocked(Entry* e, uint64_t addr, uint64_t size, uint
   if (e->crcs.size() <= e->region.size / kCrcGrain) e->crcs[addr] = {size, crc};
 }
 
+Result<uint32_t> RegionRegistry::ComputeChecksum(const Region& region, uint64_t addr,
+                                                 uint64_t size) {
+  if (region.device < 0) return Crc32c(0, reinterpret_cast<const char*>(addr), size);
+  uint32_t crc = 0;
+  MX_RETURN_IF_ERROR(ForEachStagedPiece(*staging_, region.device, addr, size, 30000,
+                                        [&](const char* piece, size_t n) {
+                                          crc = Crc32c(crc, piece, n);
+                                          return Status::OK();
+                                        }));
+  return crc;
+}
+
 Result<uint32_t> RegionRegistry::Checksum(uint64_t addr, uint64_t size, bool fresh) {
+  Region region;
   {
     std::lock_guard<std::mutex> l(mu_);
     const Entry* e = FindLocked(addr, size);
     MX_RETURN_IF_ERROR(ReadableLocked(e, addr, size));
     auto it = e->crcs.find(addr);
     if (!fresh && it != e->crcs.end() && it->second.first == size) return it->second.second;
+    region = e->region;
   }
   // Computed without the lock: other peers' reads go on meanwhile.
-  uint32_t crc = Crc32c(0, reinterpret_cast<const char*>(addr), size);
+  MX_ASSIGN_OR_RETURN(uint32_t crc, ComputeChecksum(region, addr, size));
   std::lock_guard<std::mutex> l(mu_);
   // The region may have gone meanwhile (Unregister): then the CRC is only answered.
   if (Entry* e = const_cast<Entry*>(FindLocked(addr, size)); e != nullptr && size > 0) {

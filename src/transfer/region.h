@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "transfer/device.h"
 
 namespace mx::transfer {
 
@@ -40,7 +41,16 @@ struct Region {
 
 class RegionRegistry {
  public:
+  RegionRegistry();
+  ~RegionRegistry();
+  // Lets regions live on a device (see device.h): their bytes are read through a pool of
+  // `max_staging` pinned buffers of `copier`, which must outlive the registry.
+  void EnableDevices(DeviceCopier* copier, int max_staging = 16);
+  // The staging pool for device regions; null until EnableDevices.
+  StagingPool* staging() const { return staging_.get(); }
+
   // `complete`: the whole region is verified from the start (a source's loaded weights).
+  // A device region needs EnableDevices first.
   Status Register(const Region& region, bool complete);
   void Unregister(uint64_t addr);
   // Marks [addr, addr+size) verified; it must lie in one region. `crc`, when given, is the
@@ -69,8 +79,11 @@ class RegionRegistry {
   Status ReadableLocked(const Entry* e, uint64_t addr, uint64_t size) const;
   void RememberLocked(Entry* e, uint64_t addr, uint64_t size, uint32_t crc);
 
+  Result<uint32_t> ComputeChecksum(const Region& region, uint64_t addr, uint64_t size);
+
   mutable std::mutex mu_;
   std::map<uint64_t, Entry> regions_;  // by start address
+  std::unique_ptr<StagingPool> staging_;
 };
 
 }  // namespace mx::transfer

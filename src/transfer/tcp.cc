@@ -2,7 +2,8 @@
 //   request  (32 bytes): magic "MXP1", op (1 = read), addr u64, size u64, reserved u64
 //   response (24 bytes): magic "MXR1", code u32, size u64, crc32c u32, reserved u32,
 //                        then `size` bytes when code is 0.
-// Codes: 0 ok, 1 outside every region, 2 not verified (yet), 3 bad request.
+// Codes: 0 ok, 1 outside every region, 2 not verified (yet), 3 bad request, 4 device memory
+// that could not be copied out, 5 device memory asked for by a checksum-only (cma/ucx) peer.
 // Op 7 is a read whose CRC is computed from the memory as it is now (the retry after a
 // mismatch against a remembered CRC; see RegionRegistry::Checksum).
 // The server computes the CRC over the registered memory and sends from that memory (no
@@ -43,7 +44,26 @@ constexpr uint32_t kOpRead = 1;
 constexpr uint32_t kOpFreshRead = 7;
 constexpr size_t kRequestBytes = 32;
 constexpr size_t kResponseBytes = 24;
-enum Code : uint32_t { kOk = 0, kOutside = 1, kNotVerified = 2, kBadRequest = 3 };
+enum Code : uint32_t {
+  kOk = 0,
+  kOutside = 1,
+  kNotVerified = 2,
+  kBadRequest = 3,
+  kDeviceFailed = 4,  // the range is in device memory that could not be copied out
+  kOnDevice = 5,      // a checksum-only request (cma, ucx) for device memory: use tcp reads
+};
+
+// The answer code for a failed RegionRegistry lookup or checksum.
+uint32_t CodeFor(const Status& st) {
+  switch (st.code()) {
+    case StatusCode::kUnavailable:
+      return kNotVerified;
+    case StatusCode::kNotFound:
+      return kOutside;
+    default:
+      return kDeviceFailed;
+  }
+}
 
 void SetTimeouts(int fd, int ms) {
   timeval tv{ms / 1000, (ms % 1000) * 1000};
@@ -232,17 +252,33 @@ class TcpServer : public Server {
         SendAll(fd, resp, sizeof(resp));
         return;  // a peer that speaks something else is not worth a second try
       }
-      auto crc = regions_->Checksum(addr, size, op == kOpFreshRead);
+      auto region = regions_->Readable(addr, size);
+      Result<uint32_t> crc = region.ok() ? regions_->Checksum(addr, size, op == kOpFreshRead)
+                                         : Result<uint32_t>(region.status());
       if (!crc.ok()) {
-        Put32(resp + 4, crc.status().code() == StatusCode::kUnavailable ? kNotVerified : kOutside);
+        Put32(resp + 4, CodeFor(crc.status()));
         if (!SendAll(fd, resp, sizeof(resp))) return;
         continue;
       }
-      const char* data = reinterpret_cast<const char*>(addr);
       Put64(resp + 8, size);
       Put32(resp + 16, *crc);
       Throttle(size);
-      if (!SendAll(fd, resp, sizeof(resp)) || !SendAll(fd, data, size)) return;
+      if (!SendAll(fd, resp, sizeof(resp))) return;
+      if (region->device >= 0) {
+        // Device memory goes out through a staging buffer, piece by piece. A failed copy
+        // cuts the answer short: the peer sees the connection end and asks another source.
+        Status st = ForEachStagedPiece(*regions_->staging(), region->device, addr, size,
+                                       o_.stall_ms, [&](const char* piece, size_t n) {
+                                         return SendAll(fd, piece, n) ? Status::OK()
+                                                                      : Status::Unavailable("send");
+                                       });
+        if (!st.ok()) {
+          spdlog::warn("p2p: serving device memory failed: {}", st.message());
+          return;
+        }
+      } else if (!SendAll(fd, reinterpret_cast<const char*>(addr), size)) {
+        return;
+      }
       served_ += size;
     }
   }
@@ -265,9 +301,13 @@ class TcpServer : public Server {
     } else if (op == kOpUcxAddress) {
       blob = agent_->worker_address();
     } else if (checksum_op) {
-      auto crc = regions_->Checksum(addr, size, op == kOpFreshChecksum);
-      if (!crc.ok()) {
-        code = crc.status().code() == StatusCode::kUnavailable ? kNotVerified : kOutside;
+      auto region = regions_->Readable(addr, size);
+      if (!region.ok()) {
+        code = CodeFor(region.status());
+      } else if (region->device >= 0) {
+        code = kOnDevice;
+      } else if (auto crc = regions_->Checksum(addr, size, op == kOpFreshChecksum); !crc.ok()) {
+        code = CodeFor(crc.status());
       } else {
         Put32(resp + 16, *crc);
         Throttle(size);
@@ -340,6 +380,12 @@ class TcpConnection : public Connection {
         return Status::Unavailable(peer_ + ": range not verified yet");
       case kOutside:
         return Status::NotFound(peer_ + ": range is outside its registered memory");
+      case kOnDevice:
+        broken_ = true;
+        return Status::FailedPrecondition(peer_ + ": range is in device memory (read over tcp)");
+      case kDeviceFailed:
+        broken_ = true;
+        return Status::Unavailable(peer_ + ": could not copy its device memory out");
       default:
         return Status::Unimplemented(peer_ + ": does not offer UCX");
     }
@@ -364,6 +410,9 @@ class TcpConnection : public Connection {
         return Status::Unavailable(peer_ + ": range not verified yet");
       case kOutside:
         return Status::NotFound(peer_ + ": range is outside its registered memory");
+      case kDeviceFailed:
+        broken_ = true;
+        return Status::Unavailable(peer_ + ": could not copy its device memory out");
       default:
         broken_ = true;
         return Status::InvalidArgument(peer_ + ": refused the request");

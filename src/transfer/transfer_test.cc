@@ -1,16 +1,24 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#ifdef MX_TEST_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <random>
 #include <thread>
 #include <vector>
 
 #include "transfer/crc32c.h"
+#include "transfer/device.h"
 #include "transfer/pull.h"
 #include "transfer/region.h"
 #include "transfer/transport.h"
@@ -531,6 +539,211 @@ TEST(UcxPull, PartialPeerRefusesUnverifiedRange) {
   EXPECT_FALSE((*conn)->broken());
 }
 #endif
+
+// --- device memory, through a stand-in device ---------------------------------------------
+
+// A "GPU" whose memory sits at addresses reserved PROT_NONE: any host access to device
+// memory that bypasses the copier crashes the test. Copies to the device run on their own
+// thread, as a CUDA stream's would; `fail_after` makes the n-th one fail.
+class FakeDevice : public DeviceCopier {
+ public:
+  explicit FakeDevice(size_t bytes) : storage_(bytes) {
+    base_ = static_cast<char*>(
+        mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+  }
+  ~FakeDevice() override { munmap(base_, storage_.size()); }
+
+  uint64_t addr(size_t offset) const { return reinterpret_cast<uint64_t>(base_) + offset; }
+  char* host_view(size_t offset) { return storage_.data() + offset; }
+
+  Status ToHost(int device, uint64_t src, size_t n, char* dst) override {
+    MX_RETURN_IF_ERROR(Check(device, src, n));
+    std::memcpy(dst, storage_.data() + (src - addr(0)), n);
+    return Status::OK();
+  }
+  Result<uint64_t> ToDeviceAsync(int device, const char* src, size_t n, uint64_t dst) override {
+    MX_RETURN_IF_ERROR(Check(device, dst, n));
+    std::lock_guard<std::mutex> l(mu_);
+    if (++copies_ == fail_after_) return Status::Internal("device copy failed (stand-in)");
+    uint64_t ticket = ++next_ticket_;
+    pending_[ticket] = std::thread([this, src, n, dst] {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+      std::memcpy(storage_.data() + (dst - addr(0)), src, n);
+    });
+    return ticket;
+  }
+  Status Wait(uint64_t ticket) override {
+    std::thread t;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      auto it = pending_.find(ticket);
+      if (it == pending_.end()) return Status::Internal("unknown ticket");
+      t = std::move(it->second);
+      pending_.erase(it);
+    }
+    t.join();
+    return Status::OK();
+  }
+  Result<char*> AllocateStaging() override {
+    ++staging_buffers;
+    return new char[kStagingBytes];
+  }
+  void FreeStaging(char* b) override { delete[] b; }
+
+  std::atomic<int> staging_buffers{0};
+  int fail_after_ = 0;
+
+ private:
+  Status Check(int device, uint64_t a, size_t n) const {
+    if (device != 0 || a < addr(0) || a + n > addr(storage_.size())) {
+      return Status::InvalidArgument("outside the stand-in device's memory");
+    }
+    return Status::OK();
+  }
+  std::vector<char> storage_;
+  char* base_ = nullptr;
+  std::mutex mu_;
+  uint64_t next_ticket_ = 0;
+  int copies_ = 0;
+  std::map<uint64_t, std::thread> pending_;
+};
+
+TEST(DevicePull, SourceOnADeviceIsServedThroughStagingOverTcp) {
+  FakeDevice gpu(9 << 20);
+  auto want = RandomBytes(9 << 20, 7);
+  std::memcpy(gpu.host_view(0), want.data(), want.size());
+  RegionRegistry regions;
+  EXPECT_FALSE(regions.Register({"w", gpu.addr(0), want.size(), 0, ""}, true).ok());
+  regions.EnableDevices(&gpu, 4);
+  ASSERT_TRUE(regions.Register({"w", gpu.addr(0), want.size(), 0, ""}, true).ok());
+  regions.PrecomputeChecksums(kDefaultChunkBytes, 2);  // reads the device through staging
+  auto server = StartTcpServer(&regions, {});
+  ASSERT_TRUE(server.ok());
+
+  std::vector<char> got(want.size());
+  PullPeer peer{"gpu", (*server)->endpoint(), {gpu.addr(0)}, false};
+  peer.device_memory = true;  // "auto" would pick cma for this same-host peer otherwise
+  PullStats stats;
+  Status st = Pull({{got.data(), got.size()}}, {peer}, {}, &stats);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(stats.peers[0].transport, "tcp");
+  EXPECT_LE(gpu.staging_buffers.load(), 4);
+
+  // A same-host reader that would read the memory in place is refused, not crashed.
+  auto cma = Connect((*server)->endpoint(), [] {
+    ConnectOptions o;
+    o.transport = "cma";
+    return o;
+  }());
+  ASSERT_TRUE(cma.ok()) << cma.status().ToString();
+  Status refused = (*cma)->Read(gpu.addr(0), 4096, got.data());
+  EXPECT_EQ(refused.code(), StatusCode::kFailedPrecondition) << refused.ToString();
+  EXPECT_NE(refused.message().find("device memory"), std::string::npos);
+}
+
+TEST(DevicePull, TargetOnADeviceLandsCheckedChunksAndServesThemOn) {
+  Source src;
+  FakeDevice gpu(4 << 20);
+  RegionRegistry mine;
+  mine.EnableDevices(&gpu, 8);
+  std::vector<PullItem> items;
+  size_t off = 0;
+  for (auto& t : src.tensors) {
+    items.push_back({reinterpret_cast<char*>(gpu.addr(off)), t.size(), 0});
+    if (!t.empty()) {
+      ASSERT_TRUE(mine.Register({"d", gpu.addr(off), t.size(), 0, ""}, false).ok());
+    }
+    off += (t.size() + 63) & ~size_t{63};
+  }
+  PullOptions o;
+  o.connect.transport = "tcp";
+  o.chunk_bytes = 256 << 10;
+  o.verified = &mine;
+  o.staging = mine.staging();
+  PullStats stats;
+  Status st = Pull(items, {src.Peer("src")}, o, &stats);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  off = 0;
+  for (auto& t : src.tensors) {
+    EXPECT_EQ(std::vector<char>(gpu.host_view(off), gpu.host_view(off) + t.size()), t);
+    off += (t.size() + 63) & ~size_t{63};
+  }
+  EXPECT_EQ(mine.verified_bytes(), stats.bytes);
+
+  // The received device memory is served on (a swarm peer reading this receiver).
+  auto server = StartTcpServer(&mine, {});
+  ASSERT_TRUE(server.ok());
+  std::vector<char> again(src.tensors[0].size());
+  PullPeer peer{"receiver", (*server)->endpoint(), {gpu.addr(0)}, false};
+  peer.device_memory = true;
+  PullStats s2;
+  ASSERT_TRUE(Pull({{again.data(), again.size()}}, {peer}, {}, &s2).ok());
+  EXPECT_EQ(again, src.tensors[0]);
+}
+
+TEST(DevicePull, AFailedDeviceCopyEndsThePullWithItsError) {
+  Source src;
+  FakeDevice gpu(4 << 20);
+  gpu.fail_after_ = 3;
+  StagingPool staging(&gpu, 4);
+  std::vector<PullItem> items{{reinterpret_cast<char*>(gpu.addr(0)), src.tensors[0].size(), 0}};
+  PullOptions o;
+  o.connect.transport = "tcp";
+  o.chunk_bytes = 256 << 10;
+  o.staging = &staging;
+  PullStats stats;
+  PullPeer peer = src.Peer("src");
+  peer.remote_addr.resize(1);
+  Status st = Pull(items, {peer}, o, &stats);
+  EXPECT_EQ(st.code(), StatusCode::kInternal) << st.ToString();
+  EXPECT_NE(st.message().find("device copy failed"), std::string::npos);
+  // Without staging, device items are refused up front.
+  o.staging = nullptr;
+  EXPECT_EQ(Pull(items, {peer}, o, &stats).code(), StatusCode::kFailedPrecondition);
+}
+
+TEST(DeviceCopier, CudaRoundTripThroughRealDeviceMemory) {
+  auto copier = CudaCopier();
+  if (!copier.ok()) {
+    EXPECT_EQ(copier.status().code(), StatusCode::kFailedPrecondition);
+    GTEST_SKIP() << "SKIPPED (untested on a GPU): " << copier.status().message();
+  }
+#ifndef MX_TEST_CUDA
+  FAIL() << "a CUDA copier without the CUDA toolkit at build time";
+#else
+  // A source on GPU 0 served to a host target, then a target on GPU 0 pulling it back.
+  const size_t n = (9 << 20) + 123;
+  auto want = RandomBytes(n, 11);
+  void* src_dev = nullptr;
+  void* dst_dev = nullptr;
+  ASSERT_EQ(cudaMalloc(&src_dev, n), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dst_dev, n), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(src_dev, want.data(), n, cudaMemcpyHostToDevice), cudaSuccess);
+  RegionRegistry regions;
+  regions.EnableDevices(*copier);
+  ASSERT_TRUE(regions.Register({"w", reinterpret_cast<uint64_t>(src_dev), n, 0, ""}, true).ok());
+  auto server = StartTcpServer(&regions, {});
+  ASSERT_TRUE(server.ok());
+  PullPeer peer{"gpu", (*server)->endpoint(), {reinterpret_cast<uint64_t>(src_dev)}, false};
+  peer.device_memory = true;
+  std::vector<char> got(n);
+  PullStats stats;
+  ASSERT_TRUE(Pull({{got.data(), n}}, {peer}, {}, &stats).ok());
+  EXPECT_EQ(got, want);
+  StagingPool staging(*copier, 8);
+  PullOptions o;
+  o.staging = &staging;
+  Status st = Pull({{static_cast<char*>(dst_dev), n, 0}}, {peer}, o, &stats);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  std::vector<char> back(n);
+  ASSERT_EQ(cudaMemcpy(back.data(), dst_dev, n, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(back, want);
+  (*server)->Stop();
+  cudaFree(src_dev);
+  cudaFree(dst_dev);
+#endif
+}
 
 }  // namespace
 }  // namespace mx::transfer
