@@ -54,7 +54,7 @@ class P2pSource:
     def bytes_served(self) -> int: ...
 
 # tensors: (name, address, bytes, safetensors dtype, shape)
-def publish_source(model: str, tensors: List[Tuple[str, int, int, str, List[int]]],
+def publish_source(model: str, tensors: List[Tuple[str, int, int, str, List[int], int]],
                    endpoint: str = ..., revision: str = ..., rank: int = ..., tp_size: int = ...,
                    pp_size: int = ..., ep_size: int = ..., dtype: str = ...,
                    quantization: str = ...) -> P2pSource: ...

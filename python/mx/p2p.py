@@ -1,7 +1,8 @@
 """P2P transfer: this process as a source of a model's weights for other workers, and the
 target side that receives them from such sources.
 
-Source: ``publish_source(model, tensors)`` serves the memory of CPU tensors (no copy) to
+Source: ``publish_source(model, tensors)`` serves the memory of CPU tensors (no copy; CUDA
+tensors through pinned host staging, untested on a GPU) to
 peers and publishes this process to mx-server (MODEL_EXPRESS_URL) as a READY source of
 ``model``. The worker binds and advertises MX_WORKER_HOST (default 127.0.0.1) on
 MX_WORKER_GRPC_PORT (default 6555; 0 = any free port) and heartbeats every
@@ -121,18 +122,25 @@ _NUMPY_TO_SAFETENSORS = {
 }
 
 
-def _describe(name: Any, tensor: Any) -> Tuple[Tuple[str, int, int, str, List[int]], Any]:
-    """(name, address, bytes, safetensors dtype, shape) of one tensor, and the object that
-    keeps its memory alive. ValueError for what cannot be served from its own memory."""
+def _describe(name: Any, tensor: Any) -> Tuple[Tuple[str, int, int, str, List[int], int], Any]:
+    """(name, address, bytes, safetensors dtype, shape, CUDA device or -1) of one tensor, and
+    the object that keeps its memory alive. ValueError for what cannot be served from its own memory."""
     if not isinstance(name, str):
         raise ValueError(f"tensor names must be str, got {type(name).__name__}")
     module = type(tensor).__module__.split(".")[0]
     if module == "torch":
         import torch
 
-        if tensor.device.type != "cpu":
-            raise ValueError(f"{name}: only CPU tensors can be published (this one is on "
-                             f"{tensor.device})")
+        if tensor.device.type == "cuda":
+            # Served through pinned host staging (untested on a GPU: see the README).
+            device = tensor.device.index
+            if device is None:
+                device = torch.cuda.current_device()
+        elif tensor.device.type == "cpu":
+            device = -1
+        else:
+            raise ValueError(f"{name}: only CPU and CUDA tensors can be published (this one "
+                             f"is on {tensor.device})")
         if tensor.layout != torch.strided or not tensor.is_contiguous():
             raise ValueError(f"{name}: not contiguous; publish tensor.contiguous() (a copy) "
                              "instead")
@@ -144,7 +152,7 @@ def _describe(name: Any, tensor: Any) -> Tuple[Tuple[str, int, int, str, List[in
         # detach(): shares the storage and keeps it even if the caller rebinds param.data.
         keep = tensor.detach()
         return (name, keep.data_ptr(), keep.numel() * keep.element_size(), dtype,
-                list(keep.shape)), keep
+                list(keep.shape), device), keep
     if module == "numpy":
         if not tensor.flags.c_contiguous:
             raise ValueError(f"{name}: not C-contiguous; publish numpy.ascontiguousarray(a) "
@@ -155,7 +163,8 @@ def _describe(name: Any, tensor: Any) -> Tuple[Tuple[str, int, int, str, List[in
         if dtype is None:
             raise ValueError(f"{name}: numpy dtype {tensor.dtype} has no safetensors dtype")
         address = tensor.__array_interface__["data"][0]
-        return (name, address, int(tensor.nbytes), dtype, [int(d) for d in tensor.shape]), tensor
+        return (name, address, int(tensor.nbytes), dtype, [int(d) for d in tensor.shape],
+                -1), tensor
     raise ValueError(f"{name}: expected a torch tensor or numpy array, got "
                      f"{type(tensor).__name__}")
 
@@ -171,8 +180,8 @@ def publish_source(model: str, tensors: Iterable[Tuple[str, Any]], *,
     configured; otherwise ``(True, ...)`` with the running source, which keeps the tensors
     alive (do not modify them while it serves) until ``stop()``.
 
-    ValueError for a tensor that cannot be served from its own memory (not contiguous, not
-    on the CPU, a dtype safetensors lacks); MxError when the server or the worker's ports
+    ValueError for a tensor that cannot be served from its own memory (not contiguous, on a
+    device other than the CPU or CUDA, a dtype safetensors lacks); MxError when the server or the worker's ports
     fail."""
     if not available():
         return Source(False, "this build has no P2P transfer engine")

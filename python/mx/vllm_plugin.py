@@ -118,8 +118,9 @@ def _publish(name: str, model: Any, endpoint: Optional[str],
     p2p step serves them in place of the checkpoint, so fused or sharded parameters (which
     a peer's load_weights could not map) are not published. The Source serves their memory
     and keeps them alive: it is kept on the model too, so it lives as long as the model
-    even when vLLM drops the loader. A tensor that cannot be served (on a GPU, not
-    contiguous) or a server that fails leaves the model loaded and unpublished, with the
+    even when vLLM drops the loader. A tensor that cannot be served (not contiguous, on a
+    device other than the CPU or CUDA; CUDA parameters need this build's CUDA support and a
+    usable GPU) or a server that fails leaves the model loaded and unpublished, with the
     reason."""
     import mx
 

@@ -304,10 +304,11 @@ py::dict FetchModel(std::string model, std::string revision, std::string provide
 
 // --- the P2P source side ----------------------------------------------------------------------
 
-// One tensor of mx.p2p.publish_source: (name, address, bytes, safetensors dtype, shape). The
-// memory belongs to a Python object the Python Source keeps alive while this one serves.
+// One tensor of mx.p2p.publish_source: (name, address, bytes, safetensors dtype, shape,
+// device: -1 host memory, >= 0 that CUDA device's). The memory belongs to a Python object
+// the Python Source keeps alive while this one serves.
 using PublishedTensor =
-    std::tuple<std::string, uintptr_t, uint64_t, std::string, std::vector<uint64_t>>;
+    std::tuple<std::string, uintptr_t, uint64_t, std::string, std::vector<uint64_t>, int>;
 
 constexpr size_t kMaxTensorNameBytes = 1024;
 
@@ -321,7 +322,8 @@ bool PrintableText(const std::string& s, size_t max) {
 }
 
 Result<transfer::LocalTensor> ToLocalTensor(const PublishedTensor& in) {
-  const auto& [name, address, bytes, dtype_name, shape] = in;
+  const auto& [name, address, bytes, dtype_name, shape, device] = in;
+  if (device < -1 || device > 1024) return Status::InvalidArgument(name + ": bad device index");
   if (!PrintableText(name, kMaxTensorNameBytes)) {
     return Status::InvalidArgument("tensor name must be 1 to 1024 printable characters");
   }
@@ -345,32 +347,51 @@ Result<transfer::LocalTensor> ToLocalTensor(const PublishedTensor& in) {
   t.shape = shape;
   t.data = reinterpret_cast<char*>(address);
   t.size = bytes;
+  t.device = device;
   return t;
 }
 
 // The tensors' memory as readable regions. Tensors may share memory (tied weights, views of
-// one storage); regions may not overlap, so overlapping or touching ranges are merged.
+// one storage); regions may not overlap, so overlapping or touching ranges of one device
+// are merged. CUDA tensors are read through pinned staging (transfer/device.h), which needs
+// this build's CUDA support and a usable GPU: otherwise the error says which is missing.
 Status RegisterMemory(const std::vector<transfer::LocalTensor>& tensors,
                       transfer::RegionRegistry* regions) {
-  std::vector<std::pair<uint64_t, uint64_t>> ranges;  // [start, end)
+  struct Range {
+    uint64_t start, end;
+    int device;
+  };
+  std::vector<Range> ranges;
+  bool on_device = false;
   for (const auto& t : tensors) {
     if (t.size == 0) continue;
     uint64_t start = reinterpret_cast<uint64_t>(t.data);
     if (start + t.size < start) return Status::InvalidArgument(t.name + ": memory wraps around");
-    ranges.emplace_back(start, start + t.size);
+    ranges.push_back({start, start + t.size, t.device});
+    on_device = on_device || t.device >= 0;
   }
-  std::sort(ranges.begin(), ranges.end());
-  std::vector<std::pair<uint64_t, uint64_t>> merged;
+  if (on_device) {
+    Result<transfer::DeviceCopier*> copier = transfer::CudaCopier();
+    if (!copier.ok()) return copier.status().WithContext("publishing CUDA tensors");
+    regions->EnableDevices(*copier);
+  }
+  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) {
+    return std::tie(a.start, a.device) < std::tie(b.start, b.device);
+  });
+  std::vector<Range> merged;
   for (const auto& r : ranges) {
-    if (!merged.empty() && r.first <= merged.back().second) {
-      merged.back().second = std::max(merged.back().second, r.second);
+    if (!merged.empty() && r.start <= merged.back().end) {
+      if (r.device != merged.back().device) {
+        return Status::InvalidArgument("tensors on different devices share addresses");
+      }
+      merged.back().end = std::max(merged.back().end, r.end);
     } else {
       merged.push_back(r);
     }
   }
   for (size_t i = 0; i < merged.size(); ++i) {
-    MX_RETURN_IF_ERROR(regions->Register({"tensors-" + std::to_string(i), merged[i].first,
-                                          merged[i].second - merged[i].first, -1, ""},
+    MX_RETURN_IF_ERROR(regions->Register({"tensors-" + std::to_string(i), merged[i].start,
+                                          merged[i].end - merged[i].start, merged[i].device, ""},
                                          /*complete=*/true));
   }
   return Status::OK();

@@ -164,6 +164,11 @@ class P2pTest(unittest.TestCase):
             mx.p2p.publish_source(MODEL, [("list", [1, 2, 3])])
         with self.assertRaisesRegex(ValueError, "given twice"):
             mx.p2p.publish_source(MODEL, [("a", torch.ones(2)), ("a", torch.ones(2))])
+        # A CUDA tensor (described as the wrapper does; Debian's torch has no CUDA) needs a
+        # usable GPU: refused with the reason, nothing published.
+        with self.assertRaisesRegex(mx.MxError, "publishing CUDA tensors: .*(CUDA|GPU)"):
+            mx._mx.publish_source(MODEL, [("g", 0x7f0000000000, 8, "F32", [2], 0)],
+                                  "", "", 0, 1, 1, 1, "", "")
         self.assertEqual(self.sources(MODEL, "--ready"), [])
         # No server configured: not published, and why (the vLLM plugin's contract).
         self.env.set(MODEL_EXPRESS_URL=None)
