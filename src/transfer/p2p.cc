@@ -308,11 +308,15 @@ Result<std::unique_ptr<Worker>> Worker::Start(client::MxClient* client, const Id
   so.host = options.host;
   so.max_rate = options.max_rate;
   MX_ASSIGN_OR_RETURN(w->transfer_, StartTcpServer(regions, so));
-  // A loaded source checksums each chunk once, on every core, before anyone can ask: peers
-  // then wait only for the copy (a receiver remembers the CRCs it verified instead).
+  // A loaded source checksums each chunk once, in the background on half the cores (a
+  // chunk asked before then is checksummed on demand), so peers wait only for the copy; a
+  // receiver remembers the CRCs it verified instead. Not before publishing: for a large
+  // model on a GPU that pass takes seconds the engine would otherwise wait for.
   if (status == p2p::SOURCE_STATUS_READY) {
-    regions->PrecomputeChecksums(
-        kDefaultChunkBytes, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+    int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency() / 2));
+    w->precompute_ = std::thread([regions, threads, cancel = &w->cancel_precompute_] {
+      regions->PrecomputeChecksums(kDefaultChunkBytes, threads, cancel);
+    });
   }
 
   // The manifest is fixed once the memory is: build it once.
@@ -427,6 +431,8 @@ void Worker::Stop() {
     stopping_ = true;
   }
   cv_.notify_all();
+  cancel_precompute_ = true;
+  if (precompute_.joinable()) precompute_.join();
   if (heartbeat_.joinable()) heartbeat_.join();
   if (!mx_source_id_.empty()) {
     Status st = SetStatus(p2p::SOURCE_STATUS_STALE);

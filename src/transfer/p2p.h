@@ -142,6 +142,8 @@ class Worker {
   std::condition_variable cv_;
   bool stopping_ = false;
   std::thread heartbeat_;
+  std::atomic<bool> cancel_precompute_{false};
+  std::thread precompute_;  // the source's chunk checksums (RegionRegistry)
 };
 
 struct PullRequest {

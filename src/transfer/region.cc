@@ -145,7 +145,8 @@ Result<uint32_t> RegionRegistry::Checksum(uint64_t addr, uint64_t size, bool fre
   return crc;
 }
 
-void RegionRegistry::PrecomputeChecksums(uint64_t chunk_bytes, int threads) {
+void RegionRegistry::PrecomputeChecksums(uint64_t chunk_bytes, int threads,
+                                         const std::atomic<bool>* cancel) {
   chunk_bytes = std::max<uint64_t>(chunk_bytes, kCrcGrain);
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   {
@@ -162,6 +163,7 @@ void RegionRegistry::PrecomputeChecksums(uint64_t chunk_bytes, int threads) {
   std::atomic<size_t> next{0};
   auto work = [&] {
     for (size_t i = next++; i < ranges.size(); i = next++) {
+      if (cancel != nullptr && cancel->load()) return;
       (void)Checksum(ranges[i].first, ranges[i].second);
     }
   };

@@ -18,6 +18,7 @@
 // - Thread-safe.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -64,8 +65,9 @@ class RegionRegistry {
   Result<uint32_t> Checksum(uint64_t addr, uint64_t size, bool fresh = false);
   // Computes the CRC of every `chunk_bytes` piece (from each region's start, as PullOptions
   // deals chunks) of the complete regions, on `threads` threads, so the first peers do not
-  // wait for them.
-  void PrecomputeChecksums(uint64_t chunk_bytes, int threads);
+  // wait for them. Returns early once `*cancel` is true.
+  void PrecomputeChecksums(uint64_t chunk_bytes, int threads,
+                           const std::atomic<bool>* cancel = nullptr);
   std::vector<Region> List() const;
   uint64_t verified_bytes() const;
 
