@@ -181,6 +181,7 @@ Result<WorkerOptions> WorkerOptions::FromEnvironment() {
     MX_ASSIGN_OR_RETURN(o.max_rate,
                         ParseByteSizeInRange("MX_P2P_SERVE_MAX_RATE", *r, 0, 1ull << 40));
   }
+  MX_ASSIGN_OR_RETURN(o.token, P2pTokenFromEnvironment());
   return o;
 }
 
@@ -307,6 +308,7 @@ Result<std::unique_ptr<Worker>> Worker::Start(client::MxClient* client, const Id
   ServerOptions so;
   so.host = options.host;
   so.max_rate = options.max_rate;
+  so.token = options.token;
   MX_ASSIGN_OR_RETURN(w->transfer_, StartTcpServer(regions, so));
   // A loaded source checksums each chunk once, in the background on half the cores (a
   // chunk asked before then is checksummed on demand), so peers wait only for the copy; a
@@ -705,6 +707,9 @@ Result<PulledModel> PullModel(client::MxClient& client, const PullRequest& reque
   }
   PullOptions options = request.transfer;
   options.connect.transport = transport;
+  if (options.connect.token.empty()) {
+    MX_ASSIGN_OR_RETURN(options.connect.token, P2pTokenFromEnvironment());
+  }
   if (request.before_pull) {
     MX_ASSIGN_OR_RETURN(std::string self_id, request.before_pull(local));
     // The receivers of this rollout: those that published (INITIALIZING) by now.
@@ -1067,6 +1072,9 @@ Result<PulledDir> PullArtifactDir(client::MxClient& client, const Identity& iden
   }
   PullOptions options = transfer;
   MX_ASSIGN_OR_RETURN(options.connect.transport, ChosenTransport());
+  if (options.connect.token.empty()) {
+    MX_ASSIGN_OR_RETURN(options.connect.token, P2pTokenFromEnvironment());
+  }
   PullStats stats;
   MX_RETURN_IF_ERROR(Pull(items, peers, options, &stats));
   for (size_t i = 0; i < files.size(); ++i) {

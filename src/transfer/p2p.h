@@ -82,8 +82,9 @@ struct WorkerOptions {
   int device_id = 0;
   int heartbeat_s = 30;   // MX_HEARTBEAT_INTERVAL_SECS
   uint64_t max_rate = 0;  // bytes/s the transfer server may send (0 = unlimited)
+  std::string token;      // peers must prove it before reading (ServerOptions::token)
   // Defaults from MX_WORKER_HOST, MX_WORKER_GRPC_PORT, MX_HEARTBEAT_INTERVAL_SECS,
-  // MX_P2P_SERVE_MAX_RATE (a size per second: 100MiB).
+  // MX_P2P_SERVE_MAX_RATE (a size per second: 100MiB), MX_P2P_TOKEN.
   static Result<WorkerOptions> FromEnvironment();
 };
 

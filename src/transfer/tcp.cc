@@ -32,6 +32,8 @@
 #include <random>
 #include <thread>
 
+#include "common/env.h"
+#include "common/hash.h"
 #include "transfer/crc32c.h"
 #include "transfer/transport.h"
 
@@ -49,9 +51,32 @@ enum Code : uint32_t {
   kOutside = 1,
   kNotVerified = 2,
   kBadRequest = 3,
-  kDeviceFailed = 4,  // the range is in device memory that could not be copied out
-  kOnDevice = 5,      // a checksum-only request (cma, ucx) for device memory: use tcp reads
+  kDeviceFailed = 4,   // the range is in device memory that could not be copied out
+  kOnDevice = 5,       // a checksum-only request (cma, ucx) for device memory: use tcp reads
+  kTokenRequired = 6,  // the source has MX_P2P_TOKEN and this connection has not proven it
+  kTokenRefused = 7,   // the proof did not match
 };
+
+constexpr std::string_view kProofContext = "mx-p2p-token-v1";
+
+std::string Proof(const std::string& token, const std::string& challenge) {
+  return HmacSha256(token, std::string(kProofContext) + challenge);
+}
+
+bool SameBytes(const std::string& a, const std::string& b) {  // constant time in the content
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+// The client's view of an answer code that refuses every request on the connection.
+Status TokenStatus(uint32_t code, const std::string& peer) {
+  if (code == kTokenRequired) {
+    return Status::Unauthenticated(peer + ": the source requires a token (set MX_P2P_TOKEN)");
+  }
+  return Status::PermissionDenied(peer + ": the source refused our token (MX_P2P_TOKEN)");
+}
 
 // The answer code for a failed RegionRegistry lookup or checksum.
 uint32_t CodeFor(const Status& st) {
@@ -190,6 +215,9 @@ class TcpServer : public Server {
       c.fd = fd;
       c.thread = std::thread([this, &c] {
         Serve(c.fd);
+        // The peer sees the end at once; the descriptor is closed by Reap (or Stop), so its
+        // number cannot be reused while this entry still names it.
+        ::shutdown(c.fd, SHUT_RDWR);
         c.done = true;
       });
     }
@@ -234,14 +262,48 @@ class TcpServer : public Server {
     std::this_thread::sleep_until(until);
   }
 
+  // Answers one authentication request (kOpChallenge / kOpProve) or refuses a request on a
+  // connection that has not proven the token. False when the connection should close.
+  bool ServeToken(int fd, uint32_t op, uint64_t size, std::string* challenge, bool* proven) {
+    char resp[kResponseBytes] = {};
+    Put32(resp, kResponseMagic);
+    if (op == kOpChallenge) {
+      if (!o_.token.empty()) {
+        challenge->resize(16);
+        std::random_device rd;
+        for (char& c : *challenge) c = static_cast<char>(rd());
+      }
+      Put64(resp + 8, challenge->size());
+      Put32(resp + 16, Crc32c(*challenge));
+      return SendAll(fd, resp, sizeof(resp)) && SendAll(fd, challenge->data(), challenge->size());
+    }
+    if (op == kOpProve && size == 32 && !challenge->empty()) {
+      std::string proof(32, '\0');
+      if (RecvAll(fd, proof.data(), proof.size()) != 0) return false;
+      *proven = SameBytes(proof, Proof(o_.token, *challenge));
+      challenge->clear();  // one proof per challenge
+      Put32(resp + 4, *proven ? kOk : kTokenRefused);
+      return SendAll(fd, resp, sizeof(resp)) && *proven;
+    }
+    Put32(resp + 4, kTokenRequired);
+    SendAll(fd, resp, sizeof(resp));
+    return false;
+  }
+
   void Serve(int fd) {
     char req[kRequestBytes];
+    bool proven = o_.token.empty();
+    std::string challenge;
     while (WaitRequest(fd)) {
       if (RecvAll(fd, req, sizeof(req)) != 0) return;
       char resp[kResponseBytes] = {};
       Put32(resp, kResponseMagic);
       uint64_t addr = Get64(req + 8), size = Get64(req + 16);
       uint32_t op = Get32(req + 4);
+      if (Get32(req) == kRequestMagic && (!proven || op == kOpChallenge || op == kOpProve)) {
+        if (!ServeToken(fd, op, size, &challenge, &proven)) return;
+        continue;
+      }
       bool read = op == kOpRead || op == kOpFreshRead;
       if (Get32(req) == kRequestMagic && !read && size <= kMaxReadBytes) {
         if (!ServeControl(fd, op, addr, size)) return;
@@ -386,6 +448,10 @@ class TcpConnection : public Connection {
       case kDeviceFailed:
         broken_ = true;
         return Status::Unavailable(peer_ + ": could not copy its device memory out");
+      case kTokenRequired:
+      case kTokenRefused:
+        broken_ = true;
+        return TokenStatus(Get32(resp + 4), peer_);
       default:
         return Status::Unimplemented(peer_ + ": does not offer UCX");
     }
@@ -413,6 +479,10 @@ class TcpConnection : public Connection {
       case kDeviceFailed:
         broken_ = true;
         return Status::Unavailable(peer_ + ": could not copy its device memory out");
+      case kTokenRequired:
+      case kTokenRefused:
+        broken_ = true;
+        return TokenStatus(Get32(resp + 4), peer_);
       default:
         broken_ = true;
         return Status::InvalidArgument(peer_ + ": refused the request");
@@ -433,6 +503,37 @@ class TcpConnection : public Connection {
     return Status::OK();
   }
   void MarkBroken() override { broken_ = true; }
+
+  // Proves `token` when the source asks for one (its challenge is empty otherwise).
+  Status Authenticate(const std::string& token) {
+    std::string challenge;
+    uint32_t crc = 0;
+    MX_RETURN_IF_ERROR(Control(kOpChallenge, 0, 0, &challenge, &crc));
+    if (challenge.empty()) return Status::OK();
+    if (challenge.size() != 16) {
+      broken_ = true;
+      return Status::DataLoss(peer_ + ": malformed token challenge");
+    }
+    char req[kRequestBytes] = {};
+    Put32(req, kRequestMagic);
+    Put32(req + 4, kOpProve);
+    Put64(req + 16, 32);
+    std::string proof = Proof(token, challenge);
+    if (!SendAll(fd_, req, sizeof(req)) || !SendAll(fd_, proof.data(), proof.size())) {
+      return Fail("send", errno);
+    }
+    char resp[kResponseBytes];
+    if (int e = RecvAll(fd_, resp, sizeof(resp)); e != 0) return Fail("receive", e);
+    if (Get32(resp) != kResponseMagic) {
+      broken_ = true;
+      return Status::DataLoss(peer_ + ": not an mx transfer peer");
+    }
+    if (Get32(resp + 4) != kOk) {
+      broken_ = true;
+      return TokenStatus(kTokenRefused, peer_);
+    }
+    return Status::OK();
+  }
 
  private:
   // Sends one request and receives the fixed-size answer header into `resp`.
@@ -535,7 +636,18 @@ Result<std::unique_ptr<Connection>> ConnectTcp(const std::string& endpoint,
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   SetTimeouts(fd, options.stall_ms);
-  return std::unique_ptr<Connection>(std::make_unique<TcpConnection>(fd, endpoint));
+  auto conn = std::make_unique<TcpConnection>(fd, endpoint);
+  if (!options.token.empty()) MX_RETURN_IF_ERROR(conn->Authenticate(options.token));
+  return std::unique_ptr<Connection>(std::move(conn));
+}
+
+Result<std::string> P2pTokenFromEnvironment() {
+  std::optional<std::string> token = GetEnv("MX_P2P_TOKEN");
+  if (!token) return std::string();
+  if (token->empty() || token->size() > 4096) {
+    return Status::InvalidArgument("MX_P2P_TOKEN must be 1 to 4096 bytes");
+  }
+  return *token;
 }
 
 Status Connection::Read(uint64_t remote_addr, uint64_t size, char* dest, uint32_t* crc) {

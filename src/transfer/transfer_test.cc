@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/hash.h"
 #include "transfer/crc32c.h"
 #include "transfer/device.h"
 #include "transfer/pull.h"
@@ -155,7 +156,7 @@ struct Source {
   RegionRegistry regions;
   std::unique_ptr<Server> server;
 
-  explicit Source(uint64_t rate = 0) {
+  explicit Source(uint64_t rate = 0, std::string token = "") {
     tensors.push_back(RandomBytes(3 << 20, 1));
     tensors.push_back(RandomBytes(12345, 2));
     tensors.push_back({});
@@ -168,6 +169,7 @@ struct Source {
     }
     ServerOptions o;
     o.max_rate = rate;
+    o.token = std::move(token);
     auto s = StartTcpServer(&regions, o);
     EXPECT_TRUE(s.ok()) << s.status().ToString();
     server = std::move(*s);
@@ -539,6 +541,94 @@ TEST(UcxPull, PartialPeerRefusesUnverifiedRange) {
   EXPECT_FALSE((*conn)->broken());
 }
 #endif
+
+// --- MX_P2P_TOKEN ---------------------------------------------------------------------------
+
+struct TokenSource : Source {
+  TokenSource() : Source(0, "s3cret-token") {}
+};
+
+Status PullWithToken(Source& src, const std::string& transport, const std::string& token) {
+  std::vector<std::vector<char>> dest;
+  std::vector<PullItem> items;
+  for (auto& t : src.tensors) dest.emplace_back(t.size());
+  for (auto& d : dest) items.push_back({d.data(), d.size()});
+  PullOptions o;
+  o.connect.transport = transport;
+  o.connect.token = token;
+  o.connections_per_peer = 2;
+  PullStats stats;
+  Status st = Pull(items, {src.Peer("src")}, o, &stats);
+  for (size_t i = 0; st.ok() && i < dest.size(); ++i) EXPECT_EQ(dest[i], src.tensors[i]) << i;
+  return st;
+}
+
+TEST(Token, OnlyPeersThatProveTheTokenRead) {
+  TokenSource src;
+  for (const char* transport : {"tcp", "cma"}) {
+    EXPECT_TRUE(PullWithToken(src, transport, "s3cret-token").ok()) << transport;
+    Status none = PullWithToken(src, transport, "");
+    EXPECT_NE(none.message().find("requires a token"), std::string::npos) << none.ToString();
+    Status wrong = PullWithToken(src, transport, "s3cret-tokeN");
+    EXPECT_NE(wrong.message().find("refused our token"), std::string::npos) << wrong.ToString();
+    EXPECT_EQ(wrong.message().find("s3cret"), std::string::npos);
+  }
+  Source open;  // a token is only answered to a source that asks for one
+  EXPECT_TRUE(PullWithToken(open, "tcp", "s3cret-token").ok());
+}
+
+TEST(Token, UnprovenConnectionIsRefusedAndAProofIsNotReplayable) {
+  TokenSource src;
+  std::string host;
+  int port = 0;
+  ASSERT_TRUE(ParseTcpEndpoint(src.server->endpoint(), &host, &port).ok());
+  auto raw = [&] {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    return fd;
+  };
+  auto request = [](int fd, uint32_t op, uint64_t addr, uint64_t size) {
+    char req[32] = {'M', 'X', 'P', '1'};
+    std::memcpy(req + 4, &op, 4);
+    std::memcpy(req + 8, &addr, 8);
+    std::memcpy(req + 16, &size, 8);
+    ASSERT_EQ(::send(fd, req, sizeof(req), MSG_NOSIGNAL), 32);
+  };
+  auto answer_code = [](int fd) -> int {
+    char resp[24];
+    if (::recv(fd, resp, sizeof(resp), MSG_WAITALL) != 24) return -1;
+    uint32_t code;
+    std::memcpy(&code, resp + 4, 4);
+    return static_cast<int>(code);
+  };
+  // A read before any proof: refused (code 6), then the connection is closed.
+  int fd = raw();
+  request(fd, 1, reinterpret_cast<uint64_t>(src.tensors[0].data()), 4096);
+  EXPECT_EQ(answer_code(fd), 6);
+  char byte;
+  EXPECT_EQ(::recv(fd, &byte, 1, 0), 0);
+  ::close(fd);
+  // A proof without a challenge, or for another connection's challenge: refused.
+  fd = raw();
+  request(fd, 9, 0, 32);
+  EXPECT_EQ(answer_code(fd), 6);
+  ::close(fd);
+  fd = raw();
+  request(fd, 8, 0, 0);
+  char resp[24];
+  ASSERT_EQ(::recv(fd, resp, sizeof(resp), MSG_WAITALL), 24);
+  std::string challenge(16, '\0');
+  ASSERT_EQ(::recv(fd, challenge.data(), 16, MSG_WAITALL), 16);
+  request(fd, 9, 0, 32);
+  std::string stale = HmacSha256("s3cret-token", "mx-p2p-token-v1" + std::string(16, 'x'));
+  ASSERT_EQ(::send(fd, stale.data(), 32, MSG_NOSIGNAL), 32);
+  EXPECT_EQ(answer_code(fd), 7);
+  ::close(fd);
+}
 
 // --- device memory, through a stand-in device ---------------------------------------------
 

@@ -64,6 +64,9 @@ struct ServerOptions {
   int idle_ms = 300000;            // a connection without a request this long is closed
   int max_connections = 256;
   bool ucx = true;  // also offer UCX RMA reads (when built with UCX)
+  // MX_P2P_TOKEN: when set, a connection must prove it knows this secret (HMAC-SHA256 of a
+  // per-connection challenge) before any other request is answered. Never logged.
+  std::string token;
 };
 
 class Server {
@@ -83,7 +86,12 @@ struct ConnectOptions {
   std::string bind_host;  // local address for the outgoing connection (MX_WORKER_HOST)
   int connect_ms = 3000;
   int stall_ms = 10000;
+  std::string token;  // MX_P2P_TOKEN, answered to a source that asks for it
 };
+
+// MX_P2P_TOKEN, or empty. InvalidArgument for a value that is set but unusable (empty or
+// over 4 KiB); the message never contains the value.
+Result<std::string> P2pTokenFromEnvironment();
 
 class Connection {
  public:
@@ -120,6 +128,11 @@ inline constexpr uint32_t kOpCmaHello = 5;    // blob: pid u64, nonce address u6
 // kOpChecksum computed from the memory as it is now, not remembered (the retry after a
 // mismatch: see RegionRegistry::Checksum).
 inline constexpr uint32_t kOpFreshChecksum = 6;
+// Authentication (ServerOptions::token): the challenge (blob: 16 random bytes, or empty when
+// the source needs no token), then the proof (a 32-byte body: HMAC-SHA256(token, context ||
+// challenge)). Other requests on an unproven connection are refused and the connection closed.
+inline constexpr uint32_t kOpChallenge = 8;
+inline constexpr uint32_t kOpProve = 9;
 
 // Same host: reads the peer's memory with process_vm_readv (one kernel copy, no socket),
 // after proving the peer is this host's process: it names its pid and the address of a

@@ -157,6 +157,29 @@ class P2pCase(unittest.TestCase):
         _, r = self.pull(server, ok=False)
         self.assertIn("no READY p2p source", r.stderr)
 
+    def test_token_guards_the_data_port_and_never_shows(self):
+        server = self.server()
+        token = "tok-" + os.urandom(8).hex()
+        src = self.serve(server, "127.0.0.2", env={"MX_P2P_TOKEN": token})
+        outputs = []
+        for transport in ("cma", "tcp"):
+            env = {"MX_P2P_TRANSPORT": transport}
+            _, r = self.pull(server, ok=False, env=env)
+            outputs.append(r.stdout + r.stderr)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("requires a token (set MX_P2P_TOKEN)", r.stderr)
+            _, r = self.pull(server, ok=False, env={**env, "MX_P2P_TOKEN": token + "x"})
+            outputs.append(r.stdout + r.stderr)
+            self.assertIn("refused our token", r.stderr)
+            rep, r = self.pull(server, env={**env, "MX_P2P_TOKEN": token, "MX_LOG_LEVEL": "debug"})
+            outputs.append(r.stdout + r.stderr)
+            self.assertEqual((rep["transport"], rep["verified"]), (transport, True))
+        src.proc.send_signal(signal.SIGTERM)
+        src.proc.wait(10)
+        outputs.append(src.proc.stderr.read())
+        for text in outputs:
+            self.assertNotIn(token, text)
+
     def test_round_trip_embedded_registry(self):
         self.check_round_trip(self.server())
 
