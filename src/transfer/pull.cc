@@ -200,8 +200,10 @@ class Puller {
   }
 
   // Reads chunk c from the peer: straight into host memory, or into a staging buffer and on
-  // to the device (`slot`'s previous copy is landed first, so its buffer can be reused).
-  Status Fetch(size_t p, Connection& conn, size_t c, std::optional<InFlight>* slot,
+  // to the device (`slots[next]`'s previous copy is landed first, so its buffer can be
+  // reused; when the pool has no free buffer, the other copy is landed too, so a thread never
+  // waits for a buffer while holding one).
+  Status Fetch(size_t p, Connection& conn, size_t c, std::optional<InFlight> (&slots)[2], int next,
                std::unique_lock<std::mutex>& l, bool* landed_now) {
     const Chunk& ch = chunks_[c];
     const PullItem& item = items_[ch.item];
@@ -216,6 +218,7 @@ class Puller {
       *landed_now = st.ok();
       return st;
     }
+    std::optional<InFlight>* slot = &slots[next];
     if (slot->has_value()) {
       Land(p, **slot, l);
       slot->reset();
@@ -224,7 +227,17 @@ class Puller {
     Status st;
     InFlight f;
     f.chunk = c;
-    auto lease = o_.staging->Acquire(o_.connect.stall_ms);
+    auto lease = o_.staging->Acquire(0);
+    if (!lease.ok()) {
+      std::optional<InFlight>& other = slots[next ^ 1];
+      if (other.has_value()) {
+        l.lock();
+        Land(p, *other, l);
+        other.reset();
+        l.unlock();
+      }
+      lease = o_.staging->Acquire(o_.connect.stall_ms);
+    }
     if (!lease.ok()) {
       st = lease.status();
     } else {
@@ -284,7 +297,7 @@ class Puller {
       if (picked < 0) break;  // live_peers_ == 0
       size_t c = static_cast<size_t>(picked);
       bool landed_now = false;
-      Status st = Fetch(p, **conn, c, &slots[next_slot], l, &landed_now);
+      Status st = Fetch(p, **conn, c, slots, next_slot, l, &landed_now);
       if (st.ok()) {
         next_slot ^= 1;
         if (landed_now) Complete(p, c, l);

@@ -772,6 +772,29 @@ TEST(DevicePull, TargetOnADeviceLandsCheckedChunksAndServesThemOn) {
   EXPECT_EQ(again, src.tensors[0]);
 }
 
+TEST(DevicePull, OneStagingBufferServesManyConnectionsWithoutWaiting) {
+  Source src;
+  FakeDevice gpu(4 << 20);
+  StagingPool staging(&gpu, 1);  // four pulling threads share one buffer
+  std::vector<PullItem> items{{reinterpret_cast<char*>(gpu.addr(0)), src.tensors[0].size(), 0}};
+  PullOptions o;
+  o.connect.transport = "tcp";
+  o.chunk_bytes = 128 << 10;
+  o.connections_per_peer = 4;
+  o.staging = &staging;
+  PullPeer peer = src.Peer("src");
+  peer.remote_addr.resize(1);
+  PullStats stats;
+  auto t0 = std::chrono::steady_clock::now();
+  Status st = Pull(items, {peer}, o, &stats);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  // A thread holding a buffer never waits for another (that would take the stall deadline).
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  EXPECT_EQ(std::vector<char>(gpu.host_view(0), gpu.host_view(0) + src.tensors[0].size()),
+            src.tensors[0]);
+  EXPECT_EQ(gpu.staging_buffers.load(), 1);
+}
+
 TEST(DevicePull, AFailedDeviceCopyEndsThePullWithItsError) {
   Source src;
   FakeDevice gpu(4 << 20);
