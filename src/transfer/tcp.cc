@@ -9,9 +9,9 @@
 // The server computes the CRC over the registered memory and sends from that memory (no
 // staging copy); the client receives straight into the destination and checks the CRC.
 // Why plain send(): bench/p2p.sh (part d, bench/tcp_send_probe.cc) measured 1 GiB over 4
-// loopback connections at 6.2 GB/s with send(), 3.6 with MSG_ZEROCOPY (the kernel copies
-// loopback zerocopy buffers anyway, and the completions cost extra) and 3.5 with sendfile
-// from a memfd. Across a real NIC zerocopy may win; that is unmeasured here.
+// loopback connections at 5.6-6.2 GB/s with send(), 3.5-3.6 with MSG_ZEROCOPY (the kernel
+// copies loopback zerocopy buffers anyway, and the completions cost extra) and 3.2-3.5 with
+// sendfile from a memfd. Across a real NIC zerocopy may win; that is unmeasured here.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
