@@ -25,7 +25,6 @@ void RegionRegistry::EnableDevices(DeviceCopier* copier, int max_staging) {
 
 Status RegionRegistry::Register(const Region& region, bool complete) {
   if (region.addr == 0 && region.size > 0) return Status::InvalidArgument("region at address 0");
-
   if (RangeOverflows(region.addr, region.size)) return Status::InvalidArgument("region wraps");
   std::lock_guard<std::mutex> l(mu_);
   if (region.device >= 0 && staging_ == nullptr) {
