@@ -1,7 +1,6 @@
 // `mx p2p serve|pull|sources`: thin wrappers around mx::transfer's Worker and PullModel.
 #include <pthread.h>
 #include <signal.h>
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -126,18 +125,11 @@ struct OwnedTensors {
   std::vector<transfer::LocalTensor> tensors;
 };
 
-// `n` bytes, 64-byte aligned. Large tensors get their own mapping backed by huge pages where
-// the kernel allows: a same-host peer's process_vm_readv pins the source's pages one by one,
-// and a 2 MiB page pins in one step (bench/p2p.sh: a quarter of the pull's time otherwise).
+// `n` bytes, 64-byte aligned. A tensor of 2 MiB or more gets a mapping of its own on huge
+// pages (transfer::MapHostMemory; bench/p2p.sh: pinning 4 KiB pages one by one was a quarter
+// of a same-host pull's time).
 std::shared_ptr<void> AllocateTensor(size_t n) {
-  constexpr size_t kHuge = 2 << 20;
-  if (n >= kHuge) {
-    size_t mapped = (n + kHuge - 1) / kHuge * kHuge;
-    void* p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return nullptr;
-    madvise(p, mapped, MADV_HUGEPAGE);
-    return std::shared_ptr<void>(p, [mapped](void* q) { munmap(q, mapped); });
-  }
+  if (n >= (2u << 20)) return transfer::MapHostMemory(n);
   void* p = std::aligned_alloc(64, (std::max<size_t>(n, 1) + 63) / 64 * 64);
   if (p == nullptr) return nullptr;
   return std::shared_ptr<void>(p, &std::free);

@@ -26,11 +26,8 @@ class CmaConnection : public Connection {
   Status ReadChecked(uint64_t remote_addr, uint64_t size, char* dest, bool fresh,
                      uint32_t* crc_out) override {
     if (broken()) return Status::Unavailable(peer_ + ": connection already failed");
-    if (size > kMaxReadBytes) return Status::InvalidArgument("read larger than 64 MiB");
-    std::string unused;
     uint32_t want = 0;
-    MX_RETURN_IF_ERROR(control_->Control(fresh ? kOpFreshChecksum : kOpChecksum, remote_addr, size,
-                                         &unused, &want));
+    MX_RETURN_IF_ERROR(PeerChecksum(*control_, remote_addr, size, fresh, &want));
     // Copied and checked a piece at a time: the CRC reads each piece from the cache.
     uint32_t crc = 0;
     for (uint64_t done = 0; done < size;) {

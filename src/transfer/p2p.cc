@@ -651,6 +651,13 @@ void AddUsable(client::MxClient& client, size_t max_sources, std::vector<Candida
 
 }  // namespace
 
+std::shared_ptr<void> MapHostMemory(size_t bytes) {
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+  madvise(p, bytes, MADV_HUGEPAGE);
+  return std::shared_ptr<void>(p, [bytes](void* q) { munmap(q, bytes); });
+}
+
 Result<PulledModel> PullModel(client::MxClient& client, const PullRequest& request) {
   auto t0 = std::chrono::steady_clock::now();
   MX_ASSIGN_OR_RETURN(std::string transport, ChosenTransport());
@@ -693,15 +700,12 @@ Result<PulledModel> PullModel(client::MxClient& client, const PullRequest& reque
     uint64_t total = 0;
     for (const LocalTensor& t : local) total += (t.size + 63) & ~63ull;
     size_t map_bytes = std::max<uint64_t>(total, 64);
-    void* base =
-        mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base == MAP_FAILED) return Status::FromErrno(errno, "allocating the model's memory");
-    // Huge pages where the kernel allows: a 512th of the page faults on landing the bytes.
-    madvise(base, map_bytes, MADV_HUGEPAGE);
-    out.memory = std::shared_ptr<void>(base, [map_bytes](void* p) { munmap(p, map_bytes); });
+    out.memory = MapHostMemory(map_bytes);
+    if (out.memory == nullptr) return Status::FromErrno(errno, "allocating the model's memory");
+    char* base = static_cast<char*>(out.memory.get());
     uint64_t off = 0;
     for (LocalTensor& t : local) {
-      t.data = static_cast<char*>(base) + off;
+      t.data = base + off;
       off += (t.size + 63) & ~63ull;
     }
   }

@@ -124,15 +124,17 @@ Result<uint32_t> RegionRegistry::ComputeChecksum(const Region& region, uint64_t 
   return crc;
 }
 
-Result<uint32_t> RegionRegistry::Checksum(uint64_t addr, uint64_t size, bool fresh) {
+Result<uint32_t> RegionRegistry::Checksum(uint64_t addr, uint64_t size, bool fresh,
+                                          Region* region_out) {
   Region region;
   {
     std::lock_guard<std::mutex> l(mu_);
     const Entry* e = FindLocked(addr, size);
     MX_RETURN_IF_ERROR(ReadableLocked(e, addr, size));
+    region = e->region;
+    if (region_out != nullptr) *region_out = region;
     auto it = e->crcs.find(addr);
     if (!fresh && it != e->crcs.end() && it->second.first == size) return it->second.second;
-    region = e->region;
   }
   // Computed without the lock: other peers' reads go on meanwhile.
   MX_ASSIGN_OR_RETURN(uint32_t crc, ComputeChecksum(region, addr, size));

@@ -61,8 +61,10 @@ class RegionRegistry {
   // NotFound when it is outside every region; Unavailable when not (yet) verified.
   Result<Region> Readable(uint64_t addr, uint64_t size) const;
   // Readable(addr, size), then the range's CRC-32C: remembered, or computed and remembered
-  // (always computed, and remembered anew, when `fresh`).
-  Result<uint32_t> Checksum(uint64_t addr, uint64_t size, bool fresh = false);
+  // (always computed, and remembered anew, when `fresh`). `region`, when given, receives the
+  // region holding the range.
+  Result<uint32_t> Checksum(uint64_t addr, uint64_t size, bool fresh = false,
+                            Region* region = nullptr);
   // Computes the CRC of every `chunk_bytes` piece (from each region's start, as PullOptions
   // deals chunks) of the complete regions, on `threads` threads, so the first peers do not
   // wait for them. Returns early once `*cancel` is true.

@@ -314,9 +314,8 @@ class TcpServer : public Server {
         SendAll(fd, resp, sizeof(resp));
         return;  // a peer that speaks something else is not worth a second try
       }
-      auto region = regions_->Readable(addr, size);
-      Result<uint32_t> crc = region.ok() ? regions_->Checksum(addr, size, op == kOpFreshRead)
-                                         : Result<uint32_t>(region.status());
+      Region region;
+      auto crc = regions_->Checksum(addr, size, op == kOpFreshRead, &region);
       if (!crc.ok()) {
         Put32(resp + 4, CodeFor(crc.status()));
         if (!SendAll(fd, resp, sizeof(resp))) return;
@@ -326,11 +325,11 @@ class TcpServer : public Server {
       Put32(resp + 16, *crc);
       Throttle(size);
       if (!SendAll(fd, resp, sizeof(resp))) return;
-      if (region->device >= 0) {
+      if (region.device >= 0) {
         // Device memory goes out through a staging buffer, piece by piece. A failed copy
         // cuts the answer short: the peer sees the connection end and asks another source.
-        Status st = ForEachStagedPiece(*regions_->staging(), region->device, addr, size,
-                                       o_.stall_ms, [&](const char* piece, size_t n) {
+        Status st = ForEachStagedPiece(*regions_->staging(), region.device, addr, size, o_.stall_ms,
+                                       [&](const char* piece, size_t n) {
                                          return SendAll(fd, piece, n) ? Status::OK()
                                                                       : Status::Unavailable("send");
                                        });
@@ -378,7 +377,7 @@ class TcpServer : public Server {
     } else {
       auto readable = regions_->Readable(addr, 0);
       if (!readable.ok()) {
-        code = readable.status().code() == StatusCode::kUnavailable ? kNotVerified : kOutside;
+        code = CodeFor(readable.status());
       } else {
         auto rkey = agent_->PackRkey(*readable);
         if (!rkey.ok()) {
@@ -435,26 +434,8 @@ class TcpConnection : public Connection {
       if (int e = RecvAll(fd_, blob->data(), n); e != 0) return Fail("receive", e);
     }
     *crc = Get32(resp + 16);
-    switch (Get32(resp + 4)) {
-      case kOk:
-        break;
-      case kNotVerified:
-        return Status::Unavailable(peer_ + ": range not verified yet");
-      case kOutside:
-        return Status::NotFound(peer_ + ": range is outside its registered memory");
-      case kOnDevice:
-        broken_ = true;
-        return Status::FailedPrecondition(peer_ + ": range is in device memory (read over tcp)");
-      case kDeviceFailed:
-        broken_ = true;
-        return Status::Unavailable(peer_ + ": could not copy its device memory out");
-      case kTokenRequired:
-      case kTokenRefused:
-        broken_ = true;
-        return TokenStatus(Get32(resp + 4), peer_);
-      default:
-        return Status::Unimplemented(peer_ + ": does not offer UCX");
-    }
+    MX_RETURN_IF_ERROR(AnswerStatus(Get32(resp + 4), /*unknown_breaks=*/false,
+                                    Status::Unimplemented(peer_ + ": does not offer UCX")));
     if (op != kOpChecksum && op != kOpFreshChecksum && Crc32c(*blob) != *crc) {
       broken_ = true;
       return Status::DataLoss(peer_ + ": control answer checksum mismatch");
@@ -466,27 +447,10 @@ class TcpConnection : public Connection {
   Status ReadChecked(uint64_t remote_addr, uint64_t size, char* dest, bool fresh,
                      uint32_t* crc_out) override {
     if (broken_) return Status::Unavailable(peer_ + ": connection already failed");
-    if (size > kMaxReadBytes) return Status::InvalidArgument("read larger than 64 MiB");
     char resp[kResponseBytes];
     MX_RETURN_IF_ERROR(Exchange(fresh ? kOpFreshRead : kOpRead, remote_addr, size, resp));
-    switch (Get32(resp + 4)) {
-      case kOk:
-        break;
-      case kNotVerified:
-        return Status::Unavailable(peer_ + ": range not verified yet");
-      case kOutside:
-        return Status::NotFound(peer_ + ": range is outside its registered memory");
-      case kDeviceFailed:
-        broken_ = true;
-        return Status::Unavailable(peer_ + ": could not copy its device memory out");
-      case kTokenRequired:
-      case kTokenRefused:
-        broken_ = true;
-        return TokenStatus(Get32(resp + 4), peer_);
-      default:
-        broken_ = true;
-        return Status::InvalidArgument(peer_ + ": refused the request");
-    }
+    MX_RETURN_IF_ERROR(AnswerStatus(Get32(resp + 4), /*unknown_breaks=*/true,
+                                    Status::InvalidArgument(peer_ + ": refused the request")));
     if (Get64(resp + 8) != size) {
       broken_ = true;
       return Status::DataLoss(peer_ + ": answered a different size");
@@ -503,6 +467,32 @@ class TcpConnection : public Connection {
     return Status::OK();
   }
   void MarkBroken() override { broken_ = true; }
+
+  // What an answer's code means. "Not verified" and "outside" leave the connection usable;
+  // the other refusals break it, as does an unknown code when `unknown_breaks`.
+  Status AnswerStatus(uint32_t code, bool unknown_breaks, Status unknown) {
+    switch (code) {
+      case kOk:
+        return Status::OK();
+      case kNotVerified:
+        return Status::Unavailable(peer_ + ": range not verified yet");
+      case kOutside:
+        return Status::NotFound(peer_ + ": range is outside its registered memory");
+      case kOnDevice:
+        broken_ = true;
+        return Status::FailedPrecondition(peer_ + ": range is in device memory (read over tcp)");
+      case kDeviceFailed:
+        broken_ = true;
+        return Status::Unavailable(peer_ + ": could not copy its device memory out");
+      case kTokenRequired:
+      case kTokenRefused:
+        broken_ = true;
+        return TokenStatus(code, peer_);
+      default:
+        broken_ = broken_ || unknown_breaks;
+        return unknown;
+    }
+  }
 
   // Proves `token` when the source asks for one (its challenge is empty otherwise).
   Status Authenticate(const std::string& token) {
@@ -651,6 +641,7 @@ Result<std::string> P2pTokenFromEnvironment() {
 }
 
 Status Connection::Read(uint64_t remote_addr, uint64_t size, char* dest, uint32_t* crc) {
+  if (size > kMaxReadBytes) return Status::InvalidArgument("read larger than 64 MiB");
   Status st = ReadChecked(remote_addr, size, dest, false, crc);
   if (st.code() == StatusCode::kDataLoss && !broken()) {
     st = ReadChecked(remote_addr, size, dest, true, crc);

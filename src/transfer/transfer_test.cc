@@ -181,6 +181,18 @@ struct Source {
   }
 };
 
+// Host memory for every tensor of `src` (dest), and the pull items that land in it.
+struct HostCopy {
+  std::vector<std::vector<char>> dest;
+  std::vector<PullItem> items;
+};
+HostCopy HostCopyOf(const Source& src) {
+  HostCopy c;
+  for (auto& t : src.tensors) c.dest.emplace_back(t.size());
+  for (auto& d : c.dest) c.items.push_back({d.data(), d.size()});
+  return c;
+}
+
 TEST(TcpPull, ByteForByteFromTwoPeersAndMarksVerified) {
   Source a, b;
   std::vector<std::vector<char>> dest;
@@ -212,10 +224,7 @@ void PullsTheCurrentBytesAfterAnUpdateInPlace(const std::string& transport) {
   Source src;
   src.regions.PrecomputeChecksums(256 << 10, 1);
   src.tensors[0][300000] ^= 1;
-  std::vector<std::vector<char>> dest;
-  std::vector<PullItem> items;
-  for (auto& t : src.tensors) dest.emplace_back(t.size());
-  for (auto& d : dest) items.push_back({d.data(), d.size()});
+  auto [dest, items] = HostCopyOf(src);
   PullOptions o;
   o.connect.transport = transport;
   o.chunk_bytes = 256 << 10;
@@ -452,10 +461,7 @@ TEST(CmaPull, SameHostPeerIsReadInPlaceByDefault) {
   auto conn = Connect(a.server->endpoint(), {});  // auto
   ASSERT_TRUE(conn.ok()) << conn.status().ToString();
   EXPECT_STREQ((*conn)->transport(), "cma");
-  std::vector<std::vector<char>> dest;
-  std::vector<PullItem> items;
-  for (auto& t : a.tensors) dest.emplace_back(t.size());
-  for (auto& d : dest) items.push_back({d.data(), d.size()});
+  auto [dest, items] = HostCopyOf(a);
   PullOptions o;
   o.chunk_bytes = 256 << 10;
   PullStats stats;
@@ -490,10 +496,7 @@ TEST(CmaPull, RefusesUnverifiedRangeAndAPeerThatIsNotAnMxServer) {
 // UCX RMA: shared memory on one host by default, and UCX_TLS forcing TCP must work too.
 void UcxRoundTrip() {
   Source a, b;
-  std::vector<std::vector<char>> dest;
-  std::vector<PullItem> items;
-  for (auto& t : a.tensors) dest.emplace_back(t.size());
-  for (auto& d : dest) items.push_back({d.data(), d.size()});
+  auto [dest, items] = HostCopyOf(a);
   auto conn = Connect(a.server->endpoint(), [] {
     ConnectOptions o;
     o.transport = "ucx";
@@ -549,10 +552,7 @@ struct TokenSource : Source {
 };
 
 Status PullWithToken(Source& src, const std::string& transport, const std::string& token) {
-  std::vector<std::vector<char>> dest;
-  std::vector<PullItem> items;
-  for (auto& t : src.tensors) dest.emplace_back(t.size());
-  for (auto& d : dest) items.push_back({d.data(), d.size()});
+  auto [dest, items] = HostCopyOf(src);
   PullOptions o;
   o.connect.transport = transport;
   o.connect.token = token;

@@ -134,6 +134,15 @@ inline constexpr uint32_t kOpFreshChecksum = 6;
 inline constexpr uint32_t kOpChallenge = 8;
 inline constexpr uint32_t kOpProve = 9;
 
+// The CRC a peer gives for a range it has verified (remembered, or with `fresh` of its
+// memory as it is now), asked over its TCP control connection: what cma and ucx reads, whose
+// bytes travel another way, are checked against.
+inline Status PeerChecksum(Connection& control, uint64_t addr, uint64_t size, bool fresh,
+                           uint32_t* crc) {
+  std::string unused;
+  return control.Control(fresh ? kOpFreshChecksum : kOpChecksum, addr, size, &unused, crc);
+}
+
 // Same host: reads the peer's memory with process_vm_readv (one kernel copy, no socket),
 // after proving the peer is this host's process: it names its pid and the address of a
 // random nonce, which must read back identical. Unavailable otherwise (another host, another

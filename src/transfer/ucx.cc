@@ -154,12 +154,9 @@ class UcxConnection : public Connection {
   Status ReadChecked(uint64_t remote_addr, uint64_t size, char* dest, bool fresh,
                      uint32_t* crc_out) override {
     if (broken()) return Status::Unavailable(peer_ + ": connection already failed");
-    if (size > kMaxReadBytes) return Status::InvalidArgument("read larger than 64 MiB");
     // The peer's CRC first: it also refuses a range it has not verified.
-    std::string unused;
     uint32_t want = 0;
-    MX_RETURN_IF_ERROR(control_->Control(fresh ? kOpFreshChecksum : kOpChecksum, remote_addr, size,
-                                         &unused, &want));
+    MX_RETURN_IF_ERROR(PeerChecksum(*control_, remote_addr, size, fresh, &want));
     if (size == 0) return Status::OK();
     MX_ASSIGN_OR_RETURN(ucp_rkey_h rkey, RkeyFor(remote_addr, size));
     ucp_request_param_t p{};
