@@ -1,6 +1,9 @@
 // S3 and GCS (XML API, S3-compatible): ListObjectsV2 for prefixes, SigV4-signed ranged GETs.
 #include <algorithm>
 #include <ctime>
+#include <functional>
+#include <map>
+#include <mutex>
 #include <optional>
 
 #include "cloud/aws_credentials.h"
@@ -25,6 +28,36 @@ struct S3Config {
   std::shared_ptr<cloud::AwsCredentialProvider> aws;        // s3
   std::shared_ptr<cloud::GoogleCredentialProvider> google;  // gs
 };
+
+extern "C" char** environ;
+
+// One default-chain provider per process for each state of the environment the chain reads
+// (every variable whose name starts with one of `prefixes`): stores opened alike share its
+// cached credential, so a command (the streamer and its --verify reader) or mx-server (a store
+// per request) fetches a token once, not once per store, and two stores never race to
+// exchange the same rotating subject token. Changed settings give a new provider.
+template <typename P>
+std::shared_ptr<P> SharedProvider(std::initializer_list<std::string_view> prefixes,
+                                  const std::function<std::shared_ptr<P>()>& make) {
+  std::string settings;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    std::string_view entry(*e);
+    for (std::string_view prefix : prefixes) {
+      if (entry.substr(0, prefix.size()) == prefix) {
+        settings.append(entry).push_back('\0');
+        break;
+      }
+    }
+  }
+  std::string key = Sha256Hex(settings);  // the values include secrets: only a digest is kept
+  static std::mutex mu;
+  static std::map<std::string, std::shared_ptr<P>> providers;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = providers.find(key);
+  if (it != providers.end()) return it->second;
+  if (providers.size() >= 16) providers.clear();  // bounded, should settings keep changing
+  return providers[key] = make();
+}
 
 std::string FirstEnv(std::initializer_list<const char*> names) {
   for (const char* n : names) {
@@ -52,7 +85,10 @@ S3Config GcsConfigFromEnvironment() {
   // chain (Application Default Credentials), resolved on first use.
   bool hmac = !c.access_key.empty() && !c.secret_key.empty();
   if (c.bearer_token.empty() && !hmac)
-    c.google = std::make_shared<cloud::GoogleCredentialProvider>();
+    c.google = SharedProvider<cloud::GoogleCredentialProvider>(
+        {"GOOGLE_", "GCE_", "CLOUDSDK_", "CLOUD_RUN_",
+         "K_SERVICE=", "FUNCTION_NAME=", "METADATA_SERVER_DETECTION=", "HOME="},
+        [] { return std::make_shared<cloud::GoogleCredentialProvider>(); });
   c.path_style = true;
   NormaliseEndpoint(&c);
   return c;
@@ -76,7 +112,8 @@ S3Config AwsConfigFromEnvironment() {
   // The default credential chain (src/cloud/aws_credentials.h): environment keys, shared
   // files, web identity (IRSA), container, instance metadata. It also knows the profile's
   // region, which comes after AWS_REGION/AWS_DEFAULT_REGION.
-  c.aws = cloud::AwsCredentialProvider::FromEnvironment();
+  c.aws = SharedProvider<cloud::AwsCredentialProvider>(
+      {"AWS_", "HOME="}, [] { return cloud::AwsCredentialProvider::FromEnvironment(); });
   c.region = FirstEnv({"AWS_REGION", "AWS_DEFAULT_REGION"});
   if (c.region.empty()) c.region = c.aws->ProfileRegion();
   if (c.region.empty()) c.region = "us-east-1";
